@@ -77,7 +77,7 @@ mod tests {
     }
 
     fn to_vec(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap()
+        Vec::<f64>::try_from(t.to_kind(Kind::Double).reshape([-1])).unwrap()
     }
 
     #[test]

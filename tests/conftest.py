@@ -1,0 +1,191 @@
+"""Shared helpers: one supernet built twice, with NNI 2.10's classes and with ours.
+
+Each test builds the same network under the same seed with both implementations, runs the
+same steps under the same seeds, and compares what each step produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from nni.nas.oneshot.pytorch.supermodule.differentiable import GumbelSoftmax
+from nni.nas.oneshot.pytorch.supermodule.proxyless import ProxylessMixedInput as NNIMixedInput
+from nni.nas.oneshot.pytorch.supermodule.proxyless import ProxylessMixedLayer as NNIMixedLayer
+
+import proxyless_rs
+
+IMPLEMENTATIONS = {
+    'nni': (NNIMixedLayer, NNIMixedInput),
+    'rs': (proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedInput),
+}
+
+SOFTMAXES: dict[str, Callable[[], nn.Module]] = {
+    'softmax': lambda: nn.Softmax(-1),
+    'gumbel': GumbelSoftmax,
+}
+
+# The closed-form alpha gradient p_i (b_i - <b, p>) rounds differently from NNI's n^2 loop of
+# float32 ops. Entries that are near zero by cancellation carry an absolute rounding error of a
+# few ulps of the b_j p_j terms (~1e-9 at these scales), which no purely relative bound holds:
+# hence rtol 1e-5 plus a tiny atol. In float64 both agree to 1e-12.
+ALPHA_TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-8), torch.float64: dict(rtol=1e-12, atol=1e-15)}
+
+
+def assert_alpha_close(ours: torch.Tensor | None, theirs: torch.Tensor | None, dtype=torch.float32) -> None:
+    assert (ours is None) == (theirs is None), (ours, theirs)
+    if ours is not None:
+        torch.testing.assert_close(ours, theirs, **ALPHA_TOLERANCE[dtype])
+
+
+class Scaled(nn.Module):
+    """A candidate taking positional, optional and keyword arguments."""
+
+    def __init__(self, dim: int, act: nn.Module | None = None):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        self.act = act or nn.Identity()
+
+    def forward(self, x, bias=None, *, scale=1.0):
+        y = self.act(self.linear(x)) * scale
+        return y if bias is None else y + bias
+
+
+class Pair(nn.Module):
+    """A candidate returning a tuple of tensors."""
+
+    def __init__(self, dim: int, sign: float):
+        super().__init__()
+        self.a = nn.Linear(dim, dim)
+        self.b = nn.Linear(dim, dim)
+        self.sign = sign
+
+    def forward(self, x):
+        return self.a(x), torch.tanh(self.b(x)) * self.sign
+
+
+def candidates(dim: int) -> list[tuple[str, nn.Module]]:
+    """Three candidates; one has dropout, so the hook's forwards consume random numbers."""
+    return [
+        ('linear', Scaled(dim)),
+        ('tanh', Scaled(dim, nn.Tanh())),
+        ('dropout', Scaled(dim, nn.Sequential(nn.Dropout(0.3), nn.ReLU()))),
+    ]
+
+
+class SuperNet(nn.Module):
+    """Mixed layers in the situations the regression must cover.
+
+    - ``first`` sees an input that does not require grad, and is called twice per forward;
+    - ``second`` and ``third`` share one label and one alpha; ``third`` gets kwargs and a None arg;
+    - ``pair`` has candidates returning tuples;
+    - ``pick`` is a mixed input over three tensors.
+    """
+
+    def __init__(self, impl: str, softmax: Callable[[], nn.Module], dim: int = 8, classes: int = 4):
+        super().__init__()
+        layer_cls, input_cls = IMPLEMENTATIONS[impl]
+        alpha = lambda n: nn.Parameter(torch.randn(n))  # noqa: E731
+        shared = alpha(3)
+        self.first = layer_cls(candidates(dim), alpha(3), softmax(), 'first')
+        self.second = layer_cls(candidates(dim), shared, softmax(), 'shared')
+        self.third = layer_cls(candidates(dim), shared, softmax(), 'shared')
+        self.pair = layer_cls([('plus', Pair(dim, 1.0)), ('minus', Pair(dim, -1.0))], alpha(2), softmax(), 'pair')
+        self.pick = input_cls(3, 1, alpha(3), softmax(), 'pick')
+        self.head = nn.Linear(dim, classes)
+
+    def mixed(self):
+        return [self.first, self.second, self.third, self.pair, self.pick]
+
+    def resample(self, memo: dict | None = None) -> dict:
+        memo = dict(memo or {})
+        for module in self.mixed():
+            memo.update(module.resample(memo))
+        return memo
+
+    def forward(self, x):
+        a = self.first(self.first(x))
+        b = self.second(a, None)
+        c = self.third(b, bias=a, scale=0.5)
+        p, q = self.pair(c)
+        d = self.pick([a, p, q])
+        return self.head(d + b)
+
+
+def build(impl: str, softmax: str = 'softmax', dtype=torch.float32, seed: int = 0, **kwargs) -> SuperNet:
+    torch.manual_seed(seed)
+    return SuperNet(impl, SOFTMAXES[softmax], **kwargs).to(dtype)
+
+
+def arch_parameters(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p for name, p in net.named_parameters() if name.endswith('_arch_alpha')}
+
+
+def weight_parameters(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p for name, p in net.named_parameters() if not name.endswith('_arch_alpha')}
+
+
+@dataclasses.dataclass
+class StepResult:
+    sample: dict
+    output: torch.Tensor
+    weight_grads: dict[str, torch.Tensor | None]
+    alpha_grads: dict[str, torch.Tensor | None]
+
+
+def train_step(net: SuperNet, seed: int, extra_alpha_loss: bool = False, lr: float = 0.1,
+               memo: dict | None = None) -> StepResult:
+    """One ProxylessNAS step: resample, forward, backward, SGD on weights and alphas."""
+    dtype = net.head.weight.dtype
+    torch.manual_seed(seed)
+    sample = net.resample(memo)
+    x = torch.randn(5, 8, dtype=dtype)
+    y = torch.randint(0, 4, (5,))
+    net.zero_grad(set_to_none=True)
+    output = net(x)
+    loss = F.cross_entropy(output, y)
+    if extra_alpha_loss:
+        # A latency-like loss: gradients through autograd must add to the hook's.
+        for i, module in enumerate(net.mixed()):
+            cost = torch.arange(1, len(module._arch_alpha) + 1, dtype=dtype)
+            loss = loss + 0.01 * (i + 1) * (module._softmax(module._arch_alpha) * cost).sum()
+    loss.backward()
+    result = StepResult(
+        sample=sample,
+        output=output.detach().clone(),
+        weight_grads={k: None if p.grad is None else p.grad.clone() for k, p in weight_parameters(net).items()},
+        alpha_grads={k: None if p.grad is None else p.grad.clone() for k, p in arch_parameters(net).items()},
+    )
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+    return result
+
+
+def assert_steps_equal(ours: StepResult, theirs: StepResult, dtype=torch.float32) -> None:
+    assert ours.sample == theirs.sample
+    torch.testing.assert_close(ours.output, theirs.output, rtol=0, atol=0)
+    assert ours.weight_grads.keys() == theirs.weight_grads.keys()
+    for name in theirs.weight_grads:
+        a, b = ours.weight_grads[name], theirs.weight_grads[name]
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert ours.alpha_grads.keys() == theirs.alpha_grads.keys()
+    for name in theirs.alpha_grads:
+        assert_alpha_close(ours.alpha_grads[name], theirs.alpha_grads[name], dtype)
+
+
+@pytest.fixture
+def pair_of_nets():
+    """``make(**kwargs) -> (ours, nni)``: the same supernet built by both implementations."""
+
+    def make(**kwargs):
+        return build('rs', **kwargs), build('nni', **kwargs)
+
+    return make

@@ -1,0 +1,110 @@
+"""Bad input gets an error that names the problem, never a silently wrong gradient."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from proxyless_rs import ProxylessContext, ProxylessMixedInput, ProxylessMixedLayer
+
+
+class Returns(nn.Module):
+    """A candidate returning whatever it is told to, computed from its input."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+        self.kind = kind
+
+    def forward(self, x):
+        y = self.linear(x)
+        return {
+            'tensor': y,
+            'dict': {'y': y},
+            'tuple-with-int': (y, 3),
+            'pair': (y, y * 2),
+            'none': None,
+        }[self.kind]
+
+
+def layer(*kinds: str, label: str = 'op') -> ProxylessMixedLayer:
+    paths = [(f'c{i}', Returns(kind)) for i, kind in enumerate(kinds)]
+    return ProxylessMixedLayer(paths, nn.Parameter(torch.zeros(len(kinds))), nn.Softmax(-1), label)
+
+
+def test_forward_before_resample():
+    with pytest.raises(RuntimeError, match=r"'op': resample\(\) needs to be called before forward"):
+        layer('tensor', 'tensor')(torch.randn(2, 3))
+    with pytest.raises(RuntimeError, match=r"'pick': resample\(\) needs to be called"):
+        ProxylessMixedInput(2, 1, nn.Parameter(torch.zeros(2)), nn.Softmax(-1), 'pick')([torch.randn(1)] * 2)
+
+
+def test_alpha_length_must_match_the_candidates():
+    paths = [('conv', nn.Identity()), ('pool', nn.Identity())]
+    with pytest.raises(ValueError, match=r"'op': alpha has 3 entries, but there are 2 candidates \(conv, pool\)"):
+        ProxylessMixedLayer(paths, nn.Parameter(torch.zeros(3)), nn.Softmax(-1), 'op')
+    with pytest.raises(ValueError, match=r"'pick': alpha has 2 entries, but there are 3 candidates"):
+        ProxylessMixedInput(3, 1, nn.Parameter(torch.zeros(2)), nn.Softmax(-1), 'pick')
+
+
+def test_alpha_must_be_a_1d_tensor():
+    with pytest.raises(ValueError, match=r"arch_alpha must be a 1-d tensor.*\[2, 1\]"):
+        ProxylessMixedLayer([('a', nn.Identity()), ('b', nn.Identity())], nn.Parameter(torch.zeros(2, 1)),
+                            nn.Softmax(-1), 'op')
+    with pytest.raises(TypeError, match=r"arch_alpha must be a torch.Tensor, got list"):
+        ProxylessContext([0.0, 1.0], nn.Softmax(-1))
+
+
+def test_memo_naming_an_unknown_candidate():
+    with pytest.raises(ValueError, match=r"'op': memo chose 'c7', which is not one of its candidates \['c0', 'c1'\]"):
+        layer('tensor', 'tensor').resample({'op': 'c7'})
+    pick = ProxylessMixedInput(2, 1, nn.Parameter(torch.zeros(2)), nn.Softmax(-1), 'pick')
+    for bad in (2, -1, [0], '0', True):
+        with pytest.raises(ValueError, match=r"'pick': memo chose .*, but the choices are the input indices \[0, 1\]"):
+            pick.resample({'pick': bad})
+
+
+@pytest.mark.parametrize('kind, type_name', [('dict', 'dict'), ('tuple-with-int', 'int'), ('none', 'NoneType')])
+def test_sampled_candidate_returning_a_non_tensor(kind, type_name):
+    op = layer(kind, 'tensor')
+    op.resample({'op': 'c0'})
+    with pytest.raises(TypeError, match=rf'mixed layer "op": the sampled candidate \(index 0\) returned .*{type_name}'):
+        op(torch.randn(2, 3))
+    # Checked under no_grad as well: the rule does not depend on grad mode.
+    with torch.no_grad(), pytest.raises(TypeError, match=type_name):
+        op(torch.randn(2, 3))
+
+
+def test_other_candidate_returning_a_non_tensor_fails_in_backward():
+    op = layer('tensor', 'dict')
+    op.resample({'op': 'c0'})
+    out = op(torch.randn(2, 3))
+    with pytest.raises(TypeError, match=r'mixed layer "op": candidate 1 returned dict'):
+        out.sum().backward()
+    assert op._arch_alpha.grad is None  # no partial gradient was written
+
+
+def test_candidates_returning_different_structures():
+    op = layer('tensor', 'pair')
+    op.resample({'op': 'c0'})
+    with pytest.raises(ValueError, match=r'mixed layer "op": a candidate returned 2 tensors, but the layer.s output had 1'):
+        op(torch.randn(2, 3)).sum().backward()
+
+
+def test_mixed_input_with_the_wrong_number_of_inputs():
+    pick = ProxylessMixedInput(3, 1, nn.Parameter(torch.zeros(3)), nn.Softmax(-1), 'pick')
+    pick.resample({})
+    with pytest.raises(ValueError, match=r"'pick': expected 3 inputs, got 2"):
+        pick([torch.randn(1), torch.randn(1)])
+
+
+def test_kernel_and_sampler_refuse_bad_shapes():
+    from proxyless_rs import alpha_grad, sample_index
+
+    with pytest.raises(ValueError, match='1-d tensor of probabilities'):
+        sample_index(torch.ones(2, 2))
+    with pytest.raises(ValueError, match='1-d and of equal length'):
+        alpha_grad(torch.ones(3) / 3, torch.ones(2))
+    with pytest.raises(TypeError, match='expected a torch.Tensor, got'):
+        sample_index([0.5, 0.5])
+    with pytest.raises(ValueError):
+        sample_index(torch.tensor([0.5, float('nan')]))

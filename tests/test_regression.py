@@ -1,0 +1,119 @@
+"""proxyless_rs against NNI 2.10's own classes: same seeds, same answers."""
+
+import pytest
+import torch
+
+from conftest import IMPLEMENTATIONS, arch_parameters, assert_steps_equal, build, train_step
+
+STEPS = 8
+
+
+@pytest.mark.parametrize('softmax', ['softmax', 'gumbel'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=['float32', 'float64'])
+@pytest.mark.parametrize('extra_alpha_loss', [False, True], ids=['hook-only', 'extra-alpha-loss'])
+def test_training_steps_match_nni(softmax, dtype, extra_alpha_loss):
+    ours, theirs = build('rs', softmax, dtype), build('nni', softmax, dtype)
+    samples = set()
+    for step in range(STEPS):
+        a = train_step(ours, seed=100 + step, extra_alpha_loss=extra_alpha_loss)
+        b = train_step(theirs, seed=100 + step, extra_alpha_loss=extra_alpha_loss)
+        assert_steps_equal(a, b, dtype)
+        samples.add(tuple(sorted(a.sample.items())))
+        assert any(g is not None and g.abs().sum() > 0 for g in a.alpha_grads.values())
+    # The comparison means something only if several architectures were exercised.
+    assert len(samples) > 1
+    for (name, p), (_, q) in zip(arch_parameters(ours).items(), arch_parameters(theirs).items()):
+        assert p.dtype == dtype
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_state_dict_and_parameter_names_match_nni():
+    ours, theirs = build('rs'), build('nni')
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for key, value in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=0)
+    for a, b in zip(ours.mixed(), theirs.mixed()):
+        assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+        assert [n for n, _ in a.named_parameters(arch=True)] == [n for n, _ in b.named_parameters(arch=True)]
+        assert len(list(a.parameters(arch=True))) == len(list(b.parameters(arch=True)))
+    # A checkpoint of one loads into the other.
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+
+
+def test_export_and_search_space_match_nni():
+    ours, theirs = build('rs'), build('nni')
+    for a, b in zip(ours.mixed(), theirs.mixed()):
+        assert a.export({}) == b.export({})
+        assert a.export_probs({}) == pytest.approx(b.export_probs({}))
+        assert a.search_space_spec() == b.search_space_spec()
+        assert getattr(a, 'op_names', None) == getattr(b, 'op_names', None)
+        assert a.label == b.label
+
+
+def test_resample_draws_the_same_paths_as_nni():
+    ours, theirs = build('rs', 'gumbel'), build('nni', 'gumbel')
+    for seed in range(30):
+        torch.manual_seed(seed)
+        a = ours.resample()
+        state_after_ours = torch.get_rng_state()
+        torch.manual_seed(seed)
+        b = theirs.resample()
+        assert a == b
+        assert ours.first._sample_idx == theirs.first._sample_idx
+        assert ours.first._sampled == theirs.first._sampled
+        assert ours.pick._sampled == theirs.pick._sampled
+        # The generator is left in the same state: the same random numbers were drawn.
+        assert torch.equal(state_after_ours, torch.get_rng_state())
+
+
+def test_memo_fixes_the_paths_like_nni():
+    ours, theirs = build('rs'), build('nni')
+    memo = {'first': 'tanh', 'shared': 'dropout', 'pair': 'minus', 'pick': 2}
+    for a, b in zip(ours.mixed(), theirs.mixed()):
+        assert a.resample(memo) == b.resample(memo)
+    a = train_step(ours, seed=7, memo=memo)
+    b = train_step(theirs, seed=7, memo=memo)
+    assert a.sample == b.sample == memo
+    assert_steps_equal(a, b)
+
+
+def test_mutation_hooks_build_our_layers_from_an_nni_model_space():
+    """NNI's mutation machinery turns LayerChoice/InputChoice into our classes, as into NNI's."""
+    from nni.nas.oneshot.pytorch.base_lightning import no_default_hook, traverse_and_mutate_submodules
+    from nni.retiarii import model_wrapper
+    import nni.retiarii.nn.pytorch as nn
+
+    import proxyless_rs
+
+    @model_wrapper
+    class Space(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.LayerChoice([nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU())], label='op')
+            self.skip = nn.InputChoice(2, 1, label='skip')
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.skip([x, y])
+
+    def mutate(layer_cls, input_cls):
+        torch.manual_seed(0)
+        model = Space()
+        hooks = [layer_cls.mutate, input_cls.mutate, no_default_hook]
+        modules = traverse_and_mutate_submodules(model, hooks, {}, topdown=True)
+        return model, modules
+
+    ours, our_modules = mutate(proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedInput)
+    theirs, _ = mutate(*IMPLEMENTATIONS['nni'])
+    assert [type(m) for m in our_modules] == [proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedInput]
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for model in (ours, theirs):
+        torch.manual_seed(3)
+        memo = {}
+        for m in (model.conv, model.skip):
+            memo.update(m.resample(memo))
+        x = torch.randn(2, 4)
+        model(x).sum().backward()
+    torch.testing.assert_close(ours.conv._arch_alpha.grad, theirs.conv._arch_alpha.grad, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(ours.skip._arch_alpha.grad, theirs.skip._arch_alpha.grad, rtol=1e-5, atol=1e-8)
