@@ -10,7 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use tch::Tensor;
+use pyo3_tch::wrap_tch_err;
+use tch::{Kind, Tensor};
 
 use crate::hook::BackwardHook;
 use crate::tree;
@@ -21,6 +22,16 @@ pub struct SavedForward {
     pub kwargs: Option<Py<PyDict>>,
     pub output: Vec<Tensor>,
     pub sample_idx: i64,
+}
+
+/// `dim` if `softmax` is exactly `torch.nn.Softmax` with an explicit `dim`, else `None`.
+fn plain_softmax_dim(softmax: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
+    let py = softmax.py();
+    let plain = py.import("torch.nn")?.getattr("Softmax")?;
+    if !softmax.get_type().is(&plain) {
+        return Ok(None);
+    }
+    softmax.getattr("dim")?.extract::<Option<i64>>()
 }
 
 /// Whether autograd is recording on this thread (the state `torch.no_grad()` switches).
@@ -49,6 +60,10 @@ pub struct ProxylessContext {
     pub softmax: PyObject,
     #[pyo3(get)]
     label: Option<String>,
+    /// `Some(dim)` when `softmax` is exactly `torch.nn.Softmax(dim)`: then probabilities are
+    /// computed here instead of through a Python module call (a stochastic or custom softmax,
+    /// e.g. NNI's GumbelSoftmax, is always called).
+    softmax_dim: Option<i64>,
     saved: Mutex<Vec<SavedForward>>,
 }
 
@@ -62,6 +77,45 @@ impl ProxylessContext {
     /// Takes the most recent saved forward, if any.
     pub fn pop(&self) -> Option<SavedForward> {
         self.stack().pop()
+    }
+
+    /// `softmax(arch_alpha)`, the path probabilities.
+    pub fn probs(&self, py: Python<'_>) -> PyResult<Tensor> {
+        let alpha = self.arch_alpha.bind(py);
+        match self.softmax_dim {
+            Some(dim) => tree::expect_tensor(alpha, "arch_alpha")?.f_softmax(dim, None::<Kind>).map_err(wrap_tch_err),
+            None => tree::expect_tensor(&self.softmax.bind(py).call1((alpha,))?, "softmax(arch_alpha)"),
+        }
+    }
+
+    /// Saves one forward call if a backward can follow; returns the output's tensors if it did.
+    fn save(&self, layer_input: &Bound<'_, PyAny>, output: Vec<Tensor>, sample_idx: i64) -> PyResult<Option<Vec<Tensor>>> {
+        if !grad_mode_enabled() || !output.iter().any(Tensor::requires_grad) {
+            return Ok(None);
+        }
+        let py = layer_input.py();
+        let (args, kwargs) = layer_input
+            .extract::<(Bound<'_, PyTuple>, Option<Bound<'_, PyDict>>)>()
+            .map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "layer_input must be a tuple (args: tuple, kwargs: dict), got {}",
+                    tree::type_name(layer_input)
+                ))
+            })?;
+        let args = tree::detach_tree(args.as_any())?.into_bound(py).downcast_into::<PyTuple>()?;
+        let kwargs = match kwargs {
+            Some(kwargs) if !kwargs.is_empty() => {
+                Some(tree::detach_tree(kwargs.as_any())?.into_bound(py).downcast_into::<PyDict>()?)
+            }
+            _ => None,
+        };
+        let saved_output = output.iter().map(Tensor::detach).collect();
+        self.stack().push(SavedForward { args: args.unbind(), kwargs: kwargs.map(Bound::unbind), output: saved_output, sample_idx });
+        Ok(Some(output))
+    }
+
+    fn checked_output(&self, layer_output: &Bound<'_, PyAny>, sample_idx: i64) -> PyResult<Vec<Tensor>> {
+        tree::output_tensors(layer_output, &|| format!("{}: the sampled candidate (index {sample_idx})", self.describe()))
     }
 
     /// The label for error messages.
@@ -85,10 +139,12 @@ impl ProxylessContext {
                 alpha.size()
             )));
         }
-        Ok(Self { arch_alpha: arch_alpha.clone().unbind(), softmax, label, saved: Mutex::new(Vec::new()) })
+        let softmax_dim = plain_softmax_dim(softmax.bind(arch_alpha.py()))?;
+        Ok(Self { arch_alpha: arch_alpha.clone().unbind(), softmax, label, softmax_dim, saved: Mutex::new(Vec::new()) })
     }
 
-    /// Saves one forward call for the backward hook: `layer_input` is `(args, kwargs)`.
+    /// Saves one forward call for a backward hook registered with
+    /// `register_full_backward_hook(ctx.backward_hook)`; `layer_input` is `(args, kwargs)`.
     ///
     /// Returns whether anything was saved. The output must be a tensor or a tuple of
     /// tensors (checked always, so a bad candidate fails at forward, not in backward).
@@ -98,35 +154,32 @@ impl ProxylessContext {
         layer_output: &Bound<'_, PyAny>,
         layer_sample_idx: i64,
     ) -> PyResult<bool> {
-        let output = tree::output_tensors(layer_output, &|| {
-            format!("{}: the sampled candidate (index {layer_sample_idx})", self.describe())
-        })?;
-        if !grad_mode_enabled() || !output.iter().any(Tensor::requires_grad) {
-            return Ok(false);
+        let output = self.checked_output(layer_output, layer_sample_idx)?;
+        Ok(self.save(layer_input, output, layer_sample_idx)?.is_some())
+    }
+
+    /// Saves one forward call of `module` and returns the output to hand on: when a backward
+    /// can follow, its tensors are replaced by views carrying a gradient hook that runs the
+    /// binary-gate backward for `module` (no module-level full backward hook needed).
+    fn forward_output(
+        slf: &Bound<'_, Self>,
+        module: &Bound<'_, PyAny>,
+        layer_input: &Bound<'_, PyAny>,
+        layer_output: &Bound<'_, PyAny>,
+        layer_sample_idx: i64,
+    ) -> PyResult<PyObject> {
+        let ctx = slf.get();
+        let output = ctx.checked_output(layer_output, layer_sample_idx)?;
+        match ctx.save(layer_input, output, layer_sample_idx)? {
+            Some(output) => crate::hook::attach_output_hook(slf, module, layer_output, &output),
+            None => Ok(layer_output.clone().unbind()),
         }
-        let (args, kwargs) = layer_input
-            .extract::<(Bound<'_, PyTuple>, Option<Bound<'_, PyDict>>)>()
-            .map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "layer_input must be a tuple (args: tuple, kwargs: dict), got {}",
-                    tree::type_name(layer_input)
-                ))
-            })?;
-        let args = tree::detach_tree(args.as_any())?.into_bound(layer_input.py()).downcast_into::<PyTuple>()?;
-        let kwargs = match kwargs {
-            Some(kwargs) if !kwargs.is_empty() => {
-                Some(tree::detach_tree(kwargs.as_any())?.into_bound(layer_input.py()).downcast_into::<PyDict>()?)
-            }
-            _ => None,
-        };
-        let output = output.iter().map(Tensor::detach).collect();
-        self.stack().push(SavedForward {
-            args: args.unbind(),
-            kwargs: kwargs.map(Bound::unbind),
-            output,
-            sample_idx: layer_sample_idx,
-        });
-        Ok(true)
+    }
+
+    /// Draws a path index from `softmax(arch_alpha)` with `torch.multinomial`'s generator.
+    fn sample(&self, py: Python<'_>) -> PyResult<i64> {
+        let _no_grad = tch::no_grad_guard();
+        crate::sampling::draw(&self.probs(py)?)
     }
 
     /// Drops every saved forward (a new architecture was sampled).

@@ -2,13 +2,19 @@
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::intern;
+use pyo3::types::{PyList, PyTuple};
+use pyo3_tch::wrap_tch_err;
 use tch::{TchError, Tensor};
 
 use crate::context::ProxylessContext;
 use crate::{kernel, tree};
 
-/// The callable registered with `module.register_full_backward_hook`.
+/// The binary-gate backward in the form of a module full backward hook
+/// (`module.register_full_backward_hook(ctx.backward_hook)`, as NNI 2.10 registers it).
+///
+/// proxyless-rs's layers use the cheaper [`OutputGradHook`] on their outputs instead; both
+/// run [`run_backward`].
 ///
 /// On each backward through the layer it pops the matching saved forward, evaluates every
 /// other candidate on the saved inputs through `module.forward_path` (under `no_grad`, in
@@ -38,6 +44,60 @@ fn tch_message(err: &TchError) -> String {
     }
 }
 
+/// Pops the layer's saved forward and adds the binary-gate gradient into `arch_alpha.grad`.
+///
+/// `grads` holds one entry per output tensor of the layer (`None` where no gradient flowed).
+fn run_backward(ctx: &ProxylessContext, module: &Bound<'_, PyAny>, grads: &[Option<Tensor>]) -> PyResult<()> {
+    let py = module.py();
+    let saved = ctx.pop().ok_or_else(|| {
+        PyRuntimeError::new_err(format!(
+            "{}: backward reached the layer but its saved context is empty. Every backward must \
+             follow a forward with grad enabled, after the last resample(); was backward run twice \
+             (retain_graph=True), or resample() called between forward and backward?",
+            ctx.describe()
+        ))
+    })?;
+    let alpha_obj = ctx.arch_alpha.bind(py);
+    let alpha = tree::expect_tensor(alpha_obj, "arch_alpha")?;
+    let options = (alpha.kind(), alpha.device());
+    let n_candidates = alpha.size().first().copied().unwrap_or(0);
+
+    let _no_grad = tch::no_grad_guard();
+    let forward_path = module.getattr(intern!(py, "forward_path"))?;
+    let args = saved.args.bind(py);
+    let kwargs = saved.kwargs.as_ref().map(|kwargs| kwargs.bind(py));
+    let mut gate_grads = Vec::with_capacity(n_candidates as usize);
+    for k in 0..n_candidates {
+        let gate = if k == saved.sample_idx {
+            kernel::binary_gate_grad(&saved.output, grads)
+        } else {
+            let mut call_args = Vec::with_capacity(args.len() + 1);
+            call_args.push(k.into_pyobject(py)?.into_any());
+            call_args.extend(args.iter());
+            let out = forward_path.call(PyTuple::new(py, call_args)?, kwargs)?;
+            let out = tree::output_tensors(&out, &|| format!("{}: candidate {k}", ctx.describe()))?;
+            kernel::binary_gate_grad(&out, grads)
+        }
+        .map_err(in_layer(ctx))?;
+        let gate = match gate {
+            Some(gate) => gate.f_to_kind(options.0).and_then(|g| g.f_to_device(options.1)),
+            None => Tensor::f_zeros([], options),
+        };
+        gate_grads.push(gate.map_err(in_layer(ctx))?);
+    }
+    let gate_grads = Tensor::f_stack(&gate_grads, 0).map_err(in_layer(ctx))?;
+
+    // The softmax runs after the candidates, as in NNI, so a stochastic one (GumbelSoftmax)
+    // draws the same random numbers.
+    let probs = ctx.probs(py)?;
+    let mut alpha_grad = alpha.grad();
+    if !alpha_grad.defined() {
+        alpha_grad = alpha.f_zeros_like().map_err(in_layer(ctx))?;
+        alpha_obj.setattr(intern!(py, "grad"), tree::to_python(py, &alpha_grad)?)?;
+    }
+    kernel::accumulate_alpha_grad(&mut alpha_grad, &probs, &gate_grads).map_err(in_layer(ctx))
+}
+
 #[pymethods]
 impl BackwardHook {
     #[new]
@@ -58,58 +118,7 @@ impl BackwardHook {
         grad_output: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let _ = grad_input; // The inputs' gradients pass through untouched.
-        let py = module.py();
-        let ctx = self.ctx.get();
-        let saved = ctx.pop().ok_or_else(|| {
-            PyRuntimeError::new_err(format!(
-                "{}: backward reached the layer but its saved context is empty. Every backward must \
-                 follow a forward with grad enabled, after the last resample(); was backward run twice \
-                 (retain_graph=True), or resample() called between forward and backward?",
-                ctx.describe()
-            ))
-        })?;
-        let grads = tree::optional_tensors(grad_output)?;
-        let alpha_obj = ctx.arch_alpha.bind(py);
-        let alpha = tree::expect_tensor(alpha_obj, "arch_alpha")?;
-        let options = (alpha.kind(), alpha.device());
-        let n_candidates = alpha.size().first().copied().unwrap_or(0);
-
-        let _no_grad = tch::no_grad_guard();
-        let forward_path = module.getattr("forward_path")?;
-        let args = saved.args.bind(py);
-        let kwargs = saved.kwargs.as_ref().map(|kwargs| kwargs.bind(py));
-        let mut gate_grads = Vec::with_capacity(n_candidates as usize);
-        for k in 0..n_candidates {
-            let gate = if k == saved.sample_idx {
-                kernel::binary_gate_grad(&saved.output, &grads)
-            } else {
-                let mut call_args = Vec::with_capacity(args.len() + 1);
-                call_args.push(k.into_pyobject(py)?.into_any());
-                call_args.extend(args.iter());
-                let call_args = PyTuple::new(py, call_args)?;
-                let out = forward_path.call(call_args, kwargs)?;
-                let out = tree::output_tensors(&out, &|| format!("{}: candidate {k}", ctx.describe()))?;
-                kernel::binary_gate_grad(&out, &grads)
-            }
-            .map_err(in_layer(ctx))?;
-            let gate = match gate {
-                Some(gate) => gate.f_to_kind(options.0).and_then(|g| g.f_to_device(options.1)),
-                None => Tensor::f_zeros([], options),
-            };
-            gate_grads.push(gate.map_err(in_layer(ctx))?);
-        }
-        let gate_grads = Tensor::f_stack(&gate_grads, 0).map_err(in_layer(ctx))?;
-
-        // The softmax runs after the candidates, as in NNI, so a stochastic one (GumbelSoftmax)
-        // draws the same random numbers.
-        let probs = ctx.softmax.bind(py).call1((alpha_obj,))?;
-        let probs = tree::expect_tensor(&probs, "softmax(arch_alpha)")?;
-        let mut alpha_grad = alpha.grad();
-        if !alpha_grad.defined() {
-            alpha_grad = alpha.f_zeros_like().map_err(in_layer(ctx))?;
-            alpha_obj.setattr("grad", tree::to_python(py, &alpha_grad)?)?;
-        }
-        kernel::accumulate_alpha_grad(&mut alpha_grad, &probs, &gate_grads).map_err(in_layer(ctx))
+        run_backward(self.ctx.get(), module, &tree::optional_tensors(grad_output)?)
     }
 
     fn __reduce__<'py>(&self, py: Python<'py>) -> (Bound<'py, PyAny>, (Py<ProxylessContext>,)) {
@@ -118,5 +127,98 @@ impl BackwardHook {
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.ctx)
+    }
+}
+
+/// The gradient hook on a layer's output tensors (see [`attach_output_hook`]).
+///
+/// It lives in the autograd graph only, so it is released with the graph.
+#[pyclass(frozen, module = "proxyless_rs._core")]
+pub struct OutputGradHook {
+    ctx: Py<ProxylessContext>,
+    module: PyObject,
+    /// Positions in the layer's output of the hooked tensors, in hook-argument order.
+    positions: Vec<usize>,
+    n_outputs: usize,
+}
+
+#[pymethods]
+impl OutputGradHook {
+    /// Called by autograd with the gradient of the hooked tensor, or (several hooked tensors,
+    /// through `proxyless_rs._tap.GradientTap`) with the tuple of their gradients.
+    fn __call__(&self, grads: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = grads.py();
+        let hooked: Vec<Option<Tensor>> = if self.positions.len() == 1 {
+            vec![tree::as_tensor(grads)?]
+        } else {
+            grads
+                .try_iter()?
+                .map(|grad| grad.and_then(|grad| if grad.is_none() { Ok(None) } else { tree::as_tensor(&grad) }))
+                .collect::<PyResult<_>>()?
+        };
+        let mut all: Vec<Option<Tensor>> = (0..self.n_outputs).map(|_| None).collect();
+        for (position, grad) in self.positions.iter().zip(hooked) {
+            all[*position] = grad;
+        }
+        run_backward(self.ctx.get(), self.module.bind(py), &all)
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.ctx)?;
+        visit.call(&self.module)
+    }
+}
+
+/// Returns `layer_output` with each tensor that requires grad replaced by a view of itself that
+/// carries the backward hook of `module`.
+///
+/// The view gives the layer an autograd node of its own, so the hook sees exactly the gradient
+/// of this call's output even when a candidate returns its input (identity, mixed input) that is
+/// used elsewhere too. A tensor hook costs a few microseconds; a module full backward hook, the
+/// mechanism NNI uses, wraps inputs and outputs in a Python autograd Function (~80 us a call).
+/// Several output tensors go through one identity autograd Function (`GradientTap`) so that
+/// the hook gets all their gradients at once.
+pub fn attach_output_hook(
+    ctx: &Bound<'_, ProxylessContext>,
+    module: &Bound<'_, PyAny>,
+    layer_output: &Bound<'_, PyAny>,
+    output: &[Tensor],
+) -> PyResult<PyObject> {
+    let py = module.py();
+    let positions: Vec<usize> = (0..output.len()).filter(|&i| output[i].requires_grad()).collect();
+    let hook = Py::new(
+        py,
+        OutputGradHook {
+            ctx: ctx.clone().unbind(),
+            module: module.clone().unbind(),
+            positions: positions.clone(),
+            n_outputs: output.len(),
+        },
+    )?;
+    let views: Vec<PyObject> = if let [position] = positions.as_slice() {
+        let view = tree::to_python(py, &output[*position].f_view_as(&output[*position]).map_err(wrap_tch_err)?)?;
+        view.bind(py).call_method1(intern!(py, "register_hook"), (hook,))?;
+        vec![view]
+    } else {
+        let tap = py.import(intern!(py, "proxyless_rs._tap"))?.getattr(intern!(py, "GradientTap"))?;
+        let mut tap_args = vec![hook.into_any()];
+        for &i in &positions {
+            tap_args.push(tree::to_python(py, &output[i])?);
+        }
+        let tapped = tap.call_method1(intern!(py, "apply"), PyTuple::new(py, tap_args)?)?;
+        tapped.try_iter()?.map(|view| view.map(Bound::unbind)).collect::<PyResult<_>>()?
+    };
+    if tree::as_tensor(layer_output)?.is_some() {
+        return Ok(views.into_iter().next().expect("a tensor output that requires grad has one view"));
+    }
+    // A tuple or list: the same container with the hooked tensors swapped for their views.
+    let mut items: Vec<PyObject> = layer_output.try_iter()?.map(|item| item.map(Bound::unbind)).collect::<PyResult<_>>()?;
+    for (position, view) in positions.into_iter().zip(views) {
+        items[position] = view;
+    }
+    if layer_output.downcast::<PyList>().is_ok() {
+        Ok(PyList::new(py, items)?.into_any().unbind())
+    } else {
+        Ok(PyTuple::new(py, items)?.into_any().unbind())
     }
 }

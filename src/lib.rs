@@ -15,6 +15,7 @@ fn _core(py: Python<'_>, m: &Bound<'_, PyModule>) -> PyResult<()> {
     py.import("torch")?;
     m.add_class::<context::ProxylessContext>()?;
     m.add_class::<hook::BackwardHook>()?;
+    m.add_class::<hook::OutputGradHook>()?;
     m.add_function(wrap_pyfunction!(sampling::sample_index, m)?)?;
     m.add_function(wrap_pyfunction!(kernel::py_alpha_grad, m)?)?;
     Ok(())

@@ -3,6 +3,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3_tch::{wrap_tch_err, PyTensor};
+use tch::Tensor;
 
 /// Draws one index from the categorical distribution `probs` (1-d, non-negative).
 ///
@@ -12,6 +13,11 @@ use pyo3_tch::{wrap_tch_err, PyTensor};
 /// sampled architecture needs.
 #[pyfunction]
 pub fn sample_index(probs: PyTensor) -> PyResult<i64> {
+    draw(&probs)
+}
+
+/// See [`sample_index`].
+pub fn draw(probs: &Tensor) -> PyResult<i64> {
     if probs.dim() != 1 || probs.size()[0] == 0 {
         return Err(PyValueError::new_err(format!(
             "sample_index expects a non-empty 1-d tensor of probabilities, got shape {:?}",

@@ -70,6 +70,7 @@ def test_context_api():
     assert ctx.arch_alpha is alpha and ctx.softmax is softmax and ctx.label == 'op'
     x = torch.randn(2, requires_grad=True)
     assert ctx.save_forward_context(((x,), {}), x * 2, 1) is True
+    assert ctx.sample() in (0, 1, 2)
     assert ctx.save_forward_context(((x,), {}), x.detach(), 1) is False
     assert len(ctx) == 1 and 'saved=1' in repr(ctx)
     assert ctx.backward_hook.ctx is ctx
@@ -84,3 +85,45 @@ def test_backward_with_an_empty_context_names_the_layer():
     out.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match=r"mixed layer \"pick\".*saved context is empty"):
         out.backward()
+
+
+def test_full_backward_hook_route_gives_nni_gradients():
+    """ctx.backward_hook still works registered the way NNI 2.10 registers its hook."""
+    from nni.nas.oneshot.pytorch.supermodule.proxyless import ProxylessMixedLayer as NNIMixedLayer
+
+    class FullHookLayer(NNIMixedLayer):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self._backward_hooks.clear()
+            self.ctx = proxyless_rs.ProxylessContext(self._arch_alpha, self._softmax, self.label)
+            self.register_full_backward_hook(self.ctx.backward_hook)
+
+    grads = []
+    for cls in (FullHookLayer, NNIMixedLayer, proxyless_rs.ProxylessMixedLayer):
+        torch.manual_seed(0)
+        layer = cls([(f'op{k}', nn.Linear(4, 4)) for k in range(3)], nn.Parameter(torch.randn(3)), nn.Softmax(-1), 'op')
+        layer.resample({'op': 'op1'})
+        (layer(torch.randn(2, 4, requires_grad=True)) ** 2).sum().backward()
+        grads.append(layer._arch_alpha.grad)
+        assert len(layer.ctx) == 0 if cls is not NNIMixedLayer else not layer.ctx.layer_input
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(grads[2], grads[1], rtol=1e-5, atol=1e-8)
+
+
+def test_hooks_are_released_with_the_graph():
+    """The output hooks (which hold their layer) go away with the graph; resample clears the rest."""
+    import sys
+
+    net = build('rs')
+    net.resample({'pick': 1})
+    baseline = [sys.getrefcount(m) for m in net.mixed()]
+    out = net(torch.randn(3, 8))
+    assert [sys.getrefcount(m) for m in net.mixed()] != baseline
+    del out
+    assert [sys.getrefcount(m) for m in net.mixed()] == baseline
+    net.resample({'pick': 1})
+    out = net(torch.randn(3, 8))
+    out.sum().backward()
+    del out
+    assert [sys.getrefcount(m) for m in net.mixed()] == baseline
+    assert saved_entries(net) == 0

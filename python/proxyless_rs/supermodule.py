@@ -15,24 +15,20 @@ import torch
 import torch.nn as nn
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
 
-from ._core import ProxylessContext, sample_index
+from ._core import ProxylessContext
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput']
-
-
-def _draw(alpha: torch.Tensor, softmax: nn.Module) -> int:
-    """One path index drawn from ``softmax(alpha)``, as NNI draws it."""
-    with torch.no_grad():
-        return sample_index(softmax(alpha))
 
 
 class ProxylessMixedLayer(DifferentiableMixedLayer):
     """A layer choice that runs one sampled candidate per step (ProxylessNAS).
 
-    ``forward`` runs only the sampled path. In backward, a full backward hook evaluates every
-    other candidate on the saved inputs and gives ``_arch_alpha`` the binary-gate gradient
-    ``p_i (b_i - sum_j b_j p_j)`` with ``b_k = <out_k, grad_output>``, accumulated into
-    ``_arch_alpha.grad`` so that other losses on alpha add up.
+    ``forward`` runs only the sampled path. In backward, a gradient hook on the layer's output
+    evaluates every other candidate on the saved inputs and gives ``_arch_alpha`` the binary-gate
+    gradient ``p_i (b_i - sum_j b_j p_j)`` with ``b_k = <out_k, grad_output>``, accumulated into
+    ``_arch_alpha.grad`` so that other losses on alpha add up. (NNI registers a module full
+    backward hook for this, which costs ~80 us per call; the output hook costs a few, and the
+    output tensors returned are views of the candidate's.)
 
     Limits, as in NNI 2.10: candidates must return a tensor or a tuple (or list) of tensors, all
     candidates the same structure; a layer called several times in one forward is assumed to be
@@ -63,15 +59,13 @@ class ProxylessMixedLayer(DifferentiableMixedLayer):
 
         # alpha may be shared by several layers; the saved forwards are this layer's own.
         self.ctx = ProxylessContext(alpha, softmax, label)
-        self.register_full_backward_hook(self.ctx.backward_hook)
 
     def forward(self, *args, **kwargs):
         """Forward pass of the sampled path only."""
         if self._sample_idx is None:
             raise RuntimeError(f'{type(self).__name__} {self.label!r}: resample() needs to be called before forward.')
         output = self.forward_path(self._sample_idx, *args, **kwargs)
-        self.ctx.save_forward_context((args, kwargs), output, self._sample_idx)
-        return output
+        return self.ctx.forward_output(self, (args, kwargs), output, self._sample_idx)
 
     def forward_path(self, index: int, *args, **kwargs):
         """Output of candidate ``index``."""
@@ -86,7 +80,7 @@ class ProxylessMixedLayer(DifferentiableMixedLayer):
                                  f'which is not one of its candidates {self.op_names}.')
             self._sample_idx = self.op_names.index(self._sampled)
         else:
-            self._sample_idx = _draw(self._arch_alpha, self._softmax)
+            self._sample_idx = self.ctx.sample()
             self._sampled = self.op_names[self._sample_idx]
 
         self.ctx.clear_context()
@@ -124,7 +118,6 @@ class ProxylessMixedInput(DifferentiableMixedInput):
         self._sampled: int | None = None
 
         self.ctx = ProxylessContext(alpha, softmax, label)
-        self.register_full_backward_hook(self.ctx.backward_hook)
 
     def forward(self, inputs: Sequence[Any]):
         """Return the sampled input."""
@@ -134,8 +127,7 @@ class ProxylessMixedInput(DifferentiableMixedInput):
             raise ValueError(f'{type(self).__name__} {self.label!r}: expected {self.n_candidates} inputs, '
                              f'got {len(inputs)}.')
         output = self.forward_path(self._sampled, inputs)
-        self.ctx.save_forward_context(((inputs,), {}), output, self._sampled)
-        return output
+        return self.ctx.forward_output(self, ((inputs,), {}), output, self._sampled)
 
     def forward_path(self, index: int, inputs: Sequence[Any]):
         """Input ``index``."""
@@ -150,7 +142,7 @@ class ProxylessMixedInput(DifferentiableMixedInput):
                                  f'are the input indices {list(range(self.n_candidates))}.')
             self._sampled = chosen
         else:
-            self._sampled = _draw(self._arch_alpha, self._softmax)
+            self._sampled = self.ctx.sample()
 
         self.ctx.clear_context()
 

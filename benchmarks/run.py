@@ -1,0 +1,272 @@
+"""Benchmark proxyless_rs against NNI 2.10's ProxylessNAS classes, in one process, interleaved.
+
+    python benchmarks/run.py                 # all cases, results in benchmarks/results/
+    python benchmarks/run.py --smoke         # tiny shapes, a few steps (what CI runs)
+    python benchmarks/run.py --case overhead --case conv
+
+Each case builds the same supernet with both implementations under the same seed and times
+one training step (resample, forward, backward; the weight update is left out because it is the
+same in both). Timing samples alternate between the implementations so that drift of the
+machine hits both alike. Reported: min / median / max milliseconds per step and the ratio of
+medians (NNI / proxyless_rs, > 1 means proxyless_rs is faster). Results go to JSON, a Markdown
+table and a PNG chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from supernets import ConvSupernet, InputChain, MixedChain  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / 'results'
+
+
+def implementations():
+    from nni.nas.oneshot.pytorch.supermodule.proxyless import ProxylessMixedInput, ProxylessMixedLayer
+
+    import proxyless_rs
+
+    return {
+        'nni': (ProxylessMixedLayer, ProxylessMixedInput),
+        'proxyless_rs': (proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedInput),
+    }
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    description: str
+    build: Callable[[type, type], nn.Module]
+    make_input: Callable[[], torch.Tensor]
+    samples: int
+    steps_per_sample: int
+
+
+def supernet_cases(smoke: bool) -> list[Case]:
+    if smoke:
+        return [
+            Case('overhead', 'L=2, n=3, Linear(8), batch 2 (smoke)', lambda l, i: MixedChain(l, i, 2, 3, 8),
+                 lambda: torch.randn(2, 8), 3, 2),
+            Case('conv', 'conv supernet, 1 block, 4 channels, 8x8 (smoke)', lambda l, i: ConvSupernet(l, i, 1, 4),
+                 lambda: torch.randn(2, 3, 8, 8), 3, 1),
+            Case('input', 'MixedInput, L=2, n=6, dim 8 (smoke)', lambda l, i: InputChain(l, i, 2, 6, 8),
+                 lambda: torch.randn(2, 8), 3, 2),
+        ]
+    return [
+        Case('overhead', 'L=20, n=7, Linear(64), batch 8', lambda l, i: MixedChain(l, i, 20, 7, 64),
+             lambda: torch.randn(8, 64), 15, 10),
+        Case('medium', 'L=20, n=7, Linear(256), batch 64', lambda l, i: MixedChain(l, i, 20, 7, 256),
+             lambda: torch.randn(64, 256), 11, 4),
+        Case('compute', 'L=4, n=7, Linear(1024), batch 256', lambda l, i: MixedChain(l, i, 4, 7, 1024),
+             lambda: torch.randn(256, 1024), 7, 1),
+        Case('conv', 'MobileNetV2 blocks k3/5/7 x e3/6 + identity + zero, L=4, 16 ch, 32x32, batch 16',
+             lambda l, i: ConvSupernet(l, i, 4, 16), lambda: torch.randn(16, 3, 32, 32), 7, 1),
+        Case('input', 'MixedInput, L=20, n=6, dim 64, batch 8', lambda l, i: InputChain(l, i, 20, 6, 64),
+             lambda: torch.randn(8, 64), 15, 10),
+    ]
+
+
+def training_step(net: nn.Module, x: torch.Tensor) -> None:
+    memo: dict = {}
+    for module in net.mixed():
+        memo.update(module.resample(memo))
+    net.zero_grad(set_to_none=True)
+    net(x).square().mean().backward()
+
+
+def time_case(case: Case, impls) -> dict:
+    nets, inputs = {}, {}
+    for name, (layer_cls, input_cls) in impls.items():
+        torch.manual_seed(0)
+        nets[name] = case.build(layer_cls, input_cls)
+        inputs[name] = case.make_input()
+    times: dict[str, list[float]] = {name: [] for name in impls}
+    order = list(impls)
+    for sample in range(case.samples + 1):  # sample 0 is a warm-up
+        for name in (order if sample % 2 else reversed(order)):
+            torch.manual_seed(sample)
+            start = time.perf_counter()
+            for _ in range(case.steps_per_sample):
+                training_step(nets[name], inputs[name])
+            elapsed = (time.perf_counter() - start) / case.steps_per_sample
+            if sample:
+                times[name].append(elapsed * 1e3)
+    result = {'case': case.name, 'description': case.description, 'unit': 'ms/step'}
+    for name, values in times.items():
+        result[name] = {'min': min(values), 'median': statistics.median(values), 'max': max(values)}
+    result['speedup'] = result['nni']['median'] / result['proxyless_rs']['median']
+    return result
+
+
+def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> dict:
+    """Per layer-backward cost of the mixed layer itself, net of the candidates' own work.
+
+    cost = t(forward+backward through the mixed layer)
+         - t(forward+backward through the sampled candidate alone)
+         - t(the other n-1 candidates' forwards under no_grad)
+    """
+    torch.manual_seed(0)
+    x = torch.randn(batch, dim, requires_grad=True)
+
+    def timeit(fn) -> float:
+        best = float('inf')
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            best = min(best, (time.perf_counter() - start) / repeats)
+        return best * 1e6
+
+    result = {'case': 'hook', 'description': f'mixed-layer cost per layer-backward, n={n}, Linear({dim}), batch {batch}',
+              'unit': 'us/layer-backward'}
+    for name, (layer_cls, _) in impls.items():
+        torch.manual_seed(0)
+        layer = layer_cls([(f'op{k}', nn.Linear(dim, dim)) for k in range(n)], nn.Parameter(torch.zeros(n)),
+                          nn.Softmax(-1), 'layer')
+        layer.resample({'layer': 'op0'})
+        sampled, others = layer.op0, [getattr(layer, f'op{k}') for k in range(1, n)]
+
+        def mixed():
+            layer(x).sum().backward()
+
+        def plain():
+            sampled(x).sum().backward()
+
+        def other_forwards():
+            with torch.no_grad():
+                for op in others:
+                    op(x)
+
+        samples = []
+        for _ in range(3):
+            samples.append(timeit(mixed) - timeit(plain) - timeit(other_forwards))
+        result[name] = {'min': min(samples), 'median': statistics.median(samples), 'max': max(samples)}
+    result['speedup'] = result['nni']['median'] / result['proxyless_rs']['median']
+    return result
+
+
+def saved_contexts(impls, steps: int) -> dict:
+    """Saved forwards alive after `steps` steps, each followed by a validation forward under no_grad."""
+    result = {'case': 'memory', 'description': f'saved forwards alive after {steps} train steps + no_grad validation',
+              'unit': 'saved forwards'}
+    for name, (layer_cls, input_cls) in impls.items():
+        torch.manual_seed(0)
+        net = MixedChain(layer_cls, input_cls, 4, 3, 16)
+        x = torch.randn(4, 16)
+        after_backward = 0
+        for _ in range(steps):
+            training_step(net, x)
+            after_backward = max(after_backward, sum(_saved(m) for m in net.mixed()))
+            with torch.no_grad():
+                net(x)
+        result[name] = {'after_backward': after_backward, 'after_validation': sum(_saved(m) for m in net.mixed())}
+    return result
+
+
+def _saved(module) -> int:
+    ctx = module.ctx
+    return len(ctx.layer_input) if hasattr(ctx, 'layer_input') else len(ctx)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)'
+
+
+def markdown(results: list[dict], header: str) -> str:
+    lines = [header, '', '| case | NNI 2.10 min / median / max | proxyless_rs min / median / max | speed-up (median) |',
+             '| --- | --- | --- | --- |']
+    for r in results:
+        if r['case'] == 'memory':
+            continue
+        fmt = lambda d: f"{d['min']:.3g} / {d['median']:.3g} / {d['max']:.3g}"  # noqa: E731
+        lines.append(f"| {r['case']}: {r['description']} ({r['unit']}) | {fmt(r['nni'])} | {fmt(r['proxyless_rs'])} "
+                     f"| {r['speedup']:.2f}x |")
+    for r in results:
+        if r['case'] == 'memory':
+            lines += ['', f"{r['description']}: NNI 2.10 {r['nni']['after_validation']} "
+                          f"(max {r['nni']['after_backward']} right after a backward), proxyless_rs "
+                          f"{r['proxyless_rs']['after_validation']} (max {r['proxyless_rs']['after_backward']})."]
+    return '\n'.join(lines) + '\n'
+
+
+def chart(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in results if 'speedup' in r]
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(timed) + 1.5))
+    names = [r['case'] for r in timed]
+    ax.barh(names, [r['speedup'] for r in timed], color='tab:orange')
+    ax.axvline(1.0, color='k', lw=1)
+    for i, r in enumerate(timed):
+        ax.text(r['speedup'], i, f" {r['speedup']:.2f}x", va='center')
+    ax.invert_yaxis()
+    ax.set_xlabel('speed-up of proxyless_rs over NNI 2.10 (median time ratio)')
+    ax.set_title('proxyless_rs vs NNI 2.10, same process, interleaved')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--smoke', action='store_true', help='tiny shapes, a few steps: checks the harness runs')
+    parser.add_argument('--case', action='append', help='run only these cases (overhead, medium, compute, conv, '
+                                                         'input, hook, memory)')
+    parser.add_argument('--threads', type=int, default=1, help='torch.set_num_threads (default 1)')
+    parser.add_argument('--out', type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    impls = implementations()
+    wanted = set(args.case or ['overhead', 'medium', 'compute', 'conv', 'input', 'hook', 'memory'])
+
+    results = []
+    for case in supernet_cases(args.smoke):
+        if case.name in wanted:
+            results.append(time_case(case, impls))
+            print(f"{case.name:>9}: NNI {results[-1]['nni']['median']:.3f} ms, proxyless_rs "
+                  f"{results[-1]['proxyless_rs']['median']:.3f} ms, {results[-1]['speedup']:.2f}x", flush=True)
+    if 'hook' in wanted:
+        for n in (4, 8):
+            results.append(hook_cost(impls, n=n, dim=8 if args.smoke else 64, batch=2 if args.smoke else 8,
+                                     repeats=20 if args.smoke else 400))
+            r = results[-1]
+            print(f"     hook: n={n}: NNI {r['nni']['median']:.1f} us, proxyless_rs {r['proxyless_rs']['median']:.1f} us",
+                  flush=True)
+    if 'memory' in wanted:
+        results.append(saved_contexts(impls, steps=5 if args.smoke else 100))
+        print(f"   memory: {results[-1]}", flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    header = f'Machine: {machine()}.'
+    (args.out / 'results.json').write_text(json.dumps({'machine': machine(), 'smoke': args.smoke, 'results': results},
+                                                      indent=2))
+    (args.out / 'results.md').write_text(markdown(results, header))
+    chart(results, args.out / 'speedup.png')
+    print(markdown(results, header))
+    print(f'written: {args.out}/results.json, results.md, speedup.png')
+
+
+if __name__ == '__main__':
+    main()
