@@ -111,15 +111,22 @@ def time_case(case: Case, impls) -> dict:
     return result
 
 
-def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> dict:
+def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> list[dict]:
     """Per layer-backward cost of the mixed layer itself, net of the candidates' own work.
 
-    cost = t(forward+backward through the mixed layer)
-         - t(forward+backward through the sampled candidate alone)
-         - t(the other n-1 candidates' forwards under no_grad)
+    Two figures:
+
+    - ``hook``: the backward hook callable alone: save a forward, call the hook as autograd
+      would (``hook(module, grad_input, grad_output)``), minus the n-1 candidate forwards it
+      runs (through the layer's ``forward_path``, as both implementations do);
+    - ``layer``: everything the mixed layer adds to a training step:
+      t(forward+backward through the mixed layer) - t(forward+backward through the sampled
+      candidate alone) - t(the n-1 other forwards), i.e. the hook plus its registration and
+      autograd's calling of it.
     """
     torch.manual_seed(0)
     x = torch.randn(batch, dim, requires_grad=True)
+    grad = torch.randn(batch, dim)
 
     def timeit(fn) -> float:
         best = float('inf')
@@ -130,14 +137,24 @@ def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> dict:
             best = min(best, (time.perf_counter() - start) / repeats)
         return best * 1e6
 
-    result = {'case': 'hook', 'description': f'mixed-layer cost per layer-backward, n={n}, Linear({dim}), batch {batch}',
-              'unit': 'us/layer-backward'}
+    results = {
+        kind: {'case': f'{kind}-n{n}', 'unit': 'us/layer-backward',
+               'description': f'{what}, n={n}, Linear({dim}), batch {batch}'}
+        for kind, what in (('hook', 'backward hook alone, net of candidate forwards'),
+                           ('layer', 'whole mixed-layer overhead per call'))
+    }
     for name, (layer_cls, _) in impls.items():
         torch.manual_seed(0)
         layer = layer_cls([(f'op{k}', nn.Linear(dim, dim)) for k in range(n)], nn.Parameter(torch.zeros(n)),
                           nn.Softmax(-1), 'layer')
         layer.resample({'layer': 'op0'})
-        sampled, others = layer.op0, [getattr(layer, f'op{k}') for k in range(1, n)]
+        sampled = layer.op0
+        output = sampled(x)
+        hook = layer.ctx.backward_hook
+
+        def hook_alone():
+            layer.ctx.save_forward_context(((x,), {}), output, 0)
+            hook(layer, (None,), (grad,))
 
         def mixed():
             layer(x).sum().backward()
@@ -147,15 +164,19 @@ def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> dict:
 
         def other_forwards():
             with torch.no_grad():
-                for op in others:
-                    op(x)
+                for k in range(1, n):
+                    layer.forward_path(k, x)
 
-        samples = []
+        hook_samples, layer_samples = [], []
         for _ in range(3):
-            samples.append(timeit(mixed) - timeit(plain) - timeit(other_forwards))
-        result[name] = {'min': min(samples), 'median': statistics.median(samples), 'max': max(samples)}
-    result['speedup'] = result['nni']['median'] / result['proxyless_rs']['median']
-    return result
+            others = timeit(other_forwards)
+            hook_samples.append(timeit(hook_alone) - others)
+            layer_samples.append(timeit(mixed) - timeit(plain) - others)
+        for kind, samples in (('hook', hook_samples), ('layer', layer_samples)):
+            results[kind][name] = {'min': min(samples), 'median': statistics.median(samples), 'max': max(samples)}
+    for result in results.values():
+        result['speedup'] = result['nni']['median'] / result['proxyless_rs']['median']
+    return list(results.values())
 
 
 def saved_contexts(impls, steps: int) -> dict:
@@ -249,11 +270,11 @@ def main(argv=None):
                   f"{results[-1]['proxyless_rs']['median']:.3f} ms, {results[-1]['speedup']:.2f}x", flush=True)
     if 'hook' in wanted:
         for n in (4, 8):
-            results.append(hook_cost(impls, n=n, dim=8 if args.smoke else 64, batch=2 if args.smoke else 8,
-                                     repeats=20 if args.smoke else 400))
-            r = results[-1]
-            print(f"     hook: n={n}: NNI {r['nni']['median']:.1f} us, proxyless_rs {r['proxyless_rs']['median']:.1f} us",
-                  flush=True)
+            for r in hook_cost(impls, n=n, dim=8 if args.smoke else 64, batch=2 if args.smoke else 8,
+                               repeats=20 if args.smoke else 400):
+                results.append(r)
+                print(f"{r['case']:>9}: NNI {r['nni']['median']:.1f} us, proxyless_rs {r['proxyless_rs']['median']:.1f} us",
+                      flush=True)
     if 'memory' in wanted:
         results.append(saved_contexts(impls, steps=5 if args.smoke else 100))
         print(f"   memory: {results[-1]}", flush=True)

@@ -7,14 +7,12 @@ import torch.nn as nn
 
 
 class MixedChain(nn.Module):
-    """``depth`` mixed layers in a row, each over ``n`` Linear(dim) candidates with different activations."""
-
-    ACTIVATIONS = [nn.Identity, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus]
+    """``depth`` mixed layers in a row, each over ``n`` Linear(dim) candidates, tanh in between."""
 
     def __init__(self, layer_cls, input_cls, depth: int, n: int, dim: int):
         super().__init__()
         self.layers = nn.ModuleList([
-            layer_cls([(f'op{k}', nn.Sequential(nn.Linear(dim, dim), self.ACTIVATIONS[k % 8]())) for k in range(n)],
+            layer_cls([(f'op{k}', nn.Linear(dim, dim)) for k in range(n)],
                       nn.Parameter(torch.randn(n) * 1e-3), nn.Softmax(-1), f'layer{i}')
             for i in range(depth)
         ])
@@ -24,7 +22,7 @@ class MixedChain(nn.Module):
 
     def forward(self, x):
         for layer in self.layers:
-            x = layer(x)
+            x = torch.tanh(layer(x))
         return x
 
 

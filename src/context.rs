@@ -88,8 +88,14 @@ impl ProxylessContext {
         }
     }
 
-    /// Saves one forward call if a backward can follow; returns the output's tensors if it did.
-    fn save(&self, layer_input: &Bound<'_, PyAny>, output: Vec<Tensor>, sample_idx: i64) -> PyResult<Option<Vec<Tensor>>> {
+    /// Saves one forward call if a backward can follow; if it did, returns the output's tensors
+    /// and the identities of the input tensors.
+    fn save(
+        &self,
+        layer_input: &Bound<'_, PyAny>,
+        output: Vec<Tensor>,
+        sample_idx: i64,
+    ) -> PyResult<Option<(Vec<Tensor>, Vec<usize>)>> {
         if !grad_mode_enabled() || !output.iter().any(Tensor::requires_grad) {
             return Ok(None);
         }
@@ -102,16 +108,17 @@ impl ProxylessContext {
                     tree::type_name(layer_input)
                 ))
             })?;
-        let args = tree::detach_tree(args.as_any())?.into_bound(py).downcast_into::<PyTuple>()?;
+        let mut inputs = Vec::new();
+        let args = tree::detach_tree(args.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyTuple>()?;
         let kwargs = match kwargs {
             Some(kwargs) if !kwargs.is_empty() => {
-                Some(tree::detach_tree(kwargs.as_any())?.into_bound(py).downcast_into::<PyDict>()?)
+                Some(tree::detach_tree(kwargs.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyDict>()?)
             }
             _ => None,
         };
         let saved_output = output.iter().map(Tensor::detach).collect();
         self.stack().push(SavedForward { args: args.unbind(), kwargs: kwargs.map(Bound::unbind), output: saved_output, sample_idx });
-        Ok(Some(output))
+        Ok(Some((output, inputs)))
     }
 
     fn checked_output(&self, layer_output: &Bound<'_, PyAny>, sample_idx: i64) -> PyResult<Vec<Tensor>> {
@@ -171,7 +178,7 @@ impl ProxylessContext {
         let ctx = slf.get();
         let output = ctx.checked_output(layer_output, layer_sample_idx)?;
         match ctx.save(layer_input, output, layer_sample_idx)? {
-            Some(output) => crate::hook::attach_output_hook(slf, module, layer_output, &output),
+            Some((output, inputs)) => crate::hook::attach_output_hook(slf, module, layer_output, &output, &inputs),
             None => Ok(layer_output.clone().unbind()),
         }
     }

@@ -66,26 +66,31 @@ fn run_backward(ctx: &ProxylessContext, module: &Bound<'_, PyAny>, grads: &[Opti
     let forward_path = module.getattr(intern!(py, "forward_path"))?;
     let args = saved.args.bind(py);
     let kwargs = saved.kwargs.as_ref().map(|kwargs| kwargs.bind(py));
-    let mut gate_grads = Vec::with_capacity(n_candidates as usize);
+    // Small outputs are kept and reduced together at the end; large ones are reduced as soon as
+    // each is computed (see kernel::BATCH_NUMEL_LIMIT).
+    let batch = kernel::batchable(grads);
+    let mut kept = Vec::new();
+    let mut gates = Vec::new();
     for k in 0..n_candidates {
-        let gate = if k == saved.sample_idx {
-            kernel::binary_gate_grad(&saved.output, grads)
+        let out = if k == saved.sample_idx {
+            saved.output.iter().map(Tensor::shallow_clone).collect()
         } else {
             let mut call_args = Vec::with_capacity(args.len() + 1);
             call_args.push(k.into_pyobject(py)?.into_any());
             call_args.extend(args.iter());
             let out = forward_path.call(PyTuple::new(py, call_args)?, kwargs)?;
-            let out = tree::output_tensors(&out, &|| format!("{}: candidate {k}", ctx.describe()))?;
-            kernel::binary_gate_grad(&out, grads)
-        }
-        .map_err(in_layer(ctx))?;
-        let gate = match gate {
-            Some(gate) => gate.f_to_kind(options.0).and_then(|g| g.f_to_device(options.1)),
-            None => Tensor::f_zeros([], options),
+            tree::output_tensors(&out, &|| format!("{}: candidate {k}", ctx.describe()))?
         };
-        gate_grads.push(gate.map_err(in_layer(ctx))?);
+        if batch {
+            kept.push(out);
+        } else {
+            gates.push(kernel::binary_gate_grad(&out, grads).map_err(in_layer(ctx))?);
+        }
     }
-    let gate_grads = Tensor::f_stack(&gate_grads, 0).map_err(in_layer(ctx))?;
+    let gate_grads = if batch { kernel::binary_gate_grads(&kept, grads) } else { kernel::stack_gate_grads(gates, grads) }
+        .and_then(|b| if b.kind() == options.0 { Ok(b) } else { b.f_to_kind(options.0) })
+        .and_then(|b| if b.device() == options.1 { Ok(b) } else { b.f_to_device(options.1) })
+        .map_err(in_layer(ctx))?;
 
     // The softmax runs after the candidates, as in NNI, so a stochastic one (GumbelSoftmax)
     // draws the same random numbers.
@@ -169,20 +174,22 @@ impl OutputGradHook {
     }
 }
 
-/// Returns `layer_output` with each tensor that requires grad replaced by a view of itself that
-/// carries the backward hook of `module`.
+/// Hooks the tensors of `layer_output` that require grad so that backward through them runs the
+/// binary-gate backward of `module`, and returns what the layer's forward should return.
 ///
-/// The view gives the layer an autograd node of its own, so the hook sees exactly the gradient
-/// of this call's output even when a candidate returns its input (identity, mixed input) that is
-/// used elsewhere too. A tensor hook costs a few microseconds; a module full backward hook, the
-/// mechanism NNI uses, wraps inputs and outputs in a Python autograd Function (~80 us a call).
-/// Several output tensors go through one identity autograd Function (`GradientTap`) so that
-/// the hook gets all their gradients at once.
+/// A single output tensor gets a tensor hook (a few microseconds; a module full backward hook,
+/// the mechanism NNI uses, wraps inputs and outputs in a Python autograd Function, ~80 us a
+/// call). The hook must see exactly the gradient of this call's output, so a tensor that is
+/// also reachable another way (one of the layer's inputs, as from an identity candidate or a
+/// mixed input, or a leaf such as a parameter) is first replaced by a view of itself, which
+/// gets an autograd node of its own. Several output tensors go through one identity autograd
+/// Function (`proxyless_rs._tap.GradientTap`), so that the hook gets all their gradients at once.
 pub fn attach_output_hook(
     ctx: &Bound<'_, ProxylessContext>,
     module: &Bound<'_, PyAny>,
     layer_output: &Bound<'_, PyAny>,
     output: &[Tensor],
+    inputs: &[usize],
 ) -> PyResult<PyObject> {
     let py = module.py();
     let positions: Vec<usize> = (0..output.len()).filter(|&i| output[i].requires_grad()).collect();
@@ -195,26 +202,44 @@ pub fn attach_output_hook(
             n_outputs: output.len(),
         },
     )?;
-    let views: Vec<PyObject> = if let [position] = positions.as_slice() {
-        let view = tree::to_python(py, &output[*position].f_view_as(&output[*position]).map_err(wrap_tch_err)?)?;
-        view.bind(py).call_method1(intern!(py, "register_hook"), (hook,))?;
-        vec![view]
-    } else {
-        let tap = py.import(intern!(py, "proxyless_rs._tap"))?.getattr(intern!(py, "GradientTap"))?;
-        let mut tap_args = vec![hook.into_any()];
-        for &i in &positions {
-            tap_args.push(tree::to_python(py, &output[i])?);
+    let items = tree::output_items(layer_output)?;
+    if let [position] = positions.as_slice() {
+        let (tensor, item) = (&output[*position], &items[*position]);
+        let shared = tensor.is_leaf() || inputs.contains(&(item.as_ptr() as usize));
+        let hooked = if shared {
+            tree::to_python(py, &tensor.f_view_as(tensor).map_err(wrap_tch_err)?)?.into_bound(py)
+        } else {
+            item.clone()
+        };
+        hooked.call_method1(intern!(py, "register_hook"), (hook,))?;
+        if !shared {
+            return Ok(layer_output.clone().unbind());
         }
-        let tapped = tap.call_method1(intern!(py, "apply"), PyTuple::new(py, tap_args)?)?;
-        tapped.try_iter()?.map(|view| view.map(Bound::unbind)).collect::<PyResult<_>>()?
-    };
-    if tree::as_tensor(layer_output)?.is_some() {
-        return Ok(views.into_iter().next().expect("a tensor output that requires grad has one view"));
+        return replace_items(layer_output, items, &[*position], vec![hooked.unbind()]);
     }
-    // A tuple or list: the same container with the hooked tensors swapped for their views.
-    let mut items: Vec<PyObject> = layer_output.try_iter()?.map(|item| item.map(Bound::unbind)).collect::<PyResult<_>>()?;
-    for (position, view) in positions.into_iter().zip(views) {
-        items[position] = view;
+    let tap = py.import(intern!(py, "proxyless_rs._tap"))?.getattr(intern!(py, "GradientTap"))?;
+    let mut tap_args = vec![hook.into_any()];
+    tap_args.extend(positions.iter().map(|&i| items[i].clone().unbind()));
+    let tapped = tap.call_method1(intern!(py, "apply"), PyTuple::new(py, tap_args)?)?;
+    let views = tapped.try_iter()?.map(|view| view.map(Bound::unbind)).collect::<PyResult<Vec<_>>>()?;
+    replace_items(layer_output, items, &positions, views)
+}
+
+/// `layer_output` with the elements at `positions` replaced (a tensor output is replaced whole);
+/// a list stays a list, any other sequence becomes a tuple.
+fn replace_items(
+    layer_output: &Bound<'_, PyAny>,
+    items: Vec<Bound<'_, PyAny>>,
+    positions: &[usize],
+    replacements: Vec<PyObject>,
+) -> PyResult<PyObject> {
+    let py = layer_output.py();
+    if tree::as_tensor(layer_output)?.is_some() {
+        return Ok(replacements.into_iter().next().expect("a hooked tensor output has one replacement"));
+    }
+    let mut items: Vec<PyObject> = items.into_iter().map(Bound::unbind).collect();
+    for (&position, replacement) in positions.iter().zip(replacements) {
+        items[position] = replacement;
     }
     if layer_output.downcast::<PyList>().is_ok() {
         Ok(PyList::new(py, items)?.into_any().unbind())

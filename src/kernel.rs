@@ -35,6 +35,44 @@ pub fn binary_gate_grad(outputs: &[Tensor], grads: &[Option<Tensor>]) -> Result<
     Ok(total)
 }
 
+/// Candidate outputs of at most this many elements are reduced in one batched op: below ATen's
+/// reduction grain size (32768) a row of `sum(stack(outs) * grad, dims)` is summed exactly like
+/// `sum(out * grad)`, so the batch gives NNI's numbers bit for bit (a property test checks it),
+/// for 3 dispatches instead of 2n. Larger outputs are reduced one by one, as soon as each is
+/// computed, so that no more than one candidate output is alive at a time (NNI's peak memory).
+pub const BATCH_NUMEL_LIMIT: usize = 32768;
+
+/// Whether [`binary_gate_grads`] may batch: one output gradient, small enough.
+pub fn batchable(grads: &[Option<Tensor>]) -> bool {
+    matches!(grads, [Some(grad)] if grad.numel() <= BATCH_NUMEL_LIMIT)
+}
+
+/// The binary-gate gradients of all candidates, `b_k = sum(out_k * grad)`, as a 1-d tensor.
+pub fn binary_gate_grads(outputs: &[Vec<Tensor>], grads: &[Option<Tensor>]) -> Result<Tensor, TchError> {
+    if let [Some(grad)] = grads {
+        let same = |out: &Vec<Tensor>| out.len() == 1 && out[0].size() == grad.size() && out[0].kind() == grad.kind();
+        if batchable(grads) && outputs.iter().all(same) {
+            let stacked = Tensor::f_stack(&outputs.iter().map(|out| &out[0]).collect::<Vec<_>>(), 0)?;
+            let products = stacked.f_mul(grad)?;
+            let dims: Vec<i64> = (1..products.dim() as i64).collect();
+            return if dims.is_empty() { Ok(products) } else { products.f_sum_dim_intlist(dims, false, None::<Kind>) };
+        }
+    }
+    let gates = outputs.iter().map(|out| binary_gate_grad(out, grads)).collect::<Result<Vec<_>, _>>()?;
+    stack_gate_grads(gates, grads)
+}
+
+/// Stacks per-candidate gate gradients; a candidate no gradient reached counts as 0.
+pub fn stack_gate_grads(gates: Vec<Option<Tensor>>, grads: &[Option<Tensor>]) -> Result<Tensor, TchError> {
+    let like = gates.iter().flatten().next().or_else(|| grads.iter().flatten().next());
+    let options = like.map_or((Kind::Float, tch::Device::Cpu), |t| (t.kind(), t.device()));
+    let gates = gates
+        .into_iter()
+        .map(|gate| gate.map_or_else(|| Tensor::f_zeros([], options), Ok))
+        .collect::<Result<Vec<_>, _>>()?;
+    Tensor::f_stack(&gates, 0)
+}
+
 /// `dL/dalpha = p * (b - <b, p>)`, in `probs`' dtype and on its device.
 pub fn alpha_grad(probs: &Tensor, binary_grads: &Tensor) -> Result<Tensor, TchError> {
     if probs.dim() != 1 || binary_grads.size() != probs.size() {
@@ -49,8 +87,40 @@ pub fn alpha_grad(probs: &Tensor, binary_grads: &Tensor) -> Result<Tensor, TchEr
     probs.f_mul(&b.f_sub(&expected)?)
 }
 
+/// The values of a contiguous 1-d float tensor in host memory, or `None` for anything else
+/// (a CUDA tensor, another dtype): reading those would need a copy or a device sync.
+fn host_values(t: &Tensor) -> Option<Vec<f64>> {
+    if t.device() != tch::Device::Cpu || t.dim() != 1 || !t.is_contiguous() {
+        return None;
+    }
+    let n = t.numel();
+    // SAFETY: a contiguous CPU tensor of `n` elements of the matched dtype starts at data_ptr.
+    unsafe {
+        match t.kind() {
+            Kind::Float => Some(std::slice::from_raw_parts(t.data_ptr() as *const f32, n).iter().map(|&v| f64::from(v)).collect()),
+            Kind::Double => Some(std::slice::from_raw_parts(t.data_ptr() as *const f64, n).to_vec()),
+            _ => None,
+        }
+    }
+}
+
 /// Adds `alpha_grad(probs, binary_grads)` into `grad` in place.
+///
+/// On the host the n-element closed form is a scalar loop (in f64) and one `add_`: for the
+/// handful of candidates of a mixed layer that is cheaper than five tensor dispatches. On any
+/// other device it stays in tensor ops on that device, with no synchronisation.
 pub fn accumulate_alpha_grad(grad: &mut Tensor, probs: &Tensor, binary_grads: &Tensor) -> Result<(), TchError> {
+    if let (Some(p), Some(b), tch::Device::Cpu) = (host_values(probs), host_values(binary_grads), grad.device()) {
+        if p.len() == b.len() && grad.size() == [p.len() as i64] {
+            let expected: f64 = p.iter().zip(&b).map(|(p, b)| p * b).sum();
+            let delta: Vec<f64> = p.iter().zip(&b).map(|(p, b)| p * (b - expected)).collect();
+            let delta = match grad.kind() {
+                Kind::Float => Tensor::f_from_slice(&delta.iter().map(|&v| v as f32).collect::<Vec<_>>())?,
+                _ => Tensor::f_from_slice(&delta)?.f_to_kind(grad.kind())?,
+            };
+            return grad.f_add_(&delta).map(drop);
+        }
+    }
     let delta = alpha_grad(probs, binary_grads)?;
     grad.f_add_(&delta).map(drop)
 }
@@ -117,6 +187,36 @@ mod tests {
         assert_eq!(to_vec(&b), vec![1.0]);
         assert!(binary_gate_grad(&out, &[None, None]).unwrap().is_none());
         assert!(binary_gate_grad(&out[..1], &grads).is_err());
+    }
+
+    #[test]
+    fn host_loop_equals_tensor_ops() {
+        tch::manual_seed(1);
+        for kind in [Kind::Float, Kind::Double] {
+            let probs = Tensor::randn([7], (kind, Device::Cpu)).softmax(0, None::<Kind>);
+            let b = Tensor::randn([7], (kind, Device::Cpu));
+            let mut grad = Tensor::zeros([7], (kind, Device::Cpu));
+            accumulate_alpha_grad(&mut grad, &probs, &b).unwrap();
+            let want = alpha_grad(&probs, &b).unwrap();
+            for (g, w) in to_vec(&grad).iter().zip(to_vec(&want)) {
+                assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{kind:?}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn batched_gates_equal_one_by_one() {
+        tch::manual_seed(2);
+        for shape in [vec![], vec![5], vec![8, 64], vec![3, 4, 5], vec![64, 512]] {
+            let grad = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu));
+            let outputs: Vec<Vec<Tensor>> =
+                (0..6).map(|_| vec![Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu))]).collect();
+            let grads = [Some(grad)];
+            let batched = binary_gate_grads(&outputs, &grads).unwrap();
+            let single: Vec<f64> =
+                outputs.iter().map(|out| to_vec(&binary_gate_grad(out, &grads).unwrap().unwrap())[0]).collect();
+            assert_eq!(to_vec(&batched), single, "shape {shape:?}");
+        }
     }
 
     #[test]

@@ -44,28 +44,38 @@ pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
 /// A copy of the tree in which every tensor is detached from the autograd graph.
 ///
 /// Containers keep their kind (tuple, list, dict); other leaves (None, numbers, modules)
-/// are kept by reference. Detached tensors share storage with the originals.
-pub fn detach_tree(obj: &Bound<'_, PyAny>) -> PyResult<PyObject> {
+/// are kept by reference. Detached tensors share storage with the originals. The identities
+/// of the original tensors are added to `seen`.
+pub fn detach_tree(obj: &Bound<'_, PyAny>, seen: &mut Vec<usize>) -> PyResult<PyObject> {
     let py = obj.py();
     if let Some(tensor) = as_tensor(obj)? {
+        seen.push(obj.as_ptr() as usize);
         return to_python(py, &tensor.f_detach().map_err(wrap_tch_err)?);
     }
     if let Ok(tuple) = obj.downcast::<PyTuple>() {
-        let items = tuple.iter().map(|item| detach_tree(&item)).collect::<PyResult<Vec<_>>>()?;
+        let items = tuple.iter().map(|item| detach_tree(&item, seen)).collect::<PyResult<Vec<_>>>()?;
         return Ok(PyTuple::new(py, items)?.into_any().unbind());
     }
     if let Ok(list) = obj.downcast::<PyList>() {
-        let items = list.iter().map(|item| detach_tree(&item)).collect::<PyResult<Vec<_>>>()?;
+        let items = list.iter().map(|item| detach_tree(&item, seen)).collect::<PyResult<Vec<_>>>()?;
         return Ok(PyList::new(py, items)?.into_any().unbind());
     }
     if let Ok(dict) = obj.downcast::<PyDict>() {
         let detached = PyDict::new(py);
         for (key, value) in dict.iter() {
-            detached.set_item(key, detach_tree(&value)?)?;
+            detached.set_item(key, detach_tree(&value, seen)?)?;
         }
         return Ok(detached.into_any().unbind());
     }
     Ok(obj.clone().unbind())
+}
+
+/// The elements of a candidate's output as Python objects (the output itself if a tensor).
+pub fn output_items<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    if as_tensor(obj)?.is_some() {
+        return Ok(vec![obj.clone()]);
+    }
+    obj.try_iter()?.collect()
 }
 
 /// The tensors of a candidate's output: a tensor, or a tuple or list of tensors.
