@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import IMPLEMENTATIONS, arch_parameters, assert_steps_equal, build, train_step
+from conftest import IMPLEMENTATIONS, arch_parameters, assert_alpha_close, assert_steps_equal, build, train_step
 
 STEPS = 8
 
@@ -117,3 +117,42 @@ def test_mutation_hooks_build_our_layers_from_an_nni_model_space():
         model(x).sum().backward()
     torch.testing.assert_close(ours.conv._arch_alpha.grad, theirs.conv._arch_alpha.grad, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(ours.skip._arch_alpha.grad, theirs.skip._arch_alpha.grad, rtol=1e-5, atol=1e-8)
+
+
+class Residual(torch.nn.Module):
+    """x + mixed(x) with identity and zero candidates: the output can be the input tensor itself."""
+
+    def __init__(self, impl, dim):
+        super().__init__()
+        layer_cls, _ = IMPLEMENTATIONS[impl]
+        self.stem = torch.nn.Linear(dim, dim)
+        self.block = layer_cls([('identity', torch.nn.Identity()), ('linear', torch.nn.Linear(dim, dim)),
+                                ('zero', Zero())], torch.nn.Parameter(torch.randn(3)), torch.nn.Softmax(-1), 'block')
+
+    def forward(self, x):
+        h = self.stem(x)
+        return (h + self.block(h)).tanh().sum()
+
+
+class Zero(torch.nn.Module):
+    def forward(self, x):
+        return x.mul(0.0)
+
+
+@pytest.mark.parametrize('rows, dim', [(4, 8), (64, 600)], ids=['batched-gates', 'one-by-one-gates'])
+@pytest.mark.parametrize('sampled', ['identity', 'linear', 'zero'])
+def test_candidate_returning_its_input_inside_a_residual(rows, dim, sampled):
+    """The hook must see the gradient of the layer's output only, not of the input it aliases.
+
+    Also covers both binary-gate reductions: outputs up to kernel::BATCH_NUMEL_LIMIT elements are
+    reduced in one batch, larger ones one by one; both must equal NNI bit for bit.
+    """
+    grads = {}
+    for impl in ('rs', 'nni'):
+        torch.manual_seed(0)
+        net = Residual(impl, dim)
+        net.block.resample({'block': sampled})
+        net(torch.randn(rows, dim)).backward()
+        grads[impl] = (net.block._arch_alpha.grad, net.stem.weight.grad)
+    assert_alpha_close(grads['rs'][0], grads['nni'][0])
+    torch.testing.assert_close(grads['rs'][1], grads['nni'][1], rtol=0, atol=0)
