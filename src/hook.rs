@@ -3,7 +3,7 @@
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::intern;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3_tch::wrap_tch_err;
 use tch::{TchError, Tensor};
 
@@ -44,6 +44,32 @@ fn tch_message(err: &TchError) -> String {
     }
 }
 
+/// `forward_path(k, *args, **kwargs)`. Without kwargs it goes through CPython's vectorcall,
+/// which spares the argument tuple that `PyObject_Call` would build for every candidate.
+fn call_forward_path<'py>(
+    forward_path: &Bound<'py, PyAny>,
+    k: i64,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = forward_path.py();
+    let k = k.into_pyobject(py)?;
+    if kwargs.is_some() {
+        let mut call_args = vec![k.into_any()];
+        call_args.extend(args.iter());
+        return forward_path.call(PyTuple::new(py, call_args)?, kwargs);
+    }
+    let mut argv = Vec::with_capacity(args.len() + 1);
+    argv.push(k.as_ptr());
+    argv.extend(args.iter_borrowed().map(|arg| arg.as_ptr()));
+    // SAFETY: every pointer in argv is kept alive by `k` and `args` for the call; the result is
+    // a new reference or NULL with an exception set.
+    unsafe {
+        let result = pyo3::ffi::PyObject_Vectorcall(forward_path.as_ptr(), argv.as_ptr(), argv.len(), std::ptr::null_mut());
+        Bound::from_owned_ptr_or_err(py, result)
+    }
+}
+
 /// Pops the layer's saved forward and adds the binary-gate gradient into `arch_alpha.grad`.
 ///
 /// `grads` holds one entry per output tensor of the layer (`None` where no gradient flowed).
@@ -75,10 +101,7 @@ fn run_backward(ctx: &ProxylessContext, module: &Bound<'_, PyAny>, grads: &[Opti
         let out = if k == saved.sample_idx {
             saved.output.iter().map(Tensor::shallow_clone).collect()
         } else {
-            let mut call_args = Vec::with_capacity(args.len() + 1);
-            call_args.push(k.into_pyobject(py)?.into_any());
-            call_args.extend(args.iter());
-            let out = forward_path.call(PyTuple::new(py, call_args)?, kwargs)?;
+            let out = call_forward_path(&forward_path, k, args, kwargs)?;
             tree::output_tensors(&out, &|| format!("{}: candidate {k}", ctx.describe()))?
         };
         if batch {
