@@ -179,6 +179,31 @@ def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> list[dict]:
     return list(results.values())
 
 
+def whole_search(epochs: int, samples: int, smoke: bool) -> dict:
+    """The digits search through RetiariiExperiment: NNI's strategy.Proxyless() against
+    proxyless_rs.strategy.Proxyless() (default, not exact), interleaved, same seeds."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'examples'))
+    import nni.retiarii.strategy as nni_strategy
+    from digits_nni import search
+
+    import proxyless_rs
+
+    strategies = {'nni': nni_strategy.Proxyless, 'proxyless_rs': proxyless_rs.strategy.Proxyless}
+    extra = {'limit_train_batches': 2} if smoke else {}
+    times: dict[str, list[float]] = {name: [] for name in strategies}
+    for sample in range(samples + 1):  # sample 0 is a warm-up
+        for name in (list(strategies) if sample % 2 else list(reversed(strategies))):
+            _, _, seconds, _ = search(strategies[name](), epochs, seed=sample, progress=False, **extra)
+            if sample:
+                times[name].append(seconds * 1e3)
+    result = {'case': 'search', 'unit': 'ms/search',
+              'description': f'digits search through RetiariiExperiment, {epochs} epoch(s) of 31 steps, strategy.Proxyless()'}
+    for name, values in times.items():
+        result[name] = {'min': min(values), 'median': statistics.median(values), 'max': max(values)}
+    result['speedup'] = result['nni']['median'] / result['proxyless_rs']['median']
+    return result
+
+
 def saved_contexts(impls, steps: int) -> dict:
     """Saved forwards alive after `steps` steps, each followed by a validation forward under no_grad."""
     result = {'case': 'memory', 'description': f'saved forwards alive after {steps} train steps + no_grad validation',
@@ -254,13 +279,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--smoke', action='store_true', help='tiny shapes, a few steps: checks the harness runs')
     parser.add_argument('--case', action='append', help='run only these cases (overhead, medium, compute, conv, '
-                                                         'input, hook, memory)')
+                                                         'input, hook, search, memory)')
     parser.add_argument('--threads', type=int, default=1, help='torch.set_num_threads (default 1)')
     parser.add_argument('--out', type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     impls = implementations()
-    wanted = set(args.case or ['overhead', 'medium', 'compute', 'conv', 'input', 'hook', 'memory'])
+    wanted = set(args.case or ['overhead', 'medium', 'compute', 'conv', 'input', 'hook', 'search', 'memory'])
 
     results = []
     for case in supernet_cases(args.smoke):
@@ -275,6 +300,10 @@ def main(argv=None):
                 results.append(r)
                 print(f"{r['case']:>9}: NNI {r['nni']['median']:.1f} us, proxyless_rs {r['proxyless_rs']['median']:.1f} us",
                       flush=True)
+    if 'search' in wanted:
+        results.append(whole_search(epochs=1 if args.smoke else 4, samples=1 if args.smoke else 5, smoke=args.smoke))
+        print(f"   search: NNI {results[-1]['nni']['median']:.0f} ms, proxyless_rs "
+              f"{results[-1]['proxyless_rs']['median']:.0f} ms, {results[-1]['speedup']:.2f}x", flush=True)
     if 'memory' in wanted:
         results.append(saved_contexts(impls, steps=5 if args.smoke else 100))
         print(f"   memory: {results[-1]}", flush=True)

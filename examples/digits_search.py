@@ -5,7 +5,8 @@ Data: scikit-learn's bundled 8x8 digits (1797 images, no download). The supernet
 mixed layers of five candidates each and a mixed input choosing which hidden state feeds the
 classifier. Each step does what NNI's one-shot loop does: an architecture step on a validation
 batch (resample, forward, backward, Adam on alpha) and a weight step on a training batch
-(resample, forward, backward, SGD on the weights).
+(resample, forward, backward, SGD on the weights; proxyless_rs skips the alpha-gradient work
+there, which NNI computes and then discards).
 
     python examples/digits_search.py [--epochs 15] [--threads 1]
 """
@@ -20,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from tqdm import tqdm
+
+from proxyless_rs import no_arch_grad
 
 HIDDEN = 64
 
@@ -119,11 +122,14 @@ def search(layer_cls, input_cls, epochs: int, batch: int = 32, seed: int = 0, de
                 a_opt.zero_grad()
                 F.cross_entropy(net(xa), ya).backward()
                 a_opt.step()
-                # Weight step on a training batch.
+                # Weight step on a training batch. Its alpha gradients would be discarded by the next
+                # a_opt.zero_grad(), so proxyless_rs's layers skip that work here (no_arch_grad is a
+                # no-op on NNI's layers, which always do it).
                 net.resample()
                 w_opt.zero_grad()
-                loss = F.cross_entropy(net(xb), yb)
-                loss.backward()
+                with no_arch_grad(net):
+                    loss = F.cross_entropy(net(xb), yb)
+                    loss.backward()
                 w_opt.step()
                 bar.update()
                 if bar.n % 25 == 0:
@@ -150,7 +156,7 @@ def main():
     import proxyless_rs
 
     runs = {
-        'NNI 2.10 (Python)': search(NNILayer, NNIInput, args.epochs, seed=args.seed, desc='NNI 2.10   '),
+        'NNI 2.10 (Python)': search(NNILayer, NNIInput, args.epochs, seed=args.seed, desc="NNI 2.10   "),
         'proxyless_rs (Rust)': search(proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedInput,
                                       args.epochs, seed=args.seed, desc='proxyless_rs'),
     }

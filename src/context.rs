@@ -5,6 +5,7 @@
 //! sampled candidate's output) and the sampled index. Backward pops in reverse order,
 //! which is the order autograd runs the calls of one layer in.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -64,6 +65,9 @@ pub struct ProxylessContext {
     /// computed here instead of through a Python module call (a stochastic or custom softmax,
     /// e.g. NNI's GumbelSoftmax, is always called).
     softmax_dim: Option<i64>,
+    /// Off inside `proxyless_rs.no_arch_grad()`: forwards save nothing and hook nothing, so the
+    /// backward does no binary-gate work (a weight step whose alpha gradients nobody uses).
+    enabled: AtomicBool,
     saved: Mutex<Vec<SavedForward>>,
 }
 
@@ -96,7 +100,7 @@ impl ProxylessContext {
         output: Vec<Tensor>,
         sample_idx: i64,
     ) -> PyResult<Option<(Vec<Tensor>, Vec<usize>)>> {
-        if !grad_mode_enabled() || !output.iter().any(Tensor::requires_grad) {
+        if !self.enabled.load(Ordering::Relaxed) || !grad_mode_enabled() || !output.iter().any(Tensor::requires_grad) {
             return Ok(None);
         }
         let py = layer_input.py();
@@ -147,7 +151,7 @@ impl ProxylessContext {
             )));
         }
         let softmax_dim = plain_softmax_dim(softmax.bind(arch_alpha.py()))?;
-        Ok(Self { arch_alpha: arch_alpha.clone().unbind(), softmax, label, softmax_dim, saved: Mutex::new(Vec::new()) })
+        Ok(Self { arch_alpha: arch_alpha.clone().unbind(), softmax, label, softmax_dim, enabled: AtomicBool::new(true), saved: Mutex::new(Vec::new()) })
     }
 
     /// Saves one forward call for a backward hook registered with
@@ -187,6 +191,17 @@ impl ProxylessContext {
     fn sample(&self, py: Python<'_>) -> PyResult<i64> {
         let _no_grad = tch::no_grad_guard();
         crate::sampling::draw(&self.probs(py)?)
+    }
+
+    /// Whether forwards are saved for the binary-gate backward (see `no_arch_grad`).
+    #[getter]
+    fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    #[setter]
+    fn set_enabled(&self, value: bool) {
+        self.enabled.store(value, Ordering::Relaxed);
     }
 
     /// Drops every saved forward (a new architecture was sampled).

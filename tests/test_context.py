@@ -127,3 +127,21 @@ def test_hooks_are_released_with_the_graph():
     del out
     assert [sys.getrefcount(m) for m in net.mixed()] == baseline
     assert saved_entries(net) == 0
+
+
+def test_no_arch_grad_skips_the_alpha_work_and_keeps_weight_gradients():
+    ours, reference = build('rs'), build('rs')
+    for net in (ours, reference):
+        net.resample({'pick': 1, 'first': 'linear', 'shared': 'tanh', 'pair': 'plus'})
+    x = torch.randn(3, 8)
+    with proxyless_rs.no_arch_grad(ours):
+        assert not any(m.ctx.enabled for m in ours.mixed())
+        ours(x).sum().backward()
+        assert saved_entries(ours) == 0
+    assert all(m.ctx.enabled for m in ours.mixed())
+    reference(x).sum().backward()
+    for (name, p), (_, q) in zip(ours.named_parameters(), reference.named_parameters()):
+        if name.endswith('_arch_alpha'):
+            assert p.grad is None and q.grad is not None
+        elif q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)

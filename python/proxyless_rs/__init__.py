@@ -9,13 +9,20 @@ methods, parameter names and state_dict keys.
 import torch  # noqa: F401  (import order matters)
 
 from ._core import BackwardHook, ProxylessContext, alpha_grad, sample_index
-from .supermodule import ProxylessMixedInput, ProxylessMixedLayer
+from .supermodule import ProxylessMixedInput, ProxylessMixedLayer, no_arch_grad
+from .lightning import ProxylessLightningModule
+from .patch import patch_nni
+from . import strategy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ProxylessMixedLayer",
     "ProxylessMixedInput",
+    "ProxylessLightningModule",
+    "no_arch_grad",
+    "patch_nni",
+    "strategy",
     "ProxylessContext",
     "BackwardHook",
     "alpha_grad",

@@ -9,7 +9,8 @@ to ``proxyless_rs._core``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,28 @@ from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMix
 
 from ._core import ProxylessContext
 
-__all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput']
+__all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'no_arch_grad']
+
+
+@contextlib.contextmanager
+def no_arch_grad(*modules: nn.Module) -> Iterator[None]:
+    """Within this block, the ProxylessNAS layers inside ``modules`` skip their alpha-gradient work.
+
+    Forwards save nothing and attach no hook, so backward neither evaluates the unsampled
+    candidates nor touches ``alpha.grad``: use it around a weight step whose alpha gradients
+    would be thrown away. Weight gradients are unchanged. What else differs from a full step:
+    the unsampled candidates' forwards in backward no longer run, so they neither update their
+    BatchNorm running statistics nor draw random numbers (dropout), and later draws shift.
+    """
+    contexts = [m.ctx for root in modules for m in root.modules() if isinstance(getattr(m, 'ctx', None), ProxylessContext)]
+    previous = [ctx.enabled for ctx in contexts]
+    for ctx in contexts:
+        ctx.enabled = False
+    try:
+        yield
+    finally:
+        for ctx, enabled in zip(contexts, previous):
+            ctx.enabled = enabled
 
 
 class ProxylessMixedLayer(DifferentiableMixedLayer):

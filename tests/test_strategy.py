@@ -1,0 +1,187 @@
+"""The NNI one-shot workflow: strategy, Lightning module, patch_nni, and their errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+warnings.filterwarnings('ignore', category=UserWarning)
+
+import nni.retiarii.nn.pytorch as nn  # noqa: E402
+import nni.retiarii.strategy as nni_strategy  # noqa: E402
+from nni.nas.oneshot.pytorch.base_lightning import BaseOneShotLightningModule  # noqa: E402
+from nni.retiarii import model_wrapper  # noqa: E402
+from nni.retiarii.evaluator import FunctionalEvaluator  # noqa: E402
+from nni.retiarii.evaluator.pytorch import Classification, DataLoader  # noqa: E402
+from nni.retiarii.experiment.pytorch import RetiariiExeConfig, RetiariiExperiment  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+from torch.utils.data import TensorDataset  # noqa: E402
+
+import proxyless_rs  # noqa: E402
+from proxyless_rs.strategy import Proxyless  # noqa: E402
+
+
+@model_wrapper
+class DigitsSpace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(64, 32)
+        self.first = nn.LayerChoice([nn.Linear(32, 32), nn.Sequential(nn.Linear(32, 32), nn.Tanh()),
+                                     nn.Sequential(nn.Dropout(0.2), nn.Linear(32, 32))], label='first')
+        self.second = nn.LayerChoice([nn.Linear(32, 32), nn.Identity()], label='second')
+        self.readout = nn.InputChoice(2, 1, label='readout')
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        a = self.first(h)
+        b = self.second(a)
+        return self.head(self.readout([a, b]))
+
+
+@model_wrapper
+class RepeatSpace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Repeat(lambda index: nn.Linear(64, 64), (1, 2), label='depth')
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(x))
+
+
+def evaluator(train=True, val=True, max_epochs=1, **kwargs):
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target)
+    train_ds, val_ds = TensorDataset(x[:320], y[:320]), TensorDataset(x[320:480], y[320:480])
+    return Classification(
+        train_dataloaders=DataLoader(train_ds, batch_size=32, shuffle=True) if train else None,
+        val_dataloaders=DataLoader(val_ds, batch_size=32, shuffle=True) if val else None,
+        max_epochs=max_epochs, enable_progress_bar=False, logger=False, enable_checkpointing=False,
+        enable_model_summary=False, **kwargs)
+
+
+def run(strategy, space_cls=DigitsSpace, seed=0, **evaluator_kwargs):
+    torch.manual_seed(seed)
+    space = space_cls()
+    experiment = RetiariiExperiment(space, evaluator(**evaluator_kwargs), [], strategy)
+    config = RetiariiExeConfig()
+    config.execution_engine = 'oneshot'
+    experiment.run(config)
+    return experiment
+
+
+@pytest.fixture
+def recorded_samples(monkeypatch):
+    """Every architecture the one-shot module samples, in order."""
+    samples = []
+    original = BaseOneShotLightningModule.resample
+
+    def recording(self, memo=None):
+        result = original(self, memo)
+        samples.append(dict(result))
+        return result
+
+    monkeypatch.setattr(BaseOneShotLightningModule, 'resample', recording)
+    return samples
+
+
+def test_search_exports_a_complete_architecture():
+    strategy = Proxyless()
+    experiment = run(strategy, max_epochs=2)
+    (architecture,) = experiment.export_top_models()
+    assert set(architecture) == {'first', 'second', 'readout'}
+    assert architecture['first'] in {'0', '1', '2'} and architecture['second'] in {'0', '1'}
+    assert architecture['readout'] in (0, 1)
+    assert [type(m) for m in strategy.model.nas_modules] == [
+        proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedInput]
+    assert strategy.export_top_models() == [architecture]
+
+
+def test_exact_mode_reproduces_nni_strategy(recorded_samples):
+    ours = Proxyless(exact=True)
+    run(ours, max_epochs=2)
+    our_samples = list(recorded_samples)
+    recorded_samples.clear()
+    theirs = nni_strategy.Proxyless()
+    run(theirs, max_epochs=2)
+    assert len(our_samples) == len(recorded_samples) == 2 * 2 * 10
+    assert our_samples == recorded_samples
+    for a, b in zip(ours.model.nas_modules, theirs.model.nas_modules):
+        assert type(a).__module__.startswith('proxyless_rs') and type(b).__module__.startswith('nni')
+        torch.testing.assert_close(a._arch_alpha, b._arch_alpha, rtol=1e-5, atol=1e-7)
+    assert ours.export_top_models() == theirs.export_top_models()
+
+
+def test_weight_step_does_no_alpha_gradient_work(monkeypatch):
+    """Without exact, only the sampled candidate runs in the weight step; the arch step runs all."""
+    calls = []
+    original = proxyless_rs.ProxylessMixedLayer.forward_path
+
+    def counting(self, index, *args, **kwargs):
+        calls.append((self.label, torch.is_grad_enabled()))
+        return original(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(proxyless_rs.ProxylessMixedLayer, 'forward_path', counting)
+    strategy = Proxyless()
+    run(strategy, max_epochs=1)
+    steps = 10
+    # Per step and layer: 1 sampled forward in each of the two phases, plus the n-1 unsampled
+    # candidates in the architecture step's backward (run under no_grad), when the layer's
+    # output reached the loss.
+    in_forward = [c for c in calls if c[1]]
+    in_backward = [c for c in calls if not c[1]]
+    assert len(in_forward) == 2 * 2 * steps
+    assert 0 < len(in_backward) <= steps * (3 - 1 + 2 - 1)
+    assert all(m.ctx.enabled for m in strategy.model.nas_modules)  # restored after each weight step
+
+
+def test_probabilities_are_logged_every_n_steps(monkeypatch):
+    logged = []
+    monkeypatch.setattr(proxyless_rs.ProxylessLightningModule, 'log_dict',
+                        lambda self, values, **kwargs: logged.append(dict(values)))
+    run(Proxyless(), max_epochs=1, log_every_n_steps=5)
+    assert len(logged) == 2  # 10 steps, every 5th
+    assert set(logged[0]) == {'prob/first/0', 'prob/first/1', 'prob/first/2', 'prob/second/0', 'prob/second/1',
+                              'prob/readout/0', 'prob/readout/1'}
+    assert sum(v for k, v in logged[0].items() if k.startswith('prob/first/')) == pytest.approx(1.0)
+
+
+def test_patch_nni_makes_nni_build_our_layers_and_undoes_itself():
+    from nni.nas.oneshot.pytorch.supermodule import proxyless as nni_proxyless
+
+    original = nni_proxyless.ProxylessMixedLayer
+    with proxyless_rs.patch_nni() as patch:
+        assert patch.active
+        strategy = nni_strategy.Proxyless()
+        run(strategy)
+        assert type(strategy.model).__module__.startswith('nni')
+        assert {type(m) for m in strategy.model.nas_modules} == {proxyless_rs.ProxylessMixedLayer,
+                                                                  proxyless_rs.ProxylessMixedInput}
+    assert nni_proxyless.ProxylessMixedLayer is original
+    strategy = nni_strategy.Proxyless()
+    run(strategy)
+    assert type(strategy.model.nas_modules[0]) is original
+
+
+def test_evaluator_must_be_lightning():
+    space = DigitsSpace()
+    experiment = RetiariiExperiment(space, FunctionalEvaluator(lambda model: None), [], Proxyless())
+    config = RetiariiExeConfig()
+    config.execution_engine = 'oneshot'
+    with pytest.raises(TypeError, match='needs a Lightning evaluator.*got FunctionalEvaluator'):
+        experiment.run(config)
+
+
+def test_validation_dataloader_is_required():
+    with pytest.raises(ValueError, match='needs val_dataloaders on the evaluator'):
+        run(Proxyless(), val=False)
+
+
+def test_unsupported_primitive_is_named():
+    with pytest.raises(TypeError, match=r"supports LayerChoice and InputChoice only; module 'blocks' of type Repeat"):
+        run(Proxyless(), space_cls=RepeatSpace)
