@@ -1,5 +1,6 @@
 # One entry point for people and CI. Every target creates the virtual environment it needs.
-#   make demo   set up, build, run the digits search (NNI's layers and ours, side by side)
+#   make demo   set up, build, run the digits search (NNI's layers and ours, side by side), from a
+#               plain PyTorch script and through NNI's RetiariiExperiment
 #   make test   set up, build, run the pytest suite and the Rust unit tests
 #   make bench  set up, build, run the benchmark harness
 #   make wheel  build a wheel into dist/ the way `pip install .` does
@@ -26,6 +27,7 @@ develop: $(VENV)/.deps
 
 demo: develop
 	$(PY) examples/digits_search.py
+	$(PY) examples/digits_nni.py
 
 pytest: develop
 	$(PY) -m pytest

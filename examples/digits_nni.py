@@ -2,7 +2,7 @@
 ``InputChoice``, a Lightning ``Classification`` evaluator and ``RetiariiExperiment``, once with NNI
 2.10's ``strategy.Proxyless()`` and once with ``proxyless_rs.strategy.Proxyless()``.
 
-    python examples/digits_nni.py [--epochs 10] [--plot digits_probs.png]
+    python examples/digits_nni.py [--epochs 10] [--arc-lr 1e-2] [--plot digits_probs.png]
 
 Prints the exported architectures, test accuracy of each and the time of each search, and plots
 every layer's candidate probabilities over the proxyless_rs search.
@@ -120,7 +120,7 @@ def plot(history: list[dict[str, float]], path: str) -> None:
             ax.plot([h[key] for h in history], label=key.split('/')[1])
         ax.set_title(label)
         ax.set_xlabel('step')
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, title='candidate', title_fontsize=7)
     axes[0].set_ylabel('probability')
     fig.suptitle('candidate probabilities during the proxyless_rs search (digits)')
     fig.tight_layout()
@@ -132,6 +132,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--epochs', type=int, default=10)
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--arc-lr', type=float, default=1e-2, help='architecture learning rate (NNI default 3e-4)')
     parser.add_argument('--plot', default='digits_probs.png', help='where to write the probability plot')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -139,9 +140,11 @@ def main():
     import proxyless_rs
 
     recorder = ProbabilityRecorder()
+    # The same keyword arguments for both: the strategies are drop-ins for each other.
+    kwargs = dict(arc_learning_rate=args.arc_lr)
     runs = {
-        'NNI 2.10 strategy.Proxyless()': search(nni_strategy.Proxyless(), args.epochs),
-        'proxyless_rs.strategy.Proxyless()': search(proxyless_rs.strategy.Proxyless(), args.epochs,
+        'NNI 2.10 strategy.Proxyless()': search(nni_strategy.Proxyless(**kwargs), args.epochs),
+        'proxyless_rs.strategy.Proxyless()': search(proxyless_rs.strategy.Proxyless(**kwargs), args.epochs,
                                                     callbacks=[recorder]),
     }
     print()
