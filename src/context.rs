@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3_tch::wrap_tch_err;
+use pyo3_tch::{wrap_tch_err, PyTensor};
 use tch::{Kind, Tensor};
 
 use crate::hook::BackwardHook;
@@ -22,7 +22,11 @@ pub struct SavedForward {
     pub args: Py<PyTuple>,
     pub kwargs: Option<Py<PyDict>>,
     pub output: Vec<Tensor>,
+    /// The keys (as `str`) of a dict output, in the order of `output`.
+    pub output_keys: Option<Vec<String>>,
     pub sample_idx: i64,
+    /// Two-path mode: the one unsampled candidate whose gate takes part (see `sample_two`).
+    pub partner: Option<i64>,
 }
 
 /// `dim` if `softmax` is exactly `torch.nn.Softmax` with an explicit `dim`, else `None`.
@@ -92,13 +96,29 @@ impl ProxylessContext {
         }
     }
 
+    /// `softmax` applied to some other logits (two-path mode's two-element slice of alpha).
+    pub fn probs_of(&self, py: Python<'_>, logits: &Tensor) -> PyResult<Tensor> {
+        match self.softmax_dim {
+            Some(dim) => logits.f_softmax(dim, None::<Kind>).map_err(wrap_tch_err),
+            None => tree::expect_tensor(&self.softmax.bind(py).call1((tree::to_python(py, logits)?,))?, "softmax(logits)"),
+        }
+    }
+
+    /// `alpha[indices]`, gathered with narrow (no index tensor to copy to alpha's device).
+    pub fn alpha_at(&self, py: Python<'_>, indices: &[i64]) -> PyResult<Tensor> {
+        let alpha = tree::expect_tensor(self.arch_alpha.bind(py), "arch_alpha")?;
+        let parts = indices.iter().map(|&i| alpha.f_narrow(0, i, 1)).collect::<Result<Vec<_>, _>>().map_err(wrap_tch_err)?;
+        Tensor::f_cat(&parts, 0).map_err(wrap_tch_err)
+    }
+
     /// Saves one forward call if a backward can follow; if it did, returns the output's tensors
     /// and the identities of the input tensors.
     fn save(
         &self,
         layer_input: &Bound<'_, PyAny>,
-        output: Vec<Tensor>,
+        (output, output_keys): tree::OutputTensors,
         sample_idx: i64,
+        partner: Option<i64>,
     ) -> PyResult<Option<(Vec<Tensor>, Vec<usize>)>> {
         if !self.enabled.load(Ordering::Relaxed) || !grad_mode_enabled() || !output.iter().any(Tensor::requires_grad) {
             return Ok(None);
@@ -121,11 +141,11 @@ impl ProxylessContext {
             _ => None,
         };
         let saved_output = output.iter().map(Tensor::detach).collect();
-        self.stack().push(SavedForward { args: args.unbind(), kwargs: kwargs.map(Bound::unbind), output: saved_output, sample_idx });
+        self.stack().push(SavedForward { args: args.unbind(), kwargs: kwargs.map(Bound::unbind), output: saved_output, output_keys, sample_idx, partner });
         Ok(Some((output, inputs)))
     }
 
-    fn checked_output(&self, layer_output: &Bound<'_, PyAny>, sample_idx: i64) -> PyResult<Vec<Tensor>> {
+    fn checked_output(&self, layer_output: &Bound<'_, PyAny>, sample_idx: i64) -> PyResult<tree::OutputTensors> {
         tree::output_tensors(layer_output, &|| format!("{}: the sampled candidate (index {sample_idx})", self.describe()))
     }
 
@@ -166,22 +186,25 @@ impl ProxylessContext {
         layer_sample_idx: i64,
     ) -> PyResult<bool> {
         let output = self.checked_output(layer_output, layer_sample_idx)?;
-        Ok(self.save(layer_input, output, layer_sample_idx)?.is_some())
+        Ok(self.save(layer_input, output, layer_sample_idx, None)?.is_some())
     }
 
     /// Saves one forward call of `module` and returns the output to hand on: when a backward
-    /// can follow, its tensors are replaced by views carrying a gradient hook that runs the
-    /// binary-gate backward for `module` (no module-level full backward hook needed).
+    /// can follow, its tensors are hooked so that backward runs the binary-gate backward for
+    /// `module` (no module-level full backward hook needed). With `partner` (two-path mode) the
+    /// backward evaluates only that candidate besides the sampled one.
+    #[pyo3(signature = (module, layer_input, layer_output, layer_sample_idx, partner=None))]
     fn forward_output(
         slf: &Bound<'_, Self>,
         module: &Bound<'_, PyAny>,
         layer_input: &Bound<'_, PyAny>,
         layer_output: &Bound<'_, PyAny>,
         layer_sample_idx: i64,
+        partner: Option<i64>,
     ) -> PyResult<PyObject> {
         let ctx = slf.get();
         let output = ctx.checked_output(layer_output, layer_sample_idx)?;
-        match ctx.save(layer_input, output, layer_sample_idx)? {
+        match ctx.save(layer_input, output, layer_sample_idx, partner)? {
             Some((output, inputs)) => crate::hook::attach_output_hook(slf, module, layer_output, &output, &inputs),
             None => Ok(layer_output.clone().unbind()),
         }
@@ -191,6 +214,20 @@ impl ProxylessContext {
     fn sample(&self, py: Python<'_>) -> PyResult<i64> {
         let _no_grad = tch::no_grad_guard();
         crate::sampling::draw(&self.probs(py)?)
+    }
+
+    /// Two-path sampling (ProxylessNAS paper, mit-han-lab's `MixedEdge` mode "two"): draws two
+    /// distinct candidates from `softmax(arch_alpha)`, then the active one of the two from the
+    /// softmax of their two logits. Returns `(active, inactive, a copy of alpha)`; the copy is what
+    /// `rescale_two_path` restores around the optimizer step.
+    fn sample_two(&self, py: Python<'_>) -> PyResult<(i64, i64, PyTensor)> {
+        let _no_grad = tch::no_grad_guard();
+        let (first, second) = crate::sampling::draw_pair(&self.probs(py)?)?;
+        let pair_logits = self.alpha_at(py, &[first, second])?;
+        let (active, inactive) =
+            if crate::sampling::draw(&self.probs_of(py, &pair_logits)?)? == 0 { (first, second) } else { (second, first) };
+        let before = tree::expect_tensor(self.arch_alpha.bind(py), "arch_alpha")?.f_detach_copy().map_err(wrap_tch_err)?;
+        Ok((active, inactive, PyTensor(before)))
     }
 
     /// Whether forwards are saved for the binary-gate backward (see `no_arch_grad`).

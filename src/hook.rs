@@ -37,6 +37,14 @@ fn in_layer(ctx: &ProxylessContext) -> impl Fn(TchError) -> PyErr + '_ {
     move |err| PyValueError::new_err(format!("{}: {}", ctx.describe(), tch_message(&err)))
 }
 
+/// A dict output's keys as Python prints a list of them, or "no dict".
+fn describe_keys(keys: &Option<Vec<String>>) -> String {
+    match keys {
+        Some(keys) => format!("keys [{}]", keys.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")),
+        None => "no dict".to_owned(),
+    }
+}
+
 fn tch_message(err: &TchError) -> String {
     match err {
         TchError::Shape(msg) | TchError::Torch(msg) => msg.clone(),
@@ -94,15 +102,30 @@ fn run_backward(ctx: &ProxylessContext, module: &Bound<'_, PyAny>, grads: &[Opti
     let kwargs = saved.kwargs.as_ref().map(|kwargs| kwargs.bind(py));
     // Small outputs are kept and reduced together at the end; large ones are reduced as soon as
     // each is computed (see kernel::BATCH_NUMEL_LIMIT).
+    // Full mode evaluates every candidate; two-path mode the sampled one and its partner only.
+    let involved: Vec<i64> = match saved.partner {
+        Some(partner) => vec![saved.sample_idx, partner],
+        None => (0..n_candidates).collect(),
+    };
     let batch = kernel::batchable(grads);
     let mut kept = Vec::new();
     let mut gates = Vec::new();
-    for k in 0..n_candidates {
+    for &k in &involved {
         let out = if k == saved.sample_idx {
             saved.output.iter().map(Tensor::shallow_clone).collect()
         } else {
             let out = call_forward_path(&forward_path, k, args, kwargs)?;
-            tree::output_tensors(&out, &|| format!("{}: candidate {k}", ctx.describe()))?
+            let (out, keys) = tree::output_tensors(&out, &|| format!("{}: candidate {k}", ctx.describe()))?;
+            if keys != saved.output_keys {
+                return Err(PyValueError::new_err(format!(
+                    "{}: candidate {k} returned {}, but the sampled candidate returned {}; all candidates \
+                     must return the same structure",
+                    ctx.describe(),
+                    describe_keys(&keys),
+                    describe_keys(&saved.output_keys)
+                )));
+            }
+            out
         };
         if batch {
             kept.push(out);
@@ -117,13 +140,20 @@ fn run_backward(ctx: &ProxylessContext, module: &Bound<'_, PyAny>, grads: &[Opti
 
     // The softmax runs after the candidates, as in NNI, so a stochastic one (GumbelSoftmax)
     // draws the same random numbers.
-    let probs = ctx.probs(py)?;
+    let probs = match saved.partner {
+        Some(_) => ctx.probs_of(py, &ctx.alpha_at(py, &involved)?)?,
+        None => ctx.probs(py)?,
+    };
     let mut alpha_grad = alpha.grad();
     if !alpha_grad.defined() {
         alpha_grad = alpha.f_zeros_like().map_err(in_layer(ctx))?;
         alpha_obj.setattr(intern!(py, "grad"), tree::to_python(py, &alpha_grad)?)?;
     }
-    kernel::accumulate_alpha_grad(&mut alpha_grad, &probs, &gate_grads).map_err(in_layer(ctx))
+    match saved.partner {
+        Some(_) => kernel::accumulate_subset_alpha_grad(&mut alpha_grad, &involved, &probs, &gate_grads),
+        None => kernel::accumulate_alpha_grad(&mut alpha_grad, &probs, &gate_grads),
+    }
+    .map_err(in_layer(ctx))
 }
 
 #[pymethods]
@@ -225,7 +255,9 @@ pub fn attach_output_hook(
             n_outputs: output.len(),
         },
     )?;
-    let items = tree::output_items(layer_output)?;
+    let parts = tree::output_parts(layer_output)?.expect("the output was checked at save");
+    let keys = parts.keys;
+    let items = parts.items;
     if let [position] = positions.as_slice() {
         let (tensor, item) = (&output[*position], &items[*position]);
         let shared = tensor.is_leaf() || inputs.contains(&(item.as_ptr() as usize));
@@ -238,27 +270,35 @@ pub fn attach_output_hook(
         if !shared {
             return Ok(layer_output.clone().unbind());
         }
-        return replace_items(layer_output, items, &[*position], vec![hooked.unbind()]);
+        return replace_items(layer_output, items, keys, &[*position], vec![hooked.unbind()]);
     }
     let tap = py.import(intern!(py, "proxyless_rs._tap"))?.getattr(intern!(py, "GradientTap"))?;
     let mut tap_args = vec![hook.into_any()];
     tap_args.extend(positions.iter().map(|&i| items[i].clone().unbind()));
     let tapped = tap.call_method1(intern!(py, "apply"), PyTuple::new(py, tap_args)?)?;
     let views = tapped.try_iter()?.map(|view| view.map(Bound::unbind)).collect::<PyResult<Vec<_>>>()?;
-    replace_items(layer_output, items, &positions, views)
+    replace_items(layer_output, items, keys, &positions, views)
 }
 
 /// `layer_output` with the elements at `positions` replaced (a tensor output is replaced whole);
-/// a list stays a list, any other sequence becomes a tuple.
+/// a dict keeps its key order, a list stays a list, any other sequence becomes a tuple.
 fn replace_items(
     layer_output: &Bound<'_, PyAny>,
     items: Vec<Bound<'_, PyAny>>,
+    keys: Option<Vec<Bound<'_, PyAny>>>,
     positions: &[usize],
     replacements: Vec<PyObject>,
 ) -> PyResult<PyObject> {
     let py = layer_output.py();
     if tree::as_tensor(layer_output)?.is_some() {
         return Ok(replacements.into_iter().next().expect("a hooked tensor output has one replacement"));
+    }
+    if let (Some(keys), Ok(dict)) = (keys, layer_output.downcast::<PyDict>()) {
+        let replaced = dict.copy()?;
+        for (&position, replacement) in positions.iter().zip(replacements) {
+            replaced.set_item(&keys[position], replacement)?;
+        }
+        return Ok(replaced.into_any().unbind());
     }
     let mut items: Vec<PyObject> = items.into_iter().map(Bound::unbind).collect();
     for (&position, replacement) in positions.iter().zip(replacements) {

@@ -125,6 +125,60 @@ pub fn accumulate_alpha_grad(grad: &mut Tensor, probs: &Tensor, binary_grads: &T
     grad.f_add_(&delta).map(drop)
 }
 
+/// Two-path mode: adds `alpha_grad(probs, binary_grads)` of the involved candidates (`probs` is
+/// the softmax of their logits alone) into `grad` at `indices`; the other entries are untouched.
+pub fn accumulate_subset_alpha_grad(
+    grad: &mut Tensor,
+    indices: &[i64],
+    probs: &Tensor,
+    binary_grads: &Tensor,
+) -> Result<(), TchError> {
+    let delta = alpha_grad(probs, binary_grads)?;
+    for (k, &i) in indices.iter().enumerate() {
+        drop(grad.f_narrow(0, i, 1)?.f_add_(&delta.f_narrow(0, k as i64, 1)?)?);
+    }
+    Ok(())
+}
+
+/// Two-path mode, after the optimizer step: `alpha[indices]` (the involved logits) are shifted by
+/// one common offset so that `sum(exp(alpha[indices]))` equals its value in `before` (alpha as it
+/// was when the paths were drawn), and every other logit is put back to its value in `before`
+/// (an optimizer with momentum or weight decay moves them although their gradient was zero). So
+/// the step only trades probability between the involved candidates: every other candidate's
+/// probability is unchanged.
+pub fn rescale_subset(alpha: &Tensor, indices: &[i64], before: &Tensor) -> Result<(), TchError> {
+    let before = before.f_to_kind(alpha.kind())?;
+    let gather = |t: &Tensor| -> Result<Tensor, TchError> {
+        let parts = indices.iter().map(|&i| t.f_narrow(0, i, 1)).collect::<Result<Vec<_>, _>>()?;
+        Tensor::f_cat(&parts, 0)
+    };
+    let stepped = gather(alpha)?;
+    let offset = stepped.f_logsumexp([0], false)?.f_sub(&gather(&before)?.f_logsumexp([0], false)?)?;
+    let rescaled = stepped.f_sub(&offset)?;
+    let mut alpha = alpha.shallow_clone();
+    alpha.f_copy_(&before)?;
+    for (k, &i) in indices.iter().enumerate() {
+        alpha.f_narrow(0, i, 1)?.f_copy_(&rescaled.f_narrow(0, k as i64, 1)?)?;
+    }
+    Ok(())
+}
+
+/// `rescale_two_path(alpha, indices, before)`: [`rescale_subset`] under `no_grad`, in place.
+#[pyfunction]
+pub fn rescale_two_path(alpha: PyTensor, indices: Vec<i64>, before: PyTensor) -> PyResult<()> {
+    let _no_grad = tch::no_grad_guard();
+    let n = alpha.size().first().copied().unwrap_or(0);
+    if indices.iter().any(|&i| i < 0 || i >= n) || before.size() != alpha.size() {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "rescale_two_path: indices {indices:?} must lie in 0..{n}, and the logits from before the step \
+             must have alpha's shape {:?}, got {:?}",
+            alpha.size(),
+            before.size()
+        )));
+    }
+    rescale_subset(&alpha, &indices, &before).map_err(wrap_tch_err)
+}
+
 /// `alpha_grad(probs, binary_grads)`: the closed form above, for tests and custom loops.
 #[pyfunction]
 #[pyo3(name = "alpha_grad")]

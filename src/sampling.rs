@@ -27,3 +27,15 @@ pub fn draw(probs: &Tensor) -> PyResult<i64> {
     let drawn = probs.f_multinomial(1, false).map_err(wrap_tch_err)?;
     drawn.f_int64_value(&[0]).map_err(wrap_tch_err)
 }
+
+/// Two distinct indices from `probs` (`torch.multinomial(probs, 2, replacement=False)`).
+pub fn draw_pair(probs: &Tensor) -> PyResult<(i64, i64)> {
+    if probs.dim() != 1 || probs.size()[0] < 2 {
+        return Err(PyValueError::new_err(format!(
+            "two-path sampling needs a 1-d tensor of at least 2 probabilities, got shape {:?}",
+            probs.size()
+        )));
+    }
+    let drawn = probs.f_multinomial(2, false).map_err(wrap_tch_err)?;
+    Ok((drawn.f_int64_value(&[0]).map_err(wrap_tch_err)?, drawn.f_int64_value(&[1]).map_err(wrap_tch_err)?))
+}

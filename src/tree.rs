@@ -70,48 +70,62 @@ pub fn detach_tree(obj: &Bound<'_, PyAny>, seen: &mut Vec<usize>) -> PyResult<Py
     Ok(obj.clone().unbind())
 }
 
-/// The elements of a candidate's output as Python objects (the output itself if a tensor).
-pub fn output_items<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
-    if as_tensor(obj)?.is_some() {
-        return Ok(vec![obj.clone()]);
-    }
-    obj.try_iter()?.collect()
+/// A candidate's output taken apart: its elements in a fixed order and, for a dict, the keys in
+/// that order (sorted when they sort, so that candidates building their dicts in different
+/// orders still line up).
+pub struct OutputParts<'py> {
+    pub items: Vec<Bound<'py, PyAny>>,
+    pub keys: Option<Vec<Bound<'py, PyAny>>>,
 }
 
-/// The tensors of a candidate's output: a tensor, or a tuple or list of tensors.
-///
-/// These are the only outputs a full backward hook sees gradients for, so anything else
-/// is refused with a `TypeError` that names `what` and the offending type.
-pub fn output_tensors(obj: &Bound<'_, PyAny>, what: &dyn Fn() -> String) -> PyResult<Vec<Tensor>> {
-    if let Some(tensor) = as_tensor(obj)? {
-        return Ok(vec![tensor]);
+/// Takes a tensor, a tuple or list, or a dict apart (see [`OutputParts`]); `None` for anything else.
+pub fn output_parts<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<OutputParts<'py>>> {
+    if as_tensor(obj)?.is_some() {
+        return Ok(Some(OutputParts { items: vec![obj.clone()], keys: None }));
     }
-    let items = if let Ok(tuple) = obj.downcast::<PyTuple>() {
-        tuple.iter().collect::<Vec<_>>()
-    } else if let Ok(list) = obj.downcast::<PyList>() {
-        list.iter().collect::<Vec<_>>()
-    } else {
-        return Err(PyTypeError::new_err(format!(
-            "{} returned {}; a ProxylessNAS candidate must return a torch.Tensor or a tuple of tensors",
-            what(),
-            type_name(obj)
-        )));
+    if obj.downcast::<PyTuple>().is_ok() || obj.downcast::<PyList>().is_ok() {
+        return Ok(Some(OutputParts { items: obj.try_iter()?.collect::<PyResult<_>>()?, keys: None }));
+    }
+    if let Ok(dict) = obj.downcast::<PyDict>() {
+        let py = obj.py();
+        let keys: Vec<Bound<'py, PyAny>> = match py.import("builtins")?.getattr("sorted")?.call1((dict,)) {
+            Ok(sorted) => sorted.try_iter()?.collect::<PyResult<_>>()?,
+            Err(_) => dict.keys().iter().collect(),
+        };
+        let items = keys.iter().map(|key| dict.as_any().get_item(key)).collect::<PyResult<_>>()?;
+        return Ok(Some(OutputParts { items, keys: Some(keys) }));
+    }
+    Ok(None)
+}
+
+/// The tensors of a candidate's output and, for a dict output, its keys (as `str`).
+pub type OutputTensors = (Vec<Tensor>, Option<Vec<String>>);
+
+/// The tensors of a candidate's output: a tensor, or a tuple, list or dict of tensors.
+///
+/// These are the outputs whose gradients the backward can pair with each candidate's, so
+/// anything else is refused with a `TypeError` that names `what` and the offending type.
+pub fn output_tensors(obj: &Bound<'_, PyAny>, what: &dyn Fn() -> String) -> PyResult<OutputTensors> {
+    const EXPECTED: &str = "a ProxylessNAS candidate must return a torch.Tensor, or a tuple, list or dict of tensors";
+    let Some(parts) = output_parts(obj)? else {
+        return Err(PyTypeError::new_err(format!("{} returned {}; {EXPECTED}", what(), type_name(obj))));
     };
-    items
+    let tensors = parts
+        .items
         .iter()
         .enumerate()
         .map(|(i, item)| {
             as_tensor(item)?.ok_or_else(|| {
-                PyTypeError::new_err(format!(
-                    "{} returned a {} whose element {i} is {}; a ProxylessNAS candidate must return a \
-                     torch.Tensor or a tuple of tensors",
-                    what(),
-                    type_name(obj),
-                    type_name(item)
-                ))
+                let at = match &parts.keys {
+                    Some(keys) => format!("whose value at {}", keys[i]),
+                    None => format!("whose element {i}"),
+                };
+                PyTypeError::new_err(format!("{} returned a {} {at} is {}; {EXPECTED}", what(), type_name(obj), type_name(item)))
             })
         })
-        .collect()
+        .collect::<PyResult<Vec<_>>>()?;
+    let keys = parts.keys.map(|keys| keys.iter().map(|key| key.str().map(|k| k.to_string())).collect::<PyResult<Vec<_>>>()).transpose()?;
+    Ok((tensors, keys))
 }
 
 /// The gradients a full backward hook receives: a tuple of tensors and `None`s.

@@ -19,7 +19,10 @@ class Returns(nn.Module):
         y = self.linear(x)
         return {
             'tensor': y,
-            'dict': {'y': y},
+            'set': {y},
+            'dict': {'y': y, 'z': y * 2},
+            'dict-with-str': {'y': y, 'name': 'y'},
+            'other-keys': {'y': y, 'w': y * 2},
             'tuple-with-int': (y, 3),
             'pair': (y, y * 2),
             'none': None,
@@ -63,7 +66,8 @@ def test_memo_naming_an_unknown_candidate():
             pick.resample({'pick': bad})
 
 
-@pytest.mark.parametrize('kind, type_name', [('dict', 'dict'), ('tuple-with-int', 'int'), ('none', 'NoneType')])
+@pytest.mark.parametrize('kind, type_name', [('set', 'set'), ('tuple-with-int', 'int'), ('none', 'NoneType'),
+                                             ('dict-with-str', 'str')])
 def test_sampled_candidate_returning_a_non_tensor(kind, type_name):
     op = layer(kind, 'tensor')
     op.resample({'op': 'c0'})
@@ -75,10 +79,10 @@ def test_sampled_candidate_returning_a_non_tensor(kind, type_name):
 
 
 def test_other_candidate_returning_a_non_tensor_fails_in_backward():
-    op = layer('tensor', 'dict')
+    op = layer('tensor', 'set')
     op.resample({'op': 'c0'})
     out = op(torch.randn(2, 3))
-    with pytest.raises(TypeError, match=r'mixed layer "op": candidate 1 returned dict'):
+    with pytest.raises(TypeError, match=r'mixed layer "op": candidate 1 returned set'):
         out.sum().backward()
     assert op._arch_alpha.grad is None  # no partial gradient was written
 
@@ -108,3 +112,22 @@ def test_kernel_and_sampler_refuse_bad_shapes():
         sample_index([0.5, 0.5])
     with pytest.raises(ValueError):
         sample_index(torch.tensor([0.5, float('nan')]))
+
+
+def test_dict_candidates_must_share_their_keys():
+    op = layer('dict', 'other-keys')
+    op.resample({'op': 'c0'})
+    out = op(torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"candidate 1 returned keys \['w', 'y'\], but the sampled candidate returned "
+                                         r"keys \['y', 'z'\]"):
+        (out['y'] + out['z']).sum().backward()
+
+
+def test_mode_must_exist_and_two_path_needs_two_candidates():
+    with pytest.raises(ValueError, match=r"'op': mode 'three' does not exist; use \"full\".*or \"two\""):
+        ProxylessMixedLayer([('a', nn.Identity()), ('b', nn.Identity())], nn.Parameter(torch.zeros(2)),
+                            nn.Softmax(-1), 'op', mode='three')
+    with pytest.raises(ValueError, match=r"'op': two-path mode needs at least two candidates, it has 1"):
+        ProxylessMixedLayer([('a', nn.Identity())], nn.Parameter(torch.zeros(1)), nn.Softmax(-1), 'op', mode='two')
+    with pytest.raises(ValueError, match=r"'pick': two-path mode needs at least two candidates"):
+        ProxylessMixedInput(1, 1, nn.Parameter(torch.zeros(1)), nn.Softmax(-1), 'pick', mode='two')

@@ -9,7 +9,8 @@ methods, parameter names and state_dict keys.
 import torch  # noqa: F401  (import order matters)
 
 from ._core import BackwardHook, ProxylessContext, alpha_grad, sample_index
-from .supermodule import ProxylessMixedInput, ProxylessMixedLayer, no_arch_grad
+from .supermodule import MODES, ProxylessMixedInput, ProxylessMixedLayer, no_arch_grad, rescale_two_path
+from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency, profile_latency
 from .lightning import ProxylessLightningModule
 from .patch import patch_nni
 from . import strategy
@@ -21,8 +22,15 @@ __all__ = [
     "ProxylessMixedInput",
     "ProxylessLightningModule",
     "no_arch_grad",
+    "rescale_two_path",
+    "MODES",
     "patch_nni",
     "strategy",
+    "LatencyTable",
+    "profile_latency",
+    "expected_latency",
+    "latency_loss",
+    "predicted_latency",
     "ProxylessContext",
     "BackwardHook",
     "alpha_grad",

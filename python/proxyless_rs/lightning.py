@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 import torch.nn as nn
 import torch.optim as optim
 from nni.nas.oneshot.pytorch.base_lightning import MutationHook
 from nni.nas.oneshot.pytorch.base_lightning import no_default_hook as nni_no_default_hook
 from nni.nas.oneshot.pytorch.differentiable import ProxylessLightningModule as NNIProxylessLightningModule
 
-from .supermodule import ProxylessMixedInput, ProxylessMixedLayer, no_arch_grad
+from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency
+from .supermodule import MODES, ProxylessMixedInput, ProxylessMixedLayer, no_arch_grad, rescale_two_path
 
 __all__ = ['ProxylessLightningModule', 'unsupported_primitive_hook']
 
@@ -46,16 +48,58 @@ class ProxylessLightningModule(NNIProxylessLightningModule):
 
     ``exact=True`` runs NNI's own step instead (alpha-gradient work and probability logging at every
     step), which reproduces NNI's sampled architectures and alphas under the same seeds.
+
+    Beyond NNI (ProxylessNAS paper): ``mode='two'`` builds the layers in two-path mode and rescales
+    the involved logits after every architecture step (:func:`proxyless_rs.rescale_two_path`);
+    ``latency_table`` (a :class:`proxyless_rs.LatencyTable`) with ``latency_weight`` > 0 adds the
+    expected latency to the architecture step's loss in ``latency_form`` ``'log'``
+    (``loss + weight * log E[LAT]``) or ``'mul'`` (``loss * (E[LAT] / latency_target) ** weight``),
+    and :meth:`export_latency` gives the exported architecture's predicted latency. Neither exists
+    in NNI, so neither combines with ``exact=True``.
     """
 
     def __init__(self, inner_module: pl.LightningModule, mutation_hooks: list[MutationHook] | None = None,
-                 arc_learning_rate: float = 3.0E-4, gradient_clip_val: float | None = None, exact: bool = False):
+                 arc_learning_rate: float = 3.0E-4, gradient_clip_val: float | None = None, exact: bool = False,
+                 mode: str = 'full', latency_table: LatencyTable | dict | None = None, latency_weight: float = 0.0,
+                 latency_form: str = 'log', latency_target: float | None = None):
+        if mode not in MODES:
+            raise ValueError(f'mode {mode!r} does not exist; use "full" or "two"')
+        if exact and (mode != 'full' or latency_weight):
+            raise ValueError('exact=True reproduces NNI step for step; NNI has no two-path mode or latency loss')
         self.exact = exact
+        self.mode = mode
+        self.latency_table = None if latency_table is None else LatencyTable(latency_table)
+        self.latency_weight = latency_weight
+        self.latency_form = latency_form
+        self.latency_target = latency_target
         super().__init__(inner_module, mutation_hooks=mutation_hooks, arc_learning_rate=arc_learning_rate,
                          gradient_clip_val=gradient_clip_val)
+        if self.latency_table is not None:
+            self.latency_table.check(self.model)
+            # Refuse a bad form, weight or target now rather than at the first step.
+            latency_loss(torch.zeros(()), torch.ones(()), latency_form, latency_weight, latency_target)
+        elif latency_weight:
+            raise ValueError('latency_weight is set but no latency_table was given')
 
     def default_mutation_hooks(self) -> list[MutationHook]:
         return [ProxylessMixedLayer.mutate, ProxylessMixedInput.mutate, unsupported_primitive_hook]
+
+    def mutate_kwargs(self) -> dict[str, Any]:
+        return {**super().mutate_kwargs(), 'proxyless_mode': self.mode}
+
+    def configure_architecture_optimizers(self):
+        """NNI's architecture optimizer (Adam, betas (0.5, 0.999), weight decay 1e-3), at
+        ``arc_learning_rate``: NNI 2.10 accepts that argument but always uses 3e-4, its default."""
+        params = list({id(p): p for m in self.nas_modules for p in m.parameters(arch=True)}.values())
+        if not params:
+            raise ValueError('No architecture parameters found. Nothing to search.')
+        return torch.optim.Adam(params, self.arc_learning_rate, betas=(0.5, 0.999), weight_decay=1.0E-3)
+
+    def export_latency(self) -> float:
+        """The latency (ms) that ``latency_table`` predicts for :meth:`export`'s architecture."""
+        if self.latency_table is None:
+            raise ValueError('export_latency needs a latency_table')
+        return predicted_latency(self.export(), self.model, self.latency_table)
 
     def training_step(self, batch, batch_idx):
         if self.exact:
@@ -72,8 +116,15 @@ class ProxylessLightningModule(NNIProxylessLightningModule):
         arc_step_loss = self.model.training_step(val_batch, 2 * batch_idx)
         if isinstance(arc_step_loss, dict):
             arc_step_loss = arc_step_loss['loss']
+        expected = None
+        if self.latency_table is not None and self.latency_weight:
+            expected = expected_latency(self.model, self.latency_table)
+            arc_step_loss = latency_loss(arc_step_loss, expected, self.latency_form, self.latency_weight,
+                                         self.latency_target)
         self.manual_backward(arc_step_loss)
         arc_optim.step()
+        if self.mode == 'two':
+            rescale_two_path(*self.nas_modules)
 
         # Weight step, on a training batch: no alpha-gradient work.
         self.resample()
@@ -85,6 +136,8 @@ class ProxylessLightningModule(NNIProxylessLightningModule):
         self.advance_lr_schedulers(batch_idx)
         if self._logs_this_step():
             self.log_dict({'prob/' + k: v for k, v in self.export_probs().items()})
+            if expected is not None:
+                self.log('latency/expected_ms', expected.item())
         return loss_and_metrics
 
     def _logs_this_step(self) -> bool:

@@ -21,12 +21,19 @@ class Proxyless(NNIProxyless):
     ``export_top_models()``, backed by :class:`proxyless_rs.ProxylessLightningModule`.
 
     Keyword arguments go to that module: ``mutation_hooks``, ``arc_learning_rate``,
-    ``gradient_clip_val`` as in NNI, and ``exact`` (default False; see the module).
+    ``gradient_clip_val`` as in NNI, and ``exact``, ``mode``, ``latency_table``, ``latency_weight``,
+    ``latency_form``, ``latency_target`` (see the module).
     """
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.oneshot_module = ProxylessLightningModule
+
+    def export_latency(self) -> float:
+        """The latency (ms) the latency table predicts for the exported architecture."""
+        if self.model is None:
+            raise RuntimeError('One-shot strategy needs to be run before export.')
+        return self.model.export_latency()
 
     def run(self, base_model, applied_mutators):
         evaluator = getattr(base_model, 'evaluator', None)

@@ -1,0 +1,200 @@
+"""Hardware-aware search (ProxylessNAS paper, section 3.3): a latency lookup table, a profiler that
+builds one on this machine, the expected latency of a supernet and the two loss forms."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.nn as nn
+
+from .supermodule import ProxylessMixedInput, ProxylessMixedLayer, _proxyless_layers
+
+__all__ = ['LatencyTable', 'profile_latency', 'expected_latency', 'latency_loss', 'predicted_latency', 'LOSS_FORMS']
+
+LOSS_FORMS = ('log', 'mul')
+
+
+def _choices(layer: nn.Module) -> list[str]:
+    """A layer's candidate names as a table (and NNI's ``export_probs``) spells them."""
+    if isinstance(layer, ProxylessMixedLayer):
+        return list(layer.op_names)
+    return [str(i) for i in range(layer.n_candidates)]
+
+
+class LatencyTable(Mapping[str, Mapping[str, float]]):
+    """Latency in milliseconds of each candidate of each mixed layer: ``{label: {choice: ms}}``.
+
+    Choices are candidate names for layer choices and input indices (as strings) for input
+    choices, as in NNI's ``export_probs`` keys. Latencies must be finite and non-negative. A table
+    is checked against a model (:meth:`check`) before it is used: every mixed layer's label and
+    every candidate must be present.
+    """
+
+    def __init__(self, table: Mapping[str, Mapping[Any, float]]):
+        self._table: dict[str, dict[str, float]] = {}
+        for label, row in table.items():
+            if not isinstance(row, Mapping):
+                raise TypeError(f'latency table: the entry of layer {label!r} must map candidates to milliseconds, '
+                                f'got {type(row).__name__}')
+            self._table[str(label)] = {}
+            for choice, ms in row.items():
+                value = float(ms)
+                if not math.isfinite(value) or value < 0:
+                    raise ValueError(f'latency table: layer {label!r}, candidate {choice!r} has latency {ms!r}; '
+                                     'latencies must be finite and non-negative (milliseconds)')
+                self._table[str(label)][str(choice)] = value
+
+    def __getitem__(self, label: str) -> Mapping[str, float]:
+        return self._table[label]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        return f'LatencyTable({self._table!r})'
+
+    def check(self, *modules: nn.Module) -> None:
+        """Raises ``KeyError`` naming the first mixed layer or candidate of ``modules`` missing from the table."""
+        for layer in _proxyless_layers(*modules):
+            if layer.label not in self._table:
+                raise KeyError(f'latency table has no entry for mixed layer {layer.label!r} '
+                               f'(it has {sorted(self._table)})')
+            missing = [c for c in _choices(layer) if c not in self._table[layer.label]]
+            if missing:
+                raise KeyError(f'latency table: layer {layer.label!r} lacks candidate(s) {missing} '
+                               f'(it has {sorted(self._table[layer.label])})')
+
+    def latencies(self, layer: nn.Module) -> torch.Tensor:
+        """The layer's candidates' latencies, in candidate order, on alpha's device and dtype."""
+        row = self._table[layer.label]
+        alpha = layer._arch_alpha
+        return torch.tensor([row[c] for c in _choices(layer)], dtype=alpha.dtype, device=alpha.device)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self._table, indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | Path) -> 'LatencyTable':
+        return cls(json.loads(Path(path).read_text()))
+
+
+def expected_latency(model: nn.Module, table: LatencyTable) -> torch.Tensor:
+    """``sum over mixed layers of sum_i softmax(alpha)_i * latency_i``: differentiable in every alpha.
+
+    Each mixed layer counts once per module (layers sharing a label and alpha each count, since
+    each runs). ``softmax`` is the layer's own, as in its sampling.
+    """
+    layers = list(_proxyless_layers(model))
+    if not layers:
+        raise ValueError('expected_latency: the model has no ProxylessNAS mixed layers')
+    table.check(model)
+    terms = [(layer._softmax(layer._arch_alpha) * table.latencies(layer)).sum() for layer in layers]
+    return torch.stack(terms).sum()
+
+
+def latency_loss(task_loss: torch.Tensor, expected: torch.Tensor, form: str = 'log', weight: float = 0.1,
+                 target: float | None = None) -> torch.Tensor:
+    """The task loss with the expected latency folded in.
+
+    - ``'log'``: ``task_loss + weight * log(expected)``;
+    - ``'mul'``: ``task_loss * (expected / target) ** weight`` (the paper's multiplicative form, with
+      ``weight`` as its exponent beta and ``target`` the latency aimed at, in ms).
+
+    ``weight == 0`` returns ``task_loss`` itself (no latency term in the graph).
+    """
+    if form not in LOSS_FORMS:
+        raise ValueError(f'latency loss form {form!r} does not exist; use "log" (task + weight * log E[LAT]) '
+                         'or "mul" (task * (E[LAT] / target) ** weight)')
+    if weight < 0 or not math.isfinite(weight):
+        raise ValueError(f'latency weight must be finite and non-negative, got {weight!r}')
+    if weight == 0:
+        return task_loss
+    if form == 'log':
+        return task_loss + weight * torch.log(expected)
+    if target is None or not target > 0:
+        raise ValueError(f'the "mul" latency loss needs a positive target latency (ms), got {target!r}')
+    return task_loss * (expected / target) ** weight
+
+
+def predicted_latency(architecture: Mapping[str, Any], model: nn.Module, table: LatencyTable) -> float:
+    """Latency (ms) the table predicts for ``architecture`` (as exported) on ``model``'s mixed layers."""
+    table.check(model)
+    total = 0.0
+    for layer in _proxyless_layers(model):
+        if layer.label not in architecture:
+            raise KeyError(f'predicted_latency: the architecture has no choice for mixed layer {layer.label!r}')
+        choice = architecture[layer.label]
+        if isinstance(choice, list):  # input choices exported with n_chosen > 1
+            total += sum(table[layer.label][str(c)] for c in choice)
+        else:
+            total += table[layer.label][str(choice)]
+    return total
+
+
+def profile_latency(model: nn.Module, *example_args: Any, repeats: int = 20, warmup: int = 3,
+                    progress: bool = True, **example_kwargs: Any) -> LatencyTable:
+    """Measures each candidate of each mixed layer on this machine, with the layer's real inputs.
+
+    Runs ``model(*example_args, **example_kwargs)`` once under ``no_grad`` with every layer fixed
+    to its first candidate to capture each layer's inputs, then times ``forward_path(k, ...)`` of
+    every candidate (median of ``repeats`` runs after ``warmup``; CUDA is synchronised around each
+    run). Progress is shown with tqdm. The layers' sampled paths are restored afterwards.
+    """
+    from tqdm import tqdm
+
+    layers = list(_proxyless_layers(model))
+    if not layers:
+        raise ValueError('profile_latency: the model has no ProxylessNAS mixed layers')
+    saved = {id(layer): (getattr(layer, '_sampled', None), getattr(layer, '_sample_idx', None), layer._partner)
+             for layer in layers}
+    captured: dict[int, tuple[tuple, dict]] = {}
+    handles = [layer.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.setdefault(id(module), (args, kwargs)), with_kwargs=True)
+        for layer in layers]
+    try:
+        memo: dict[str, Any] = {}
+        for layer in layers:
+            memo.update(layer.resample({layer.label: _choices(layer)[0] if isinstance(layer, ProxylessMixedLayer) else 0,
+                                        **memo}))
+        with torch.no_grad():
+            model(*example_args, **example_kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer in layers:
+            sampled, index, partner = saved[id(layer)]
+            layer._sampled, layer._partner = sampled, partner
+            if isinstance(layer, ProxylessMixedLayer):
+                layer._sample_idx = index
+            layer.ctx.clear_context()
+
+    def run(layer, k, args, kwargs):
+        layer.forward_path(k, *args, **kwargs)
+        if any(isinstance(t, torch.Tensor) and t.is_cuda for t in args):
+            torch.cuda.synchronize()
+
+    table: dict[str, dict[str, float]] = {}
+    jobs = [(layer, k) for layer in layers if id(layer) in captured for k in range(len(_choices(layer)))]
+    with torch.no_grad(), tqdm(jobs, desc='profiling candidates', disable=not progress, unit='op') as bar:
+        for layer, k in bar:
+            args, kwargs = captured[id(layer)]
+            for _ in range(warmup):
+                run(layer, k, args, kwargs)
+            samples = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run(layer, k, args, kwargs)
+                samples.append((time.perf_counter() - start) * 1e3)
+            # Layers sharing a label keep the slowest instance's figure (the table is per label).
+            row = table.setdefault(layer.label, {})
+            row[_choices(layer)[k]] = max(row.get(_choices(layer)[k], 0.0), statistics.median(samples))
+    return LatencyTable(table)
