@@ -80,14 +80,20 @@ def supernet_cases(smoke: bool) -> list[Case]:
 
 
 def training_step(net: nn.Module, x: torch.Tensor) -> None:
+    """An architecture step without the optimizer: resample, forward, backward (and, for two-path
+    layers, the rescale that follows the optimizer step)."""
     memo: dict = {}
     for module in net.mixed():
         memo.update(module.resample(memo))
     net.zero_grad(set_to_none=True)
     net(x).square().mean().backward()
+    if getattr(net.mixed()[0], 'mode', 'full') == 'two':
+        import proxyless_rs
+
+        proxyless_rs.rescale_two_path(net)
 
 
-def time_case(case: Case, impls) -> dict:
+def time_case(case: Case, impls, baseline: str = 'nni', contender: str = 'proxyless_rs') -> dict:
     nets, inputs = {}, {}
     for name, (layer_cls, input_cls) in impls.items():
         torch.manual_seed(0)
@@ -107,8 +113,25 @@ def time_case(case: Case, impls) -> dict:
     result = {'case': case.name, 'description': case.description, 'unit': 'ms/step'}
     for name, values in times.items():
         result[name] = {'min': min(values), 'median': statistics.median(values), 'max': max(values)}
-    result['speedup'] = result['nni']['median'] / result['proxyless_rs']['median']
+    result['speedup'] = result[baseline]['median'] / result[contender]['median']
     return result
+
+
+def two_path_cases(smoke: bool) -> list[dict]:
+    """proxyless_rs's architecture step in full mode against two-path mode, same process."""
+    import functools
+
+    import proxyless_rs
+
+    modes = {mode: (functools.partial(proxyless_rs.ProxylessMixedLayer, mode=mode),
+                    functools.partial(proxyless_rs.ProxylessMixedInput, mode=mode)) for mode in ('full', 'two')}
+    results = []
+    for case in supernet_cases(smoke):
+        if case.name in ('compute', 'conv'):
+            result = time_case(case, modes, baseline='full', contender='two')
+            result['case'] = f'two-path {case.name}'
+            results.append(result)
+    return results
 
 
 def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> list[dict]:
@@ -240,12 +263,18 @@ def machine() -> str:
 def markdown(results: list[dict], header: str) -> str:
     lines = [header, '', '| case | NNI 2.10 min / median / max | proxyless_rs min / median / max | speed-up (median) |',
              '| --- | --- | --- | --- |']
+    fmt = lambda d: f"{d['min']:.3g} / {d['median']:.3g} / {d['max']:.3g}"  # noqa: E731
     for r in results:
-        if r['case'] == 'memory':
+        if r['case'] == 'memory' or 'full' in r:
             continue
-        fmt = lambda d: f"{d['min']:.3g} / {d['median']:.3g} / {d['max']:.3g}"  # noqa: E731
         lines.append(f"| {r['case']}: {r['description']} ({r['unit']}) | {fmt(r['nni'])} | {fmt(r['proxyless_rs'])} "
                      f"| {r['speedup']:.2f}x |")
+    two_path = [r for r in results if 'full' in r]
+    if two_path:
+        lines += ['', '| two-path vs full (proxyless_rs architecture step) | full min / median / max | '
+                      'two min / median / max | speed-up (median) |', '| --- | --- | --- | --- |']
+        lines += [f"| {r['case']}: {r['description']} ({r['unit']}) | {fmt(r['full'])} | {fmt(r['two'])} "
+                  f"| {r['speedup']:.2f}x |" for r in two_path]
     for r in results:
         if r['case'] == 'memory':
             lines += ['', f"{r['description']}: NNI 2.10 {r['nni']['after_validation']} "
@@ -279,13 +308,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--smoke', action='store_true', help='tiny shapes, a few steps: checks the harness runs')
     parser.add_argument('--case', action='append', help='run only these cases (overhead, medium, compute, conv, '
-                                                         'input, hook, search, memory)')
+                                                         'input, two-path, hook, search, memory)')
     parser.add_argument('--threads', type=int, default=1, help='torch.set_num_threads (default 1)')
     parser.add_argument('--out', type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     impls = implementations()
-    wanted = set(args.case or ['overhead', 'medium', 'compute', 'conv', 'input', 'hook', 'search', 'memory'])
+    wanted = set(args.case or ['overhead', 'medium', 'compute', 'conv', 'input', 'two-path', 'hook', 'search', 'memory'])
 
     results = []
     for case in supernet_cases(args.smoke):
@@ -293,6 +322,11 @@ def main(argv=None):
             results.append(time_case(case, impls))
             print(f"{case.name:>9}: NNI {results[-1]['nni']['median']:.3f} ms, proxyless_rs "
                   f"{results[-1]['proxyless_rs']['median']:.3f} ms, {results[-1]['speedup']:.2f}x", flush=True)
+    if 'two-path' in wanted:
+        for r in two_path_cases(args.smoke):
+            results.append(r)
+            print(f"{r['case']:>9}: full {r['full']['median']:.3f} ms, two {r['two']['median']:.3f} ms, "
+                  f"{r['speedup']:.2f}x", flush=True)
     if 'hook' in wanted:
         for n in (4, 8):
             for r in hook_cost(impls, n=n, dim=8 if args.smoke else 64, batch=2 if args.smoke else 8,
