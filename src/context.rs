@@ -72,6 +72,9 @@ pub struct ProxylessContext {
     /// Off inside `proxyless_rs.no_arch_grad()`: forwards save nothing and hook nothing, so the
     /// backward does no binary-gate work (a weight step whose alpha gradients nobody uses).
     enabled: AtomicBool,
+    /// Called (no arguments) after each backward has added into `arch_alpha.grad`; used by
+    /// `proxyless_rs.distributed` to average architecture gradients across ranks.
+    after_backward: Mutex<Option<PyObject>>,
     saved: Mutex<Vec<SavedForward>>,
 }
 
@@ -149,6 +152,12 @@ impl ProxylessContext {
         tree::output_tensors(layer_output, &|| format!("{}: the sampled candidate (index {sample_idx})", self.describe()))
     }
 
+    /// The `after_backward` callback, if one is set.
+    pub fn after_backward_callback(&self, py: Python<'_>) -> Option<PyObject> {
+        let slot = self.after_backward.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.as_ref().map(|callback| callback.clone_ref(py))
+    }
+
     /// The label for error messages.
     pub fn describe(&self) -> String {
         match &self.label {
@@ -171,7 +180,7 @@ impl ProxylessContext {
             )));
         }
         let softmax_dim = plain_softmax_dim(softmax.bind(arch_alpha.py()))?;
-        Ok(Self { arch_alpha: arch_alpha.clone().unbind(), softmax, label, softmax_dim, enabled: AtomicBool::new(true), saved: Mutex::new(Vec::new()) })
+        Ok(Self { arch_alpha: arch_alpha.clone().unbind(), softmax, label, softmax_dim, enabled: AtomicBool::new(true), after_backward: Mutex::new(None), saved: Mutex::new(Vec::new()) })
     }
 
     /// Saves one forward call for a backward hook registered with
@@ -241,6 +250,17 @@ impl ProxylessContext {
         self.enabled.store(value, Ordering::Relaxed);
     }
 
+    /// A callable run after each backward of this layer has written `arch_alpha.grad`, or None.
+    #[getter]
+    fn after_backward(&self, py: Python<'_>) -> Option<PyObject> {
+        self.after_backward_callback(py)
+    }
+
+    #[setter]
+    fn set_after_backward(&self, callback: Option<PyObject>) {
+        *self.after_backward.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = callback;
+    }
+
     /// Drops every saved forward (a new architecture was sampled).
     fn clear_context(&self) {
         self.stack().clear();
@@ -268,6 +288,11 @@ impl ProxylessContext {
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.arch_alpha)?;
         visit.call(&self.softmax)?;
+        if let Ok(slot) = self.after_backward.try_lock() {
+            if let Some(callback) = slot.as_ref() {
+                visit.call(callback)?;
+            }
+        }
         // The lock is only ever held across Vec operations, never across Python code,
         // so it is free whenever the collector runs; skip rather than risk blocking.
         let Ok(stack) = self.saved.try_lock() else { return Ok(()) };

@@ -153,7 +153,11 @@ fn run_backward(ctx: &ProxylessContext, module: &Bound<'_, PyAny>, grads: &[Opti
         Some(_) => kernel::accumulate_subset_alpha_grad(&mut alpha_grad, &involved, &probs, &gate_grads),
         None => kernel::accumulate_alpha_grad(&mut alpha_grad, &probs, &gate_grads),
     }
-    .map_err(in_layer(ctx))
+    .map_err(in_layer(ctx))?;
+    if let Some(callback) = ctx.after_backward_callback(py) {
+        callback.call0(py)?;
+    }
+    Ok(())
 }
 
 #[pymethods]

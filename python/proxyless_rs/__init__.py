@@ -13,7 +13,7 @@ from .supermodule import MODES, ProxylessMixedInput, ProxylessMixedLayer, no_arc
 from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency, profile_latency
 from .lightning import ProxylessLightningModule
 from .patch import patch_nni
-from . import strategy
+from . import distributed, strategy
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,7 @@ __all__ = [
     "MODES",
     "patch_nni",
     "strategy",
+    "distributed",
     "LatencyTable",
     "profile_latency",
     "expected_latency",

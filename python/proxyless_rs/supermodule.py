@@ -10,6 +10,7 @@ to ``proxyless_rs._core``.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -29,6 +30,11 @@ ProxylessNAS paper's two-path binarization (see :class:`ProxylessMixedLayer`).""
 # label share alpha, its draw and its one rescale. Weak keys by identity: nothing outlives the
 # parameter, and tensors are not compared with ==.
 _pending_two_path: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+# Layers set up by proxyless_rs.distributed.setup, with their DistributedSearch (which agrees the
+# draws across ranks). Weak keys: a layer copied or dropped leaves the registry.
+_distributed_layers: 'weakref.WeakKeyDictionary[nn.Module, Any]' = weakref.WeakKeyDictionary()
 
 
 def _proxyless_layers(*modules: nn.Module) -> Iterator[nn.Module]:
@@ -105,14 +111,23 @@ class _ProxylessSampling:
         self._mode = mode
 
     def _draw(self) -> int:
-        """Draws the sampled index (and, in two-path mode, its partner) from ``softmax(alpha)``."""
+        """Draws the sampled index (and, in two-path mode, its partner) from ``softmax(alpha)``.
+
+        Under ``proxyless_rs.distributed.setup`` every rank takes rank 0's draw.
+        """
+        search = _distributed_layers.get(self)
         if self.mode == 'two':
             active, inactive, before = self.ctx.sample_two()
+            if search is not None:
+                active, inactive = search.agree([active, inactive], self._arch_alpha.device)
             _pending_two_path[self._arch_alpha] = (active, inactive, before)
             self._partner = inactive
             return active
         self._partner = None
-        return self.ctx.sample()
+        index = self.ctx.sample()
+        if search is not None:
+            (index,) = search.agree([index], self._arch_alpha.device)
+        return index
 
     def _follow(self, index: int) -> None:
         """The index came from the memo: in two-path mode, join the draw of the layer that made it.

@@ -1,0 +1,144 @@
+"""Data-parallel ProxylessNAS search on ``torch.distributed``.
+
+One call, :func:`setup`, after ``init_process_group`` and before wrapping the supernet in
+``DistributedDataParallel``, makes a search data-parallel:
+
+- **the same architecture on every rank**: each draw of a path (``resample``) is broadcast from
+  rank 0. Broadcast rather than a shared seed because nothing else has to agree for it: ranks
+  that seed their default generator differently, a stochastic softmax (NNI's GumbelSoftmax) or
+  dropout drawing different numbers per rank cannot make them diverge; it costs one small
+  broadcast per layer draw.
+- **averaged architecture gradients**: the backward hook writes ``alpha.grad`` outside autograd,
+  where DDP's reducer cannot see it; so the alphas are taken out of DDP's hands (DDP ignores
+  them and never waits for them) and, at the end of every backward in which a hook ran, the
+  alpha gradients of the model are averaged across ranks in one all-reduce (queued on autograd's
+  engine, as DDP queues its own). The alphas are broadcast from rank 0 once, at setup.
+- **DDP without complaints**: wrap with ``find_unused_parameters=True`` (the unsampled
+  candidates' weights get no gradient in a step); Lightning's ``strategy='ddp'`` does by default.
+
+These collectives run on a process group of their own (created by :func:`setup` over all ranks,
+with the default group's backend and timeout): DDP's reducer runs its bucket all-reduces
+asynchronously on the default group during backward, and interleaving other collectives with
+them on one group could order them differently on different ranks and deadlock. Collectives that
+fail (a peer died, the process group's ``timeout`` ran out) raise a ``RuntimeError`` that says
+which step of the search failed on which rank.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .supermodule import _distributed_layers, _proxyless_layers
+
+__all__ = ['setup', 'DistributedSearch']
+
+
+def _fail(what: str, err: Exception) -> RuntimeError:
+    rank = dist.get_rank() if dist.is_initialized() else '?'
+    return RuntimeError(f'proxyless_rs.distributed: {what} failed on rank {rank} (a peer process may have died, or '
+                        f'the process group timeout ran out): {err}')
+
+
+class DistributedSearch:
+    """The data-parallel state of one supernet (returned by :func:`setup`)."""
+
+    def __init__(self, alphas: Sequence[torch.Tensor], group=None, src: int = 0):
+        self.alphas = list(alphas)
+        self.group = group
+        self.src = src
+        self.world_size = dist.get_world_size(group)
+        self._queued = False
+
+    def agree(self, values: list[int], device: torch.device) -> list[int]:
+        """``values`` as drawn on rank ``src`` (every rank calls this for every draw)."""
+        device = device if dist.get_backend(self.group) == 'nccl' else torch.device('cpu')
+        buffer = torch.tensor(values, dtype=torch.int64, device=device)
+        try:
+            dist.broadcast(buffer, self.src, group=self.group)
+        except Exception as err:  # gloo raises RuntimeError, NCCL DistBackendError
+            raise _fail('broadcasting the sampled architecture', err) from err
+        return buffer.tolist()
+
+    def after_backward(self) -> None:
+        """Called by each layer's hook: queue one all-reduce for the end of this backward."""
+        if not self._queued:
+            self._queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self.average_gradients)
+
+    def average_gradients(self) -> None:
+        """Averages every alpha's gradient across ranks, in one all-reduce (missing ones count as 0)."""
+        self._queued = False
+        for alpha in self.alphas:
+            if alpha.grad is None:
+                alpha.grad = torch.zeros_like(alpha)
+        flat = torch.cat([alpha.grad.reshape(-1) for alpha in self.alphas])
+        try:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+        except Exception as err:
+            raise _fail('averaging the architecture gradients', err) from err
+        flat /= self.world_size
+        offset = 0
+        for alpha in self.alphas:
+            alpha.grad.copy_(flat[offset:offset + alpha.numel()].view_as(alpha.grad))
+            offset += alpha.numel()
+
+    def detach(self) -> None:
+        """Undoes :func:`setup` for the layers (DDP's ignore list is left as it is)."""
+        for layer, search in list(_distributed_layers.items()):
+            if search is self:
+                del _distributed_layers[layer]
+                layer.ctx.after_backward = None
+
+
+def _default_group_timeout():
+    """The timeout the default process group was created with (None if it cannot be read)."""
+    try:
+        group = dist.distributed_c10d._get_default_group()
+        device = torch.device('cuda') if dist.get_backend() == 'nccl' else torch.device('cpu')
+        return group._get_backend(device).options._timeout
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def setup(model: nn.Module, group=None, src: int = 0) -> DistributedSearch:
+    """Prepares ``model``'s ProxylessNAS layers for a data-parallel search (see the module doc).
+
+    Call once on every rank, after ``torch.distributed.init_process_group`` and before
+    ``DistributedDataParallel(model, find_unused_parameters=True)``. ``group`` defaults to a new
+    group over all ranks with the default group's backend and timeout (keep it apart from the one
+    DDP uses). Returns the
+    :class:`DistributedSearch`; nothing else needs calling during the search.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError('proxyless_rs.distributed.setup needs an initialised process group: call '
+                           'torch.distributed.init_process_group first')
+    if group is None:
+        # Same backend and timeout as the default group, so a dead peer fails us as soon as it would DDP.
+        group = dist.new_group(backend=dist.get_backend(), timeout=_default_group_timeout())
+    layers = list(_proxyless_layers(model))
+    if not layers:
+        raise ValueError('proxyless_rs.distributed.setup: the model has no ProxylessNAS mixed layers')
+    alphas = list({id(layer._arch_alpha): layer._arch_alpha for layer in layers}.values())
+    alpha_ids = {id(alpha) for alpha in alphas}
+    names = [name for name, p in model.named_parameters() if id(p) in alpha_ids]
+    ignored = list(getattr(model, '_ddp_params_and_buffers_to_ignore', []))
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored + [n for n in names if n not in ignored])
+
+    search = DistributedSearch(alphas, group, src)
+    with torch.no_grad():
+        for alpha in alphas:
+            try:
+                buffer = alpha.detach() if dist.get_backend(group) == 'nccl' else alpha.detach().cpu()
+                dist.broadcast(buffer, src, group=group)
+            except Exception as err:
+                raise _fail('broadcasting the architecture parameters', err) from err
+            alpha.copy_(buffer)
+    for layer in layers:
+        _distributed_layers[layer] = search
+        layer.ctx.after_backward = search.after_backward
+    return search

@@ -1,0 +1,175 @@
+"""Worker processes for test_distributed.py (gloo on CPU, loopback only)."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import traceback
+import warnings
+
+warnings.filterwarnings('ignore')
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+TIMEOUT = datetime.timedelta(seconds=20)
+
+
+def digits_shard(rank: int, world: int):
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target)
+    train, val = slice(0, 640), slice(640, 960)
+    return (x[train][rank::world], y[train][rank::world]), (x[val][rank::world], y[val][rank::world])
+
+
+class Supernet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        import proxyless_rs
+
+        self.stem = nn.Linear(64, 32)
+        self.first = proxyless_rs.ProxylessMixedLayer(
+            [('linear', nn.Linear(32, 32)), ('tanh', nn.Sequential(nn.Linear(32, 32), nn.Tanh())),
+             ('skip', nn.Identity())], nn.Parameter(torch.randn(3)), nn.Softmax(-1), 'first')
+        self.second = proxyless_rs.ProxylessMixedLayer(
+            [('linear', nn.Linear(32, 32)), ('relu', nn.Sequential(nn.Linear(32, 32), nn.ReLU()))],
+            nn.Parameter(torch.randn(2)), nn.Softmax(-1), 'second')
+        self.readout = proxyless_rs.ProxylessMixedInput(2, 1, nn.Parameter(torch.randn(2)), nn.Softmax(-1), 'readout')
+        self.head = nn.Linear(32, 10)
+
+    def mixed(self):
+        return [self.first, self.second, self.readout]
+
+    def resample(self, memo=None):
+        memo = dict(memo or {})
+        for m in self.mixed():
+            memo.update(m.resample(memo))
+        return memo
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        a = self.first(h)
+        b = self.second(a)
+        return self.head(self.readout([a, b]))
+
+
+def _init(rank: int, world: int, port: int) -> None:
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world,
+                            timeout=TIMEOUT)
+
+
+def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20, die_at: int | None = None) -> None:
+    """A plain-PyTorch search: setup + DDP; arch step on validation shards, weight step on training shards."""
+    try:
+        import proxyless_rs
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        torch.set_num_threads(1)
+        _init(rank, world, port)
+        # Different seeds per rank on purpose: weights, alphas and draws must still agree.
+        torch.manual_seed(100 + rank)
+        model = Supernet()
+        proxyless_rs.distributed.setup(model)
+        ddp = DDP(model, find_unused_parameters=True)
+        alphas = [m._arch_alpha for m in model.mixed()]
+        arch_ids = {id(a) for a in alphas}
+        weights = [p for p in model.parameters() if id(p) not in arch_ids]
+        arc_opt = torch.optim.Adam(alphas, lr=0.05)
+        w_opt = torch.optim.SGD(weights, lr=0.05)
+        (xt, yt), (xv, yv) = digits_shard(rank, world)
+        samples, step0 = [], {}
+        for step in range(steps):
+            if die_at is not None and rank == 1 and step == die_at:
+                os._exit(3)
+            i = (step * 16) % (len(xt) - 16)
+            # Architecture step.
+            sample = model.resample()
+            samples.append(sample)
+            if step == 0:
+                local = copy.deepcopy(model)  # not set up: its hooks leave the gradient local
+                local.resample(sample)
+                F.cross_entropy(local(xv[i:i + 16]), yv[i:i + 16]).backward()
+                # A layer off the loss's path gets no gradient: 0, as the all-reduce counts it.
+                step0['local'] = [torch.zeros_like(m._arch_alpha) if m._arch_alpha.grad is None
+                                  else m._arch_alpha.grad.clone() for m in local.mixed()]
+            arc_opt.zero_grad()
+            F.cross_entropy(ddp(xv[i:i + 16]), yv[i:i + 16]).backward()
+            if step == 0:
+                step0['averaged'] = [a.grad.clone() for a in alphas]
+            arc_opt.step()
+            # Weight step, without alpha-gradient work.
+            model.resample()
+            w_opt.zero_grad()
+            with proxyless_rs.no_arch_grad(model):
+                F.cross_entropy(ddp(xt[i:i + 16]), yt[i:i + 16]).backward()
+            w_opt.step()
+        torch.save({
+            'samples': samples,
+            'state': {k: v.detach().clone() for k, v in model.state_dict().items()},
+            'saved_entries': [len(m.ctx) for m in model.mixed()],
+            'step0': step0,
+        }, os.path.join(out_dir, f'rank{rank}.pt'))
+        dist.destroy_process_group()
+    except Exception:
+        with open(os.path.join(out_dir, f'rank{rank}.err'), 'w') as f:
+            f.write(traceback.format_exc())
+        raise
+
+
+def lightning_search(rank: int, world: int, port: int, out_dir: str) -> None:
+    """proxyless_rs.strategy.Proxyless through RetiariiExperiment, Lightning DDP on CPU."""
+    try:
+        os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                          LOCAL_RANK=str(rank), NODE_RANK='0')
+        torch.set_num_threads(1)
+        import nni.retiarii.nn.pytorch as nn_nni
+        from nni.retiarii import model_wrapper
+        from nni.retiarii.evaluator.pytorch import Classification, DataLoader
+        from nni.retiarii.experiment.pytorch import RetiariiExeConfig, RetiariiExperiment
+        from pytorch_lightning.strategies import DDPStrategy
+        from torch.utils.data import TensorDataset
+
+        import proxyless_rs
+
+        @model_wrapper
+        class Space(nn_nni.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem = nn_nni.Linear(64, 32)
+                self.first = nn_nni.LayerChoice([nn_nni.Linear(32, 32), nn_nni.Identity()], label='first')
+                self.readout = nn_nni.InputChoice(2, 1, label='readout')
+                self.head = nn_nni.Linear(32, 10)
+
+            def forward(self, x):
+                h = torch.relu(self.stem(x))
+                return self.head(self.readout([h, self.first(h)]))
+
+        (xt, yt), (xv, yv) = digits_shard(0, 1)
+        torch.manual_seed(7 + rank)  # different per rank on purpose
+        evaluator = Classification(
+            train_dataloaders=DataLoader(TensorDataset(xt, yt), batch_size=32, shuffle=True),
+            val_dataloaders=DataLoader(TensorDataset(xv, yv), batch_size=32, shuffle=True),
+            max_epochs=1, limit_train_batches=6, accelerator='cpu', devices=world,
+            strategy=DDPStrategy(process_group_backend='gloo', timeout=TIMEOUT),
+            enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False)
+        strategy = proxyless_rs.strategy.Proxyless(arc_learning_rate=0.05)
+        experiment = RetiariiExperiment(Space(), evaluator, [], strategy)
+        config = RetiariiExeConfig()
+        config.execution_engine = 'oneshot'
+        experiment.run(config)
+        (architecture,) = experiment.export_top_models()
+        torch.save({
+            'architecture': architecture,
+            'alphas': [m._arch_alpha.detach().clone() for m in strategy.model.nas_modules],
+            'weights': {k: v.detach().clone() for k, v in strategy.model.state_dict().items()},
+            'saved_entries': [len(m.ctx) for m in strategy.model.nas_modules],
+        }, os.path.join(out_dir, f'rank{rank}.pt'))
+    except Exception:
+        with open(os.path.join(out_dir, f'rank{rank}.err'), 'w') as f:
+            f.write(traceback.format_exc())
+        raise
