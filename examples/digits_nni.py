@@ -11,11 +11,12 @@ every layer's candidate probabilities over the proxyless_rs search.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 warnings.filterwarnings('ignore', module='pytorch_lightning|lightning_fabric|nni')
 warnings.filterwarnings('ignore', category=UserWarning)
@@ -26,11 +27,10 @@ from nni.retiarii import model_wrapper  # noqa: E402
 from nni.retiarii.evaluator.pytorch import Classification, DataLoader  # noqa: E402
 from nni.retiarii.experiment.pytorch import RetiariiExeConfig, RetiariiExperiment  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
-HIDDEN = 64
-
+sys.path.insert(0, os.path.dirname(__file__))
+from digits_search import HIDDEN, DigitsSupernet, digits  # noqa: E402
 
 def block(i: int):
     return nn.LayerChoice([
@@ -54,22 +54,12 @@ class DigitsSpace(nn.Module):
         self.readout = nn.InputChoice(depth, 1, label='readout')
         self.head = nn.Linear(HIDDEN, 10)
 
-    def forward(self, x):
-        h = F.relu(self.stem(x))
-        states = []
-        for layer in self.layers:
-            h = layer(h)
-            states.append(h)
-        return self.head(self.readout(states))
+    forward = DigitsSupernet.forward  # the same network as the plain-PyTorch demo's
 
 
-def digits(seed: int = 0):
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    x, y = x[perm], y[perm]
-    return TensorDataset(x[:1000], y[:1000]), TensorDataset(x[1000:1400], y[1000:1400]), (x[1400:], y[1400:])
+def digits_datasets(seed: int = 0):
+    (xt, yt), (xv, yv), test = digits(seed)
+    return TensorDataset(xt, yt), TensorDataset(xv, yv), test
 
 
 class ProbabilityRecorder(Callback):
@@ -84,7 +74,7 @@ class ProbabilityRecorder(Callback):
 
 def search(strategy, epochs: int, seed: int = 0, progress: bool = True, callbacks=(), **trainer_kwargs):
     """One search through RetiariiExperiment; returns (architecture, test accuracy, seconds, experiment)."""
-    train, val, (xs, ys) = digits(seed)
+    train, val, (xs, ys) = digits_datasets(seed)
     torch.manual_seed(seed)
     space = DigitsSpace()
     evaluator = Classification(

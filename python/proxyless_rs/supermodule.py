@@ -91,6 +91,14 @@ class _ProxylessSampling:
     ctx: ProxylessContext
     label: str
 
+    @classmethod
+    def mutate(cls, module, name, memo, mutate_kwargs):
+        """NNI's mutation hook; the mode comes from ``mutate_kwargs['proxyless_mode']`` (default full)."""
+        layer = super().mutate(module, name, memo, mutate_kwargs)  # type: ignore[misc]
+        if layer is not None:
+            layer.mode = mutate_kwargs.get('proxyless_mode', 'full')
+        return layer
+
     def _init_sampling(self, mode: str) -> None:
         self._partner: int | None = None
         self.mode = mode
@@ -189,13 +197,6 @@ class ProxylessMixedLayer(_ProxylessSampling, DifferentiableMixedLayer):
         self.ctx = ProxylessContext(alpha, softmax, label)
         self._init_sampling(mode)
 
-    @classmethod
-    def mutate(cls, module, name, memo, mutate_kwargs):
-        layer = super().mutate(module, name, memo, mutate_kwargs)
-        if layer is not None:
-            layer.mode = mutate_kwargs.get('proxyless_mode', 'full')
-        return layer
-
     def forward(self, *args, **kwargs):
         """Forward pass of the sampled path only."""
         if self._sample_idx is None:
@@ -258,13 +259,6 @@ class ProxylessMixedInput(_ProxylessSampling, DifferentiableMixedInput):
         self._sampled: int | None = None
         self.ctx = ProxylessContext(alpha, softmax, label)
         self._init_sampling(mode)
-
-    @classmethod
-    def mutate(cls, module, name, memo, mutate_kwargs):
-        layer = super().mutate(module, name, memo, mutate_kwargs)
-        if layer is not None:
-            layer.mode = mutate_kwargs.get('proxyless_mode', 'full')
-        return layer
 
     def forward(self, inputs: Sequence[Any]):
         """Return the sampled input."""
