@@ -71,7 +71,7 @@ def supernet_cases(smoke: bool) -> list[Case]:
         Case('medium', 'L=20, n=7, Linear(256), batch 64', lambda l, i: MixedChain(l, i, 20, 7, 256),
              lambda: torch.randn(64, 256), 11, 4),
         Case('compute', 'L=4, n=7, Linear(1024), batch 256', lambda l, i: MixedChain(l, i, 4, 7, 1024),
-             lambda: torch.randn(256, 1024), 7, 1),
+             lambda: torch.randn(256, 1024), 15, 1),
         Case('conv', 'MobileNetV2 blocks k3/5/7 x e3/6 + identity + zero, L=4, 16 ch, 32x32, batch 16',
              lambda l, i: ConvSupernet(l, i, 4, 16), lambda: torch.randn(16, 3, 32, 32), 7, 1),
         Case('input', 'MixedInput, L=20, n=6, dim 64, batch 8', lambda l, i: InputChain(l, i, 20, 6, 64),
