@@ -7,9 +7,10 @@
 Each case builds the same supernet with both implementations under the same seed and times
 one training step (resample, forward, backward; the weight update is left out because it is the
 same in both). Timing samples alternate between the implementations so that drift of the
-machine hits both alike. Reported: min / median / max milliseconds per step and the ratio of
-medians (NNI / proxyless_rs, > 1 means proxyless_rs is faster). Results go to JSON, a Markdown
-table and a PNG chart.
+machine hits both alike, and sample i of both runs under seed i (the same sampled paths).
+Reported: min / median / max milliseconds per step, and the speed-up: the median over samples of
+the paired ratio NNI / proxyless_rs (> 1 means proxyless_rs is faster). Results go to JSON, a
+Markdown table and a PNG chart.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def supernet_cases(smoke: bool) -> list[Case]:
         Case('compute', 'L=4, n=7, Linear(1024), batch 256', lambda l, i: MixedChain(l, i, 4, 7, 1024),
              lambda: torch.randn(256, 1024), 15, 1),
         Case('conv', 'MobileNetV2 blocks k3/5/7 x e3/6 + identity + zero, L=4, 16 ch, 32x32, batch 16',
-             lambda l, i: ConvSupernet(l, i, 4, 16), lambda: torch.randn(16, 3, 32, 32), 7, 1),
+             lambda l, i: ConvSupernet(l, i, 4, 16), lambda: torch.randn(16, 3, 32, 32), 15, 1),
         Case('input', 'MixedInput, L=20, n=6, dim 64, batch 8', lambda l, i: InputChain(l, i, 20, 6, 64),
              lambda: torch.randn(8, 64), 15, 10),
     ]
@@ -113,7 +114,11 @@ def time_case(case: Case, impls, baseline: str = 'nni', contender: str = 'proxyl
     result = {'case': case.name, 'description': case.description, 'unit': 'ms/step'}
     for name, values in times.items():
         result[name] = {'min': min(values), 'median': statistics.median(values), 'max': max(values)}
-    result['speedup'] = result[baseline]['median'] / result[contender]['median']
+    # Sample i of both ran under seed i (for a supernet: the same sampled architectures), so the
+    # speed-up is the median of the paired ratios, not a ratio of medians of different samples.
+    ratios = [b / c for b, c in zip(times[baseline], times[contender])]
+    result['ratios'] = ratios
+    result['speedup'] = statistics.median(ratios)
     return result
 
 
@@ -261,7 +266,7 @@ def machine() -> str:
 
 
 def markdown(results: list[dict], header: str) -> str:
-    lines = [header, '', '| case | NNI 2.10 min / median / max | proxyless_rs min / median / max | speed-up (median) |',
+    lines = [header, '', '| case | NNI 2.10 min / median / max | proxyless_rs min / median / max | speed-up (median of paired ratios) |',
              '| --- | --- | --- | --- |']
     fmt = lambda d: f"{d['min']:.3g} / {d['median']:.3g} / {d['max']:.3g}"  # noqa: E731
     for r in results:
@@ -272,7 +277,7 @@ def markdown(results: list[dict], header: str) -> str:
     two_path = [r for r in results if 'full' in r]
     if two_path:
         lines += ['', '| two-path vs full (proxyless_rs architecture step) | full min / median / max | '
-                      'two min / median / max | speed-up (median) |', '| --- | --- | --- | --- |']
+                      'two min / median / max | speed-up (median of paired ratios) |', '| --- | --- | --- | --- |']
         lines += [f"| {r['case']}: {r['description']} ({r['unit']}) | {fmt(r['full'])} | {fmt(r['two'])} "
                   f"| {r['speedup']:.2f}x |" for r in two_path]
     for r in results:
