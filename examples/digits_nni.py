@@ -129,6 +129,9 @@ def main():
 
     import proxyless_rs
 
+    # Warm-up (first-use costs of Lightning, NNI and torch), so that the timed searches compare steps.
+    for warm_up in (nni_strategy.Proxyless(), proxyless_rs.strategy.Proxyless()):
+        search(warm_up, 1, progress=False, limit_train_batches=2)
     recorder = ProbabilityRecorder()
     # The same keyword arguments for all: the strategies are drop-ins for each other. (NNI 2.10
     # accepts arc_learning_rate but always uses 3e-4; proxyless_rs honours it.)

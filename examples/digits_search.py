@@ -155,6 +155,8 @@ def main():
 
     import proxyless_rs
 
+    for warm_up in ((NNILayer, NNIInput), (proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedInput)):
+        search(*warm_up, epochs=1, progress=False)  # first-use costs out of the timed runs
     runs = {
         'NNI 2.10 (Python)': search(NNILayer, NNIInput, args.epochs, seed=args.seed, desc="NNI 2.10   "),
         'proxyless_rs (Rust)': search(proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedInput,
