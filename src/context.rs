@@ -107,11 +107,10 @@ impl ProxylessContext {
         }
     }
 
-    /// `alpha[indices]`, gathered with narrow (no index tensor to copy to alpha's device).
+    /// `alpha[indices]`.
     pub fn alpha_at(&self, py: Python<'_>, indices: &[i64]) -> PyResult<Tensor> {
         let alpha = tree::expect_tensor(self.arch_alpha.bind(py), "arch_alpha")?;
-        let parts = indices.iter().map(|&i| alpha.f_narrow(0, i, 1)).collect::<Result<Vec<_>, _>>().map_err(wrap_tch_err)?;
-        Tensor::f_cat(&parts, 0).map_err(wrap_tch_err)
+        crate::kernel::gather(&alpha, indices).map_err(wrap_tch_err)
     }
 
     /// Saves one forward call if a backward can follow; if it did, returns the output's tensors

@@ -1,4 +1,5 @@
-//! The full backward hook that turns a mixed layer's output gradient into `arch_alpha.grad`.
+//! The binary-gate backward that turns a mixed layer's output gradient into `arch_alpha.grad`,
+//! and the two hooks that run it: on the layer's output tensors, or as a module full backward hook.
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -100,13 +101,13 @@ fn run_backward(ctx: &ProxylessContext, module: &Bound<'_, PyAny>, grads: &[Opti
     let forward_path = module.getattr(intern!(py, "forward_path"))?;
     let args = saved.args.bind(py);
     let kwargs = saved.kwargs.as_ref().map(|kwargs| kwargs.bind(py));
-    // Small outputs are kept and reduced together at the end; large ones are reduced as soon as
-    // each is computed (see kernel::BATCH_NUMEL_LIMIT).
     // Full mode evaluates every candidate; two-path mode the sampled one and its partner only.
     let involved: Vec<i64> = match saved.partner {
         Some(partner) => vec![saved.sample_idx, partner],
         None => (0..n_candidates).collect(),
     };
+    // Small outputs are kept and reduced together at the end; large ones are reduced as soon as
+    // each is computed (see kernel::BATCH_NUMEL_LIMIT).
     let batch = kernel::batchable(grads);
     let mut kept = Vec::new();
     let mut gates = Vec::new();

@@ -125,6 +125,12 @@ pub fn accumulate_alpha_grad(grad: &mut Tensor, probs: &Tensor, binary_grads: &T
     grad.f_add_(&delta).map(drop)
 }
 
+/// `t[indices]` of a 1-d tensor, gathered with narrow: no index tensor to copy to `t`'s device.
+pub fn gather(t: &Tensor, indices: &[i64]) -> Result<Tensor, TchError> {
+    let parts = indices.iter().map(|&i| t.f_narrow(0, i, 1)).collect::<Result<Vec<_>, _>>()?;
+    Tensor::f_cat(&parts, 0)
+}
+
 /// Two-path mode: adds `alpha_grad(probs, binary_grads)` of the involved candidates (`probs` is
 /// the softmax of their logits alone) into `grad` at `indices`; the other entries are untouched.
 pub fn accumulate_subset_alpha_grad(
@@ -148,12 +154,8 @@ pub fn accumulate_subset_alpha_grad(
 /// probability is unchanged.
 pub fn rescale_subset(alpha: &Tensor, indices: &[i64], before: &Tensor) -> Result<(), TchError> {
     let before = before.f_to_kind(alpha.kind())?;
-    let gather = |t: &Tensor| -> Result<Tensor, TchError> {
-        let parts = indices.iter().map(|&i| t.f_narrow(0, i, 1)).collect::<Result<Vec<_>, _>>()?;
-        Tensor::f_cat(&parts, 0)
-    };
-    let stepped = gather(alpha)?;
-    let offset = stepped.f_logsumexp([0], false)?.f_sub(&gather(&before)?.f_logsumexp([0], false)?)?;
+    let stepped = gather(alpha, indices)?;
+    let offset = stepped.f_logsumexp([0], false)?.f_sub(&gather(&before, indices)?.f_logsumexp([0], false)?)?;
     let rescaled = stepped.f_sub(&offset)?;
     let mut alpha = alpha.shallow_clone();
     alpha.f_copy_(&before)?;

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.nn as nn
 
-from .supermodule import ProxylessMixedInput, ProxylessMixedLayer, _proxyless_layers
+from .supermodule import ProxylessMixedLayer, _proxyless_layers
 
 __all__ = ['LatencyTable', 'profile_latency', 'expected_latency', 'latency_loss', 'predicted_latency', 'LOSS_FORMS']
 

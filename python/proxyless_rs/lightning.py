@@ -13,7 +13,7 @@ from nni.nas.oneshot.pytorch.base_lightning import no_default_hook as nni_no_def
 from nni.nas.oneshot.pytorch.differentiable import ProxylessLightningModule as NNIProxylessLightningModule
 
 from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency
-from .supermodule import MODES, ProxylessMixedInput, ProxylessMixedLayer, no_arch_grad, rescale_two_path
+from .supermodule import ProxylessMixedInput, ProxylessMixedLayer, no_arch_grad, rescale_two_path
 
 __all__ = ['ProxylessLightningModule', 'unsupported_primitive_hook']
 
@@ -62,8 +62,7 @@ class ProxylessLightningModule(NNIProxylessLightningModule):
                  arc_learning_rate: float = 3.0E-4, gradient_clip_val: float | None = None, exact: bool = False,
                  mode: str = 'full', latency_table: LatencyTable | dict | None = None, latency_weight: float = 0.0,
                  latency_form: str = 'log', latency_target: float | None = None):
-        if mode not in MODES:
-            raise ValueError(f'mode {mode!r} does not exist; use "full" or "two"')
+        # An unknown mode is refused by the layers as the mutation hooks build them.
         if exact and (mode != 'full' or latency_weight):
             raise ValueError('exact=True reproduces NNI step for step; NNI has no two-path mode or latency loss')
         self.exact = exact
