@@ -92,14 +92,12 @@ impl ProxylessContext {
 
     /// `softmax(arch_alpha)`, the path probabilities.
     pub fn probs(&self, py: Python<'_>) -> PyResult<Tensor> {
-        let alpha = self.arch_alpha.bind(py);
-        match self.softmax_dim {
-            Some(dim) => tree::expect_tensor(alpha, "arch_alpha")?.f_softmax(dim, None::<Kind>).map_err(wrap_tch_err),
-            None => tree::expect_tensor(&self.softmax.bind(py).call1((alpha,))?, "softmax(arch_alpha)"),
-        }
+        self.probs_of(py, &tree::expect_tensor(self.arch_alpha.bind(py), "arch_alpha")?)
     }
 
-    /// `softmax` applied to some other logits (two-path mode's two-element slice of alpha).
+    /// `softmax` applied to `logits`: alpha, or two-path mode's two-element slice of it. (Wrapping
+    /// alpha back for a Python softmax hands it the same `torch.Tensor` object: torch keeps one
+    /// Python object per tensor.)
     pub fn probs_of(&self, py: Python<'_>, logits: &Tensor) -> PyResult<Tensor> {
         match self.softmax_dim {
             Some(dim) => logits.f_softmax(dim, None::<Kind>).map_err(wrap_tch_err),

@@ -54,10 +54,13 @@ class DistributedSearch:
         self.world_size = dist.get_world_size(group)
         self._queued = False
 
+    def comm_device(self, device: torch.device) -> torch.device:
+        """Where a tensor on ``device`` must be for this group's collectives (NCCL: the GPU; else host)."""
+        return device if dist.get_backend(self.group) == 'nccl' else torch.device('cpu')
+
     def agree(self, values: list[int], device: torch.device) -> list[int]:
         """``values`` as drawn on rank ``src`` (every rank calls this for every draw)."""
-        device = device if dist.get_backend(self.group) == 'nccl' else torch.device('cpu')
-        buffer = torch.tensor(values, dtype=torch.int64, device=device)
+        buffer = torch.tensor(values, dtype=torch.int64, device=self.comm_device(device))
         try:
             dist.broadcast(buffer, self.src, group=self.group)
         except Exception as err:  # gloo raises RuntimeError, NCCL DistBackendError
@@ -77,6 +80,7 @@ class DistributedSearch:
             if alpha.grad is None:
                 alpha.grad = torch.zeros_like(alpha)
         flat = torch.cat([alpha.grad.reshape(-1) for alpha in self.alphas])
+        flat = flat.to(self.comm_device(flat.device))
         try:
             dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
         except Exception as err:
@@ -133,7 +137,7 @@ def setup(model: nn.Module, group=None, src: int = 0) -> DistributedSearch:
     with torch.no_grad():
         for alpha in alphas:
             try:
-                buffer = alpha.detach() if dist.get_backend(group) == 'nccl' else alpha.detach().cpu()
+                buffer = alpha.detach().to(search.comm_device(alpha.device))
                 dist.broadcast(buffer, src, group=group)
             except Exception as err:
                 raise _fail('broadcasting the architecture parameters', err) from err
