@@ -35,11 +35,10 @@ pub fn binary_gate_grad(outputs: &[Tensor], grads: &[Option<Tensor>]) -> Result<
     Ok(total)
 }
 
-/// Candidate outputs of at most this many elements are reduced in one batched op: below ATen's
-/// reduction grain size (32768) a row of `sum(stack(outs) * grad, dims)` is summed exactly like
-/// `sum(out * grad)`, so the batch gives NNI's numbers bit for bit (a property test checks it),
-/// for 3 dispatches instead of 2n. Larger outputs are reduced one by one, as soon as each is
-/// computed, so that no more than one candidate output is alive at a time (NNI's peak memory).
+/// Candidate outputs of at most this many elements are reduced together at the end of the
+/// backward (ATen's reduction grain size: below it ATen would not split the work across threads
+/// either). Larger outputs are reduced one by one, as soon as each is computed, so that no more
+/// than one candidate output is alive at a time (NNI's peak memory).
 pub const BATCH_NUMEL_LIMIT: usize = 32768;
 
 /// Whether [`binary_gate_grads`] may batch: one output gradient, small enough.
@@ -47,13 +46,67 @@ pub fn batchable(grads: &[Option<Tensor>]) -> bool {
     matches!(grads, [Some(grad)] if grad.numel() <= BATCH_NUMEL_LIMIT)
 }
 
+/// `sum(a * b)` accumulated in f64, in eight independent lanes so that the compiler vectorizes it.
+fn dot_f64<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> f64 {
+    const LANES: usize = 8;
+    let mut lanes = [0.0f64; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f64 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(&x, &y)| x.into() * y.into()).sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            lanes[lane] += x[lane].into() * y[lane].into();
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// A contiguous host tensor's elements, if it holds `T` (`kind`).
+fn host_slice<T>(t: &Tensor, kind: Kind) -> Option<&[T]> {
+    if t.device() != tch::Device::Cpu || t.kind() != kind || !t.is_contiguous() {
+        return None;
+    }
+    // SAFETY: a contiguous CPU tensor of `numel` elements of `kind` (= T) starts at data_ptr, and
+    // the borrow of `t` keeps its storage alive.
+    Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel()) })
+}
+
+/// [`binary_gate_grads`] on the host: for small contiguous float tensors in host memory, n dot
+/// products in a loop cost less than the three dispatches (stack, mul, sum) of the tensor form.
+/// Products and sums are taken in f64 (a float32 product is exact in f64), so each gate is
+/// NNI's float32 `sum(out * grad)` up to its rounding, then rounded to the outputs' dtype.
+fn host_gate_grads(outputs: &[&Tensor], grad: &Tensor) -> Option<Tensor> {
+    fn dots<T: Copy + Into<f64>>(outputs: &[&Tensor], grad: &Tensor, kind: Kind) -> Option<Vec<f64>> {
+        let grad = host_slice::<T>(grad, kind)?;
+        outputs.iter().map(|out| host_slice::<T>(out, kind).map(|out| dot_f64(out, grad))).collect()
+    }
+    if grad.device() != tch::Device::Cpu || !matches!(grad.kind(), Kind::Float | Kind::Double) {
+        return None;
+    }
+    // Gradients are often expanded (the backward of `sum()` or `mean()` broadcasts a scalar):
+    // one copy of the gradient is cheaper than the tensor form.
+    let grad = if grad.is_contiguous() { grad.shallow_clone() } else { grad.f_contiguous().ok()? };
+    match grad.kind() {
+        Kind::Float => {
+            let gates = dots::<f32>(outputs, &grad, Kind::Float)?;
+            Tensor::f_from_slice(&gates.iter().map(|&v| v as f32).collect::<Vec<_>>()).ok()
+        }
+        _ => Tensor::f_from_slice(&dots::<f64>(outputs, &grad, Kind::Double)?).ok(),
+    }
+}
+
 /// The binary-gate gradients of all candidates, `b_k = sum(out_k * grad)`, as a 1-d tensor.
 pub fn binary_gate_grads(outputs: &[Vec<Tensor>], grads: &[Option<Tensor>]) -> Result<Tensor, TchError> {
     if let [Some(grad)] = grads {
         let same = |out: &Vec<Tensor>| out.len() == 1 && out[0].size() == grad.size() && out[0].kind() == grad.kind();
         if batchable(grads) && outputs.iter().all(same) {
-            let stacked = Tensor::f_stack(&outputs.iter().map(|out| &out[0]).collect::<Vec<_>>(), 0)?;
-            let products = stacked.f_mul(grad)?;
+            let outputs: Vec<&Tensor> = outputs.iter().map(|out| &out[0]).collect();
+            if let Some(gates) = host_gate_grads(&outputs, grad) {
+                return Ok(gates);
+            }
+            // On an accelerator: one batched reduction on the device, no host round trip. Below
+            // the grain size a row of `sum(stack(outs) * grad, dims)` is summed exactly like
+            // `sum(out * grad)`, NNI's op, so these gates equal NNI's bit for bit.
+            let products = Tensor::f_stack(&outputs, 0)?.f_mul(grad)?;
             let dims: Vec<i64> = (1..products.dim() as i64).collect();
             return if dims.is_empty() { Ok(products) } else { products.f_sum_dim_intlist(dims, false, None::<Kind>) };
         }
@@ -90,17 +143,13 @@ pub fn alpha_grad(probs: &Tensor, binary_grads: &Tensor) -> Result<Tensor, TchEr
 /// The values of a contiguous 1-d float tensor in host memory, or `None` for anything else
 /// (a CUDA tensor, another dtype): reading those would need a copy or a device sync.
 fn host_values(t: &Tensor) -> Option<Vec<f64>> {
-    if t.device() != tch::Device::Cpu || t.dim() != 1 || !t.is_contiguous() {
+    if t.dim() != 1 {
         return None;
     }
-    let n = t.numel();
-    // SAFETY: a contiguous CPU tensor of `n` elements of the matched dtype starts at data_ptr.
-    unsafe {
-        match t.kind() {
-            Kind::Float => Some(std::slice::from_raw_parts(t.data_ptr() as *const f32, n).iter().map(|&v| f64::from(v)).collect()),
-            Kind::Double => Some(std::slice::from_raw_parts(t.data_ptr() as *const f64, n).to_vec()),
-            _ => None,
-        }
+    match t.kind() {
+        Kind::Float => host_slice::<f32>(t, Kind::Float).map(|v| v.iter().map(|&v| f64::from(v)).collect()),
+        Kind::Double => host_slice::<f64>(t, Kind::Double).map(<[f64]>::to_vec),
+        _ => None,
     }
 }
 
@@ -261,14 +310,42 @@ mod tests {
     }
 
     #[test]
-    fn batched_gates_equal_one_by_one() {
+    fn host_gates_equal_the_sum_in_f64() {
         tch::manual_seed(2);
+        for kind in [Kind::Float, Kind::Double] {
+            for shape in [vec![], vec![5], vec![8, 64], vec![3, 4, 5], vec![64, 512]] {
+                let grad = Tensor::randn(shape.as_slice(), (kind, Device::Cpu));
+                let outputs: Vec<Vec<Tensor>> =
+                    (0..6).map(|_| vec![Tensor::randn(shape.as_slice(), (kind, Device::Cpu))]).collect();
+                // Also through an expanded (non-contiguous) gradient, as the backward of sum() gives.
+                let expanded = grad.sum(None::<Kind>).expand(shape.as_slice(), false);
+                for grad in [grad, expanded] {
+                    let gates = binary_gate_grads(&outputs, &[Some(grad.shallow_clone())]).unwrap();
+                    assert_eq!(gates.kind(), kind);
+                    for (out, gate) in outputs.iter().zip(to_vec(&gates)) {
+                        let products = out[0].to_kind(Kind::Double) * grad.to_kind(Kind::Double);
+                        let want = to_vec(&products.sum(None::<Kind>))[0];
+                        let scale = to_vec(&products.abs().sum(None::<Kind>))[0];
+                        let eps = if kind == Kind::Float { 1e-7 } else { 1e-15 };
+                        assert!((gate - want).abs() <= eps * (1.0 + scale), "{kind:?} {shape:?}: {gate} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tensor_form_gates_equal_one_by_one() {
+        // bfloat16 outputs take the tensor form (as accelerator tensors do): NNI's op, bit for bit.
+        tch::manual_seed(3);
+        let kind = Kind::BFloat16;
         for shape in [vec![], vec![5], vec![8, 64], vec![3, 4, 5], vec![64, 512]] {
-            let grad = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu));
+            let grad = Tensor::randn(shape.as_slice(), (kind, Device::Cpu));
             let outputs: Vec<Vec<Tensor>> =
-                (0..6).map(|_| vec![Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu))]).collect();
+                (0..6).map(|_| vec![Tensor::randn(shape.as_slice(), (kind, Device::Cpu))]).collect();
             let grads = [Some(grad)];
             let batched = binary_gate_grads(&outputs, &grads).unwrap();
+            assert_eq!(batched.kind(), kind);
             let single: Vec<f64> =
                 outputs.iter().map(|out| to_vec(&binary_gate_grad(out, &grads).unwrap().unwrap())[0]).collect();
             assert_eq!(to_vec(&batched), single, "shape {shape:?}");

@@ -145,7 +145,7 @@ def test_candidate_returning_its_input_inside_a_residual(rows, dim, sampled):
     """The hook must see the gradient of the layer's output only, not of the input it aliases.
 
     Also covers both binary-gate reductions: outputs up to kernel::BATCH_NUMEL_LIMIT elements are
-    reduced in one batch, larger ones one by one; both must equal NNI bit for bit.
+    reduced together at the end (on the host, in f64), larger ones one by one with NNI's op.
     """
     grads = {}
     for impl in ('rs', 'nni'):
