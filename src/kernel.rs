@@ -103,9 +103,10 @@ pub fn binary_gate_grads(outputs: &[Vec<Tensor>], grads: &[Option<Tensor>]) -> R
             if let Some(gates) = host_gate_grads(&outputs, grad) {
                 return Ok(gates);
             }
-            // On an accelerator: one batched reduction on the device, no host round trip. Below
-            // the grain size a row of `sum(stack(outs) * grad, dims)` is summed exactly like
-            // `sum(out * grad)`, NNI's op, so these gates equal NNI's bit for bit.
+            // On an accelerator (or in another dtype): one batched reduction where the tensors
+            // are, no host round trip. On the CPU a row of `sum(stack(outs) * grad, dims)` below
+            // the grain size is summed exactly like `sum(out * grad)`, NNI's op (a test checks
+            // it); a CUDA reduction may order the sum differently, so gates may round differently.
             let products = Tensor::f_stack(&outputs, 0)?.f_mul(grad)?;
             let dims: Vec<i64> = (1..products.dim() as i64).collect();
             return if dims.is_empty() { Ok(products) } else { products.f_sum_dim_intlist(dims, false, None::<Kind>) };
