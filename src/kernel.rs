@@ -62,8 +62,11 @@ fn dot_f64<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> f64 {
 
 /// A contiguous host tensor's elements, if it holds `T` (`kind`).
 fn host_slice<T>(t: &Tensor, kind: Kind) -> Option<&[T]> {
-    if t.device() != tch::Device::Cpu || t.kind() != kind || !t.is_contiguous() {
+    if t.device() != tch::Device::Cpu || t.kind() != kind || t.is_sparse() || t.is_mkldnn() || !t.is_contiguous() {
         return None;
+    }
+    if t.numel() == 0 {
+        return Some(&[]); // data_ptr may be null
     }
     // SAFETY: a contiguous CPU tensor of `numel` elements of `kind` (= T) starts at data_ptr, and
     // the borrow of `t` keeps its storage alive.
@@ -314,7 +317,7 @@ mod tests {
     fn host_gates_equal_the_sum_in_f64() {
         tch::manual_seed(2);
         for kind in [Kind::Float, Kind::Double] {
-            for shape in [vec![], vec![5], vec![8, 64], vec![3, 4, 5], vec![64, 512]] {
+            for shape in [vec![], vec![0, 3], vec![5], vec![8, 64], vec![3, 4, 5], vec![64, 512]] {
                 let grad = Tensor::randn(shape.as_slice(), (kind, Device::Cpu));
                 let outputs: Vec<Vec<Tensor>> =
                     (0..6).map(|_| vec![Tensor::randn(shape.as_slice(), (kind, Device::Cpu))]).collect();
