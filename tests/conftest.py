@@ -30,7 +30,8 @@ SOFTMAXES: dict[str, Callable[[], nn.Module]] = {
 }
 
 # The closed-form alpha gradient p_i (b_i - <b, p>) rounds differently from NNI's n^2 loop of
-# float32 ops. Entries that are near zero by cancellation carry an absolute rounding error of a
+# float32 ops (and the binary gates of small host outputs are summed in float64, where NNI sums
+# in the outputs' dtype). Entries that are near zero by cancellation carry an absolute rounding error of a
 # few ulps of the b_j p_j terms (~1e-9 at these scales), which no purely relative bound holds:
 # hence rtol 1e-5 plus a tiny atol. In float64 both agree to 1e-12.
 ALPHA_TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-8), torch.float64: dict(rtol=1e-12, atol=1e-15)}

@@ -156,3 +156,46 @@ def test_candidate_returning_its_input_inside_a_residual(rows, dim, sampled):
         grads[impl] = (net.block._arch_alpha.grad, net.stem.weight.grad)
     assert_alpha_close(grads['rs'][0], grads['nni'][0])
     torch.testing.assert_close(grads['rs'][1], grads['nni'][1], rtol=0, atol=0)
+
+
+class Transposed(torch.nn.Module):
+    """A candidate whose output is not contiguous (column-major)."""
+
+    def __init__(self, dim, dtype):
+        super().__init__()
+        self.linear = torch.nn.Linear(dim, dim, dtype=dtype)
+
+    def forward(self, x):
+        return self.linear(x).t().contiguous().t()
+
+
+@pytest.mark.parametrize('loss', ['sum', 'weighted', 'squares'])
+@pytest.mark.parametrize('third', ['relu', 'transposed'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=['float32', 'float64'])
+@pytest.mark.parametrize('rows, dim', [(4, 8), (64, 600)], ids=['small', 'large'])
+def test_every_binary_gate_reduction_matches_nni(loss, third, dtype, rows, dim):
+    """Whichever way the gates are reduced, the gradients are NNI's.
+
+    Small contiguous host outputs are summed in one f64 loop (an expanded gradient, as `sum()`
+    gives, is made contiguous first); a non-contiguous candidate output (`third='transposed'`)
+    sends all of them through the tensor form; outputs above kernel::BATCH_NUMEL_LIMIT elements
+    are reduced one by one.
+    """
+    grads = {}
+    for impl in ('rs', 'nni'):
+        layer_cls, _ = IMPLEMENTATIONS[impl]
+        torch.manual_seed(0)
+        candidates = [('linear', torch.nn.Linear(dim, dim, dtype=dtype)),
+                      ('tanh', torch.nn.Sequential(torch.nn.Linear(dim, dim, dtype=dtype), torch.nn.Tanh())),
+                      ('third', Transposed(dim, dtype) if third == 'transposed'
+                       else torch.nn.Sequential(torch.nn.Linear(dim, dim, dtype=dtype), torch.nn.ReLU()))]
+        layer = layer_cls(candidates, torch.nn.Parameter(torch.randn(3, dtype=dtype)), torch.nn.Softmax(-1), 'gate')
+        layer.resample({'gate': 'linear'})
+        x = torch.randn(rows, dim, dtype=dtype, requires_grad=True)
+        weights = torch.randn(rows, dim, dtype=dtype)
+        out = layer(x)
+        {'sum': out.sum, 'weighted': lambda: (out * weights).sum(), 'squares': lambda: out.pow(2).mean()}[loss]().backward()
+        grads[impl] = (layer._arch_alpha.grad, x.grad)
+    assert grads['rs'][0].abs().sum() > 0
+    assert_alpha_close(grads['rs'][0], grads['nni'][0], dtype)
+    torch.testing.assert_close(grads['rs'][1], grads['nni'][1], rtol=0, atol=0)
