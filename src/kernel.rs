@@ -106,10 +106,12 @@ pub fn binary_gate_grads(outputs: &[Vec<Tensor>], grads: &[Option<Tensor>]) -> R
             if let Some(gates) = host_gate_grads(&outputs, grad) {
                 return Ok(gates);
             }
-            // On an accelerator (or in another dtype): one batched reduction where the tensors
-            // are, no host round trip. On the CPU a row of `sum(stack(outs) * grad, dims)` below
-            // the grain size is summed exactly like `sum(out * grad)`, NNI's op (a test checks
-            // it); a CUDA reduction may order the sum differently, so gates may round differently.
+            // On an accelerator, in another dtype or for non-contiguous outputs: one batched
+            // reduction where the tensors are, no host round trip. On the CPU a row of
+            // `sum(stack(outs) * grad, dims)` below the grain size is summed exactly like
+            // `sum(out * grad)`, NNI's op, for contiguous outputs (a test checks it); a
+            // non-contiguous output (NNI's product follows its memory layout) or a CUDA
+            // reduction may order the sum differently, so gates may round differently.
             let products = Tensor::f_stack(&outputs, 0)?.f_mul(grad)?;
             let dims: Vec<i64> = (1..products.dim() as i64).collect();
             return if dims.is_empty() { Ok(products) } else { products.f_sum_dim_intlist(dims, false, None::<Kind>) };
