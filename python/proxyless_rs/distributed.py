@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .supermodule import _distributed_layers, _proxyless_layers
+from .supermodule import _distributed_layers, _proxyless_layers, _unique_alphas
 
 __all__ = ['setup', 'DistributedSearch']
 
@@ -127,7 +127,7 @@ def setup(model: nn.Module, group=None, src: int = 0) -> DistributedSearch:
     layers = list(_proxyless_layers(model))
     if not layers:
         raise ValueError('proxyless_rs.distributed.setup: the model has no ProxylessNAS mixed layers')
-    alphas = list({id(layer._arch_alpha): layer._arch_alpha for layer in layers}.values())
+    alphas = _unique_alphas(layers)
     alpha_ids = {id(alpha) for alpha in alphas}
     names = [name for name, p in model.named_parameters() if id(p) in alpha_ids]
     ignored = list(getattr(model, '_ddp_params_and_buffers_to_ignore', []))

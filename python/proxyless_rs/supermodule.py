@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,11 @@ def _proxyless_layers(*modules: nn.Module) -> Iterator[nn.Module]:
         for module in root.modules():
             if isinstance(module, (ProxylessMixedLayer, ProxylessMixedInput)):
                 yield module
+
+
+def _unique_alphas(layers: Iterable[nn.Module]) -> list[torch.Tensor]:
+    """The layers' architecture parameters, each once (layers sharing a label share one), in order."""
+    return list({id(layer._arch_alpha): layer._arch_alpha for layer in layers}.values())
 
 
 @contextlib.contextmanager
@@ -77,7 +82,7 @@ def rescale_two_path(*modules: nn.Module) -> None:
     candidate's probability is unchanged. Full-mode layers are left alone.
     :class:`proxyless_rs.strategy.Proxyless` calls it for you.
     """
-    for alpha in {id(layer._arch_alpha): layer._arch_alpha for layer in _proxyless_layers(*modules)}.values():
+    for alpha in _unique_alphas(_proxyless_layers(*modules)):
         pending = _pending_two_path.pop(alpha, None)
         if pending is not None:
             active, inactive, before = pending
