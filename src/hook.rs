@@ -211,14 +211,7 @@ impl OutputGradHook {
     /// through `proxyless_rs._tap.GradientTap`) with the tuple of their gradients.
     fn __call__(&self, grads: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = grads.py();
-        let hooked: Vec<Option<Tensor>> = if self.positions.len() == 1 {
-            vec![tree::as_tensor(grads)?]
-        } else {
-            grads
-                .try_iter()?
-                .map(|grad| grad.and_then(|grad| if grad.is_none() { Ok(None) } else { tree::as_tensor(&grad) }))
-                .collect::<PyResult<_>>()?
-        };
+        let hooked = tree::optional_tensors(grads)?;
         let mut all: Vec<Option<Tensor>> = (0..self.n_outputs).map(|_| None).collect();
         for (position, grad) in self.positions.iter().zip(hooked) {
             all[*position] = grad;

@@ -128,7 +128,8 @@ pub fn output_tensors(obj: &Bound<'_, PyAny>, what: &dyn Fn() -> String) -> PyRe
     Ok((tensors, keys))
 }
 
-/// The gradients a full backward hook receives: a tuple of tensors and `None`s.
+/// Gradients as autograd hands them to a hook: a tensor, `None`, or a tuple of tensors and `None`s
+/// (a full backward hook's `grad_output`, or what `GradientTap` passes on).
 pub fn optional_tensors(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Option<Tensor>>> {
     if obj.is_none() {
         return Ok(vec![None]);
