@@ -43,6 +43,15 @@ def assert_alpha_close(ours: torch.Tensor | None, theirs: torch.Tensor | None, d
         torch.testing.assert_close(ours, theirs, **ALPHA_TOLERANCE[dtype])
 
 
+def resample_in_order(modules, memo: dict | None = None) -> dict:
+    """Resamples the mixed modules one after another, handing each the memo so far (NNI's one-shot
+    loop): modules that share a label take the first one's draw."""
+    memo = dict(memo or {})
+    for module in modules:
+        memo.update(module.resample(memo))
+    return memo
+
+
 class Scaled(nn.Module):
     """A candidate taking positional, optional and keyword arguments."""
 
@@ -103,10 +112,7 @@ class SuperNet(nn.Module):
         return [self.first, self.second, self.third, self.pair, self.pick]
 
     def resample(self, memo: dict | None = None) -> dict:
-        memo = dict(memo or {})
-        for module in self.mixed():
-            memo.update(module.resample(memo))
-        return memo
+        return resample_in_order(self.mixed(), memo)
 
     def forward(self, x):
         a = self.first(self.first(x))

@@ -16,6 +16,8 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
+from conftest import resample_in_order  # noqa: E402
+
 TIMEOUT = datetime.timedelta(seconds=20)
 
 
@@ -46,10 +48,7 @@ class Supernet(nn.Module):
         return [self.first, self.second, self.readout]
 
     def resample(self, memo=None):
-        memo = dict(memo or {})
-        for m in self.mixed():
-            memo.update(m.resample(memo))
-        return memo
+        return resample_in_order(self.mixed(), memo)
 
     def forward(self, x):
         h = torch.relu(self.stem(x))

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from conftest import IMPLEMENTATIONS, arch_parameters, assert_alpha_close, assert_steps_equal, build, train_step
+from conftest import (IMPLEMENTATIONS, arch_parameters, assert_alpha_close, assert_steps_equal, build,
+                      resample_in_order, train_step)
 
 STEPS = 8
 
@@ -110,9 +111,7 @@ def test_mutation_hooks_build_our_layers_from_an_nni_model_space():
     assert list(ours.state_dict()) == list(theirs.state_dict())
     for model in (ours, theirs):
         torch.manual_seed(3)
-        memo = {}
-        for m in (model.conv, model.skip):
-            memo.update(m.resample(memo))
+        resample_in_order((model.conv, model.skip))
         x = torch.randn(2, 4)
         model(x).sum().backward()
     torch.testing.assert_close(ours.conv._arch_alpha.grad, theirs.conv._arch_alpha.grad, rtol=1e-5, atol=1e-8)
