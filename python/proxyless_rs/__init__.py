@@ -3,19 +3,73 @@
 ``ProxylessMixedLayer`` and ``ProxylessMixedInput`` are drop-ins for the classes of the same
 name in ``nni.nas.oneshot.pytorch.supermodule.proxyless``: same constructors, attributes,
 methods, parameter names and state_dict keys.
+
+``import proxyless_rs`` loads torch and the compiled core only. Everything that needs NNI is
+loaded on first use: the layers (which subclass NNI's and so cost what importing NNI's own
+supermodule costs), the latency tools, and the ``strategy``, ``lightning`` and ``distributed``
+modules (Lightning and NNI's strategies are loaded only when one of those is touched).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 # libtorch (and its Python bindings) must be loaded before the compiled core links to them.
 import torch  # noqa: F401  (import order matters)
 
-from ._core import BackwardHook, ProxylessContext, alpha_grad, sample_index
-from .supermodule import MODES, ProxylessMixedInput, ProxylessMixedLayer, no_arch_grad, rescale_two_path
-from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency, profile_latency
-from .lightning import ProxylessLightningModule
-from .patch import patch_nni
-from . import distributed, strategy
+try:
+    from . import _core  # noqa: F401  (the names below come from it)
+except ImportError as err:
+    from ._torch_check import explain_import_error
+
+    raise explain_import_error(err) from err
+
+from ._core import ProxylessContext, alpha_grad, sample_index
 
 __version__ = "0.1.0"
+
+# Submodules loaded on first attribute access (``proxyless_rs.strategy``).
+_LAZY_MODULES = ("strategy", "lightning", "distributed", "supermodule", "latency", "patch")
+
+# Names loaded on first access (``proxyless_rs.ProxylessMixedLayer``, ``from proxyless_rs import ...``),
+# with the submodule that defines each.
+_LAZY_NAMES = {
+    "ProxylessMixedLayer": "supermodule",
+    "ProxylessMixedInput": "supermodule",
+    "no_arch_grad": "supermodule",
+    "rescale_two_path": "supermodule",
+    "MODES": "supermodule",
+    "LatencyTable": "latency",
+    "profile_latency": "latency",
+    "expected_latency": "latency",
+    "latency_loss": "latency",
+    "predicted_latency": "latency",
+    "ProxylessLightningModule": "lightning",
+    "patch_nni": "patch",
+}
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load lazily
+    from . import distributed, lightning, strategy
+    from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency, profile_latency
+    from .lightning import ProxylessLightningModule
+    from .patch import patch_nni
+    from .supermodule import MODES, ProxylessMixedInput, ProxylessMixedLayer, no_arch_grad, rescale_two_path
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)
+        globals()[name] = value  # later accesses skip __getattr__
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_LAZY_MODULES))
+
 
 __all__ = [
     "ProxylessMixedLayer",
@@ -26,6 +80,7 @@ __all__ = [
     "MODES",
     "patch_nni",
     "strategy",
+    "lightning",
     "distributed",
     "LatencyTable",
     "profile_latency",
@@ -33,7 +88,6 @@ __all__ = [
     "latency_loss",
     "predicted_latency",
     "ProxylessContext",
-    "BackwardHook",
     "alpha_grad",
     "sample_index",
 ]
