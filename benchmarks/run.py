@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # all cases, results in benchmarks/results/
     python benchmarks/run.py --smoke         # tiny shapes, a few steps (what CI runs)
     python benchmarks/run.py --case overhead --case conv
+    python benchmarks/run.py --device cuda   # on a GPU (scripts/gpu_check.sh runs this)
 
 Each case builds the same supernet with both implementations under the same seed and times
 one training step (resample, forward, backward; the weight update is left out because it is the
@@ -23,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from supernets import ConvSupernet, InputChain, MixedChain  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / 'results'
+
+# Where the benchmarks run: set once by main() from --device. On CUDA, every timed region ends
+# with torch.cuda.synchronize(), so that it measures the work and not only its launch.
+DEVICE = torch.device('cpu')
+
+
+def sync() -> None:
+    if DEVICE.type == 'cuda':
+        torch.cuda.synchronize(DEVICE)
 
 
 def implementations():
@@ -59,23 +70,23 @@ class Case:
 def supernet_cases(smoke: bool) -> list[Case]:
     if smoke:
         return [
-            Case('overhead', 'L=2, n=3, Linear(8), batch 2 (smoke)', lambda l, i: MixedChain(l, i, 2, 3, 8),
+            Case('overhead', 'L=2, n=3, Linear(8), batch 2 (smoke)', partial(MixedChain, depth=2, n=3, dim=8),
                  lambda: torch.randn(2, 8), 3, 2),
-            Case('conv', 'conv supernet, 1 block, 4 channels, 8x8 (smoke)', lambda l, i: ConvSupernet(l, i, 1, 4),
+            Case('conv', 'conv supernet, 1 block, 4 channels, 8x8 (smoke)', partial(ConvSupernet, depth=1, channels=4),
                  lambda: torch.randn(2, 3, 8, 8), 3, 1),
-            Case('input', 'MixedInput, L=2, n=6, dim 8 (smoke)', lambda l, i: InputChain(l, i, 2, 6, 8),
+            Case('input', 'MixedInput, L=2, n=6, dim 8 (smoke)', partial(InputChain, depth=2, n=6, dim=8),
                  lambda: torch.randn(2, 8), 3, 2),
         ]
     return [
-        Case('overhead', 'L=20, n=7, Linear(64), batch 8', lambda l, i: MixedChain(l, i, 20, 7, 64),
+        Case('overhead', 'L=20, n=7, Linear(64), batch 8', partial(MixedChain, depth=20, n=7, dim=64),
              lambda: torch.randn(8, 64), 15, 10),
-        Case('medium', 'L=20, n=7, Linear(256), batch 64', lambda l, i: MixedChain(l, i, 20, 7, 256),
+        Case('medium', 'L=20, n=7, Linear(256), batch 64', partial(MixedChain, depth=20, n=7, dim=256),
              lambda: torch.randn(64, 256), 11, 4),
-        Case('compute', 'L=4, n=7, Linear(1024), batch 256', lambda l, i: MixedChain(l, i, 4, 7, 1024),
+        Case('compute', 'L=4, n=7, Linear(1024), batch 256', partial(MixedChain, depth=4, n=7, dim=1024),
              lambda: torch.randn(256, 1024), 15, 1),
         Case('conv', 'MobileNetV2 blocks k3/5/7 x e3/6 + identity + zero, L=4, 16 ch, 32x32, batch 16',
-             lambda l, i: ConvSupernet(l, i, 4, 16), lambda: torch.randn(16, 3, 32, 32), 15, 1),
-        Case('input', 'MixedInput, L=20, n=6, dim 64, batch 8', lambda l, i: InputChain(l, i, 20, 6, 64),
+             partial(ConvSupernet, depth=4, channels=16), lambda: torch.randn(16, 3, 32, 32), 15, 1),
+        Case('input', 'MixedInput, L=20, n=6, dim 64, batch 8', partial(InputChain, depth=20, n=6, dim=64),
              lambda: torch.randn(8, 64), 15, 10),
     ]
 
@@ -98,16 +109,18 @@ def time_case(case: Case, impls, baseline: str = 'nni', contender: str = 'proxyl
     nets, inputs = {}, {}
     for name, (layer_cls, input_cls) in impls.items():
         torch.manual_seed(0)
-        nets[name] = case.build(layer_cls, input_cls)
-        inputs[name] = case.make_input()
+        nets[name] = case.build(layer_cls, input_cls).to(DEVICE)
+        inputs[name] = case.make_input().to(DEVICE)
     times: dict[str, list[float]] = {name: [] for name in impls}
     order = list(impls)
     for sample in range(case.samples + 1):  # sample 0 is a warm-up
         for name in (order if sample % 2 else reversed(order)):
             torch.manual_seed(sample)
+            sync()
             start = time.perf_counter()
             for _ in range(case.steps_per_sample):
                 training_step(nets[name], inputs[name])
+            sync()
             elapsed = (time.perf_counter() - start) / case.steps_per_sample
             if sample:
                 times[name].append(elapsed * 1e3)
@@ -153,15 +166,17 @@ def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> list[dict]:
       autograd's calling of it.
     """
     torch.manual_seed(0)
-    x = torch.randn(batch, dim, requires_grad=True)
-    grad = torch.randn(batch, dim)
+    x = torch.randn(batch, dim, device=DEVICE, requires_grad=True)
+    grad = torch.randn(batch, dim, device=DEVICE)
 
     def timeit(fn) -> float:
         best = float('inf')
         for _ in range(5):
+            sync()
             start = time.perf_counter()
             for _ in range(repeats):
                 fn()
+            sync()
             best = min(best, (time.perf_counter() - start) / repeats)
         return best * 1e6
 
@@ -174,23 +189,17 @@ def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> list[dict]:
     for name, (layer_cls, _) in impls.items():
         torch.manual_seed(0)
         layer = layer_cls([(f'op{k}', nn.Linear(dim, dim)) for k in range(n)], nn.Parameter(torch.zeros(n)),
-                          nn.Softmax(-1), 'layer')
+                          nn.Softmax(-1), 'layer').to(DEVICE)
         layer.resample({'layer': 'op0'})
-        sampled = layer.op0
-        output = sampled(x)
-        hook = layer.ctx.backward_hook
+        hook_alone = _hook_alone(layer, x, grad, ours=name == 'proxyless_rs')
 
-        def hook_alone():
-            layer.ctx.save_forward_context(((x,), {}), output, 0)
-            hook(layer, (None,), (grad,))
-
-        def mixed():
+        def mixed(layer=layer):
             layer(x).sum().backward()
 
-        def plain():
+        def plain(sampled=layer.op0):
             sampled(x).sum().backward()
 
-        def other_forwards():
+        def other_forwards(layer=layer):
             with torch.no_grad():
                 for k in range(1, n):
                     layer.forward_path(k, x)
@@ -207,14 +216,44 @@ def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> list[dict]:
     return list(results.values())
 
 
+def _hook_alone(layer, x: torch.Tensor, grad: torch.Tensor, ours: bool) -> Callable[[], None]:
+    """One call of the layer's binary-gate backward on a saved forward, as autograd would make it.
+
+    NNI's: save the forward in its context, call its full backward hook. proxyless_rs's: hand the
+    output to the context (which saves the forward and returns it hooked), call the hook it
+    attached with the output gradient. The sampled candidate's forward is done once, outside.
+    """
+    output = layer.op0(x)
+    if not ours:
+        hook = layer.ctx.backward_hook
+
+        def nni_hook() -> None:
+            layer.ctx.save_forward_context(((x,), {}), output, 0)
+            hook(layer, (None,), (grad,))
+
+        return nni_hook
+
+    def our_hook() -> None:
+        hooked = layer.ctx.forward_output(layer, ((x,), {}), output.view_as(output), 0, None)
+        hooks = list(hooked._backward_hooks.values())
+        hooks[-1](grad)
+
+    # The hook must have done the work being timed: an alpha gradient, and no saved forward left.
+    layer._arch_alpha.grad = None
+    our_hook()
+    if layer._arch_alpha.grad is None or len(layer.ctx):
+        raise RuntimeError('benchmark: the output hook did not run its backward (an API change in the core?)')
+    return our_hook
+
+
 def whole_search(epochs: int, samples: int, smoke: bool) -> dict:
     """The digits search through RetiariiExperiment: NNI's strategy.Proxyless() against
     proxyless_rs.strategy.Proxyless() (default, not exact), interleaved, same seeds."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'examples'))
     import nni.retiarii.strategy as nni_strategy
-    from digits_nni import search
 
     import proxyless_rs
+    from digits_nni import search
 
     strategies = {'nni': nni_strategy.Proxyless, 'proxyless_rs': proxyless_rs.strategy.Proxyless}
     extra = {'limit_train_batches': 2} if smoke else {}
@@ -225,7 +264,8 @@ def whole_search(epochs: int, samples: int, smoke: bool) -> dict:
             if sample:
                 times[name].append(seconds * 1e3)
     result = {'case': 'search', 'unit': 'ms/search',
-              'description': f'digits search through RetiariiExperiment, {epochs} epoch(s) of 31 steps, strategy.Proxyless()'}
+              'description': f'digits search through RetiariiExperiment, {epochs} epoch(s) of 31 steps, '
+                             'strategy.Proxyless()'}
     for name, values in times.items():
         result[name] = {'min': min(values), 'median': statistics.median(values), 'max': max(values)}
     result['speedup'] = result['nni']['median'] / result['proxyless_rs']['median']
@@ -238,8 +278,8 @@ def saved_contexts(impls, steps: int) -> dict:
               'unit': 'saved forwards'}
     for name, (layer_cls, input_cls) in impls.items():
         torch.manual_seed(0)
-        net = MixedChain(layer_cls, input_cls, 4, 3, 16)
-        x = torch.randn(4, 16)
+        net = MixedChain(layer_cls, input_cls, 4, 3, 16).to(DEVICE)
+        x = torch.randn(4, 16, device=DEVICE)
         after_backward = 0
         for _ in range(steps):
             training_step(net, x)
@@ -262,12 +302,15 @@ def machine() -> str:
             cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
     except (OSError, StopIteration):
         pass
-    return f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)'
+    where = f'{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)'
+    if DEVICE.type == 'cuda':
+        where = f'{torch.cuda.get_device_name(DEVICE)} (CUDA {torch.version.cuda}), host {where}'
+    return where
 
 
 def markdown(results: list[dict], header: str) -> str:
-    lines = [header, '', '| case | NNI 2.10 min / median / max | proxyless_rs min / median / max | speed-up (median of paired ratios) |',
-             '| --- | --- | --- | --- |']
+    lines = [header, '', '| case | NNI 2.10 min / median / max | proxyless_rs min / median / max '
+                         '| speed-up (median of paired ratios) |', '| --- | --- | --- | --- |']
     fmt = lambda d: f"{d['min']:.3g} / {d['median']:.3g} / {d['max']:.3g}"  # noqa: E731
     for r in results:
         if r['case'] == 'memory' or 'full' in r:
@@ -327,10 +370,18 @@ def main(argv=None):
                                                          'input, two-path, hook, search, memory)')
     parser.add_argument('--threads', type=int, default=1, help='torch.set_num_threads (default 1)')
     parser.add_argument('--out', type=Path, default=RESULTS)
+    parser.add_argument('--device', default='cpu', help="where the supernets run: 'cpu' (default) or 'cuda'")
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: CUDA is not available on this machine')
     torch.set_num_threads(args.threads)
     impls = implementations()
-    wanted = set(args.case or ['overhead', 'medium', 'compute', 'conv', 'input', 'two-path', 'hook', 'search', 'memory'])
+    everything = ['overhead', 'medium', 'compute', 'conv', 'input', 'two-path', 'hook', 'search', 'memory']
+    if DEVICE.type != 'cpu':
+        everything.remove('search')  # the Lightning search of the demo runs on the CPU only
+    wanted = set(args.case or everything)
 
     results = []
     for case in supernet_cases(args.smoke):
@@ -348,8 +399,8 @@ def main(argv=None):
             for r in hook_cost(impls, n=n, dim=8 if args.smoke else 64, batch=2 if args.smoke else 8,
                                repeats=20 if args.smoke else 400):
                 results.append(r)
-                print(f"{r['case']:>9}: NNI {r['nni']['median']:.1f} us, proxyless_rs {r['proxyless_rs']['median']:.1f} us",
-                      flush=True)
+                print(f"{r['case']:>9}: NNI {r['nni']['median']:.1f} us, "
+                      f"proxyless_rs {r['proxyless_rs']['median']:.1f} us", flush=True)
     if 'search' in wanted:
         results.append(whole_search(epochs=1 if args.smoke else 4, samples=1 if args.smoke else 5, smoke=args.smoke))
         print(f"   search: NNI {results[-1]['nni']['median']:.0f} ms, proxyless_rs "
@@ -359,9 +410,10 @@ def main(argv=None):
         print(f"   memory: {results[-1]}", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    header = f'Machine: {machine()}; glibc malloc thresholds pinned ({", ".join(f"{k}={v}" for k, v in MALLOC_PINS.items())}).'
-    (args.out / 'results.json').write_text(json.dumps({'machine': machine(), 'smoke': args.smoke, 'results': results},
-                                                      indent=2))
+    pins = ", ".join(f"{k}={v}" for k, v in MALLOC_PINS.items())
+    header = f'Machine: {machine()}; device {DEVICE}; glibc malloc thresholds pinned ({pins}).'
+    (args.out / 'results.json').write_text(json.dumps({'machine': machine(), 'device': str(DEVICE), 'smoke': args.smoke,
+                                                       'results': results}, indent=2))
     (args.out / 'results.md').write_text(markdown(results, header))
     chart(results, args.out / 'speedup.png')
     print(markdown(results, header))

@@ -60,7 +60,8 @@ class ConvSupernet(nn.Module):
 
     def __init__(self, layer_cls, input_cls, depth: int, channels: int, classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU6())
+        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                                  nn.ReLU6())
         self.blocks = nn.ModuleList([
             layer_cls(mobilenet_candidates(channels), nn.Parameter(torch.randn(8) * 1e-3), nn.Softmax(-1), f'block{i}')
             for i in range(depth)

@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, os.path.dirname(__file__))
-from digits_search import DigitsSupernet, digits  # noqa: E402
-
 import proxyless_rs  # noqa: E402
+from digits_search import DigitsSupernet, digits  # noqa: E402
 
 
 def main():
@@ -35,10 +34,14 @@ def main():
     # A timeout, so that a rank that dies makes the others fail instead of hang.
     dist.init_process_group(args.backend, timeout=datetime.timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if args.backend == 'nccl' else torch.device('cpu')
+    if args.backend == 'nccl':
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device('cpu')
 
     (xt, yt), (xv, yv), (xs, ys) = digits()
-    xt, yt, xv, yv = xt[rank::world].to(device), yt[rank::world].to(device), xv[rank::world].to(device), yv[rank::world].to(device)
+    xt, yt, xv, yv = (t[rank::world].to(device) for t in (xt, yt, xv, yv))
     torch.manual_seed(0)
     net = DigitsSupernet(proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedInput).to(device)
     proxyless_rs.distributed.setup(net)                      # the one extra call

@@ -14,12 +14,14 @@ import argparse
 import os
 import sys
 import time
-import warnings
+from collections import OrderedDict
 
 import torch
 
-warnings.filterwarnings('ignore', module='pytorch_lightning|lightning_fabric|nni')
-warnings.filterwarnings('ignore', category=UserWarning)
+sys.path.insert(0, os.path.dirname(__file__))
+from digits_search import HIDDEN, DigitsSupernet, digits, quiet_known_warnings  # noqa: E402
+
+quiet_known_warnings()  # before NNI and Lightning are imported: the warnings they print on every run
 
 import nni.retiarii.nn.pytorch as nn  # noqa: E402
 import nni.retiarii.strategy as nni_strategy  # noqa: E402
@@ -29,23 +31,22 @@ from nni.retiarii.experiment.pytorch import RetiariiExeConfig, RetiariiExperimen
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
-from digits_search import HIDDEN, DigitsSupernet, digits  # noqa: E402
 
 def block(i: int):
-    return nn.LayerChoice([
-        nn.Sequential(nn.Linear(HIDDEN, HIDDEN), nn.ReLU()),
-        nn.Sequential(nn.Linear(HIDDEN, HIDDEN), nn.Tanh()),
-        nn.Sequential(nn.Linear(HIDDEN, 16), nn.ReLU(), nn.Linear(16, HIDDEN)),
-        nn.Sequential(nn.Linear(HIDDEN, 4 * HIDDEN), nn.ReLU(), nn.Linear(4 * HIDDEN, HIDDEN)),
-        nn.Identity(),
-    ], label=f'layer{i}')
+    """A mixed layer of named candidates: exports and logged probabilities use these names."""
+    return nn.LayerChoice(OrderedDict([
+        ('relu', nn.Sequential(nn.Linear(HIDDEN, HIDDEN), nn.ReLU())),
+        ('tanh', nn.Sequential(nn.Linear(HIDDEN, HIDDEN), nn.Tanh())),
+        ('bottleneck', nn.Sequential(nn.Linear(HIDDEN, 16), nn.ReLU(), nn.Linear(16, HIDDEN))),
+        ('wide', nn.Sequential(nn.Linear(HIDDEN, 4 * HIDDEN), nn.ReLU(), nn.Linear(4 * HIDDEN, HIDDEN))),
+        ('skip', nn.Identity()),
+    ]), label=f'layer{i}')
 
 
 @model_wrapper
 class DigitsSpace(nn.Module):
-    """Three mixed layers of five candidates (relu, tanh, bottleneck, wide, skip: indices 0-4) and a
-    mixed input choosing which hidden state feeds the classifier."""
+    """Three mixed layers of five candidates (relu, tanh, bottleneck, wide, skip) and a mixed input
+    choosing which hidden state feeds the classifier (0: layer0's output, 1: layer1's, 2: layer2's)."""
 
     def __init__(self, depth: int = 3):
         super().__init__()
@@ -97,6 +98,12 @@ def search(strategy, epochs: int, seed: int = 0, progress: bool = True, callback
     return architecture, accuracy, seconds, experiment
 
 
+def legend_name(label: str, choice: str) -> str:
+    """A candidate's name for the plot: the layers' candidates are named; the readout's choices
+    are input indices, named after the layer whose output each one is."""
+    return f'layer{choice} output' if label == 'readout' else choice
+
+
 def plot(history: list[dict[str, float]], path: str) -> None:
     import matplotlib
 
@@ -107,7 +114,7 @@ def plot(history: list[dict[str, float]], path: str) -> None:
     fig, axes = plt.subplots(1, len(labels), figsize=(4 * len(labels), 3.2), sharey=True)
     for ax, label in zip(axes, labels):
         for key in [k for k in history[0] if k.split('/')[0] == label]:
-            ax.plot([h[key] for h in history], label=key.split('/')[1])
+            ax.plot([h[key] for h in history], label=legend_name(label, key.split('/', 1)[1]))
         ax.set_title(label)
         ax.set_xlabel('step')
         ax.legend(fontsize=7, title='candidate', title_fontsize=7)

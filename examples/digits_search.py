@@ -14,7 +14,9 @@ there, which NNI computes and then discards).
 from __future__ import annotations
 
 import argparse
+import logging
 import time
+import warnings
 
 import torch
 import torch.nn as nn
@@ -22,9 +24,36 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from tqdm import tqdm
 
-from proxyless_rs import no_arch_grad
-
 HIDDEN = 64
+
+
+def quiet_known_warnings() -> None:
+    """Silences, in these demos only, the warnings that NNI 2.10 and Lightning 1.9 print on every
+    run with torch 2.13 and that say nothing about the search (README, "Warnings you will see").
+
+    Each filter names the message, so any other warning still shows.
+    """
+    # NNI 2.10 registers torch.nn's classes at import and meets two that torch 2.13 added, which are
+    # not modules; it concludes "your PyTorch version might not be supported".
+    warnings.filterwarnings('ignore', message=r'.*It means your PyTorch version might not be supported',
+                            category=RuntimeWarning)
+    # Lightning 1.9 imports pkg_resources (setuptools deprecates it); NNI touches torch's
+    # deprecated NLLLoss2d while registering torch.nn.
+    warnings.filterwarnings('ignore', message=r'pkg_resources is deprecated', category=UserWarning)
+    warnings.filterwarnings('ignore', message=r'`NLLLoss2d` has been deprecated', category=FutureWarning)
+    # NNI's ProxylessMixedInput hooks its backward with a module full backward hook; its input is a
+    # list, which to torch is no input requiring grad, so torch warns at every backward.
+    warnings.filterwarnings('ignore', message=r'Full backward hook is firing when gradients are computed',
+                            category=UserWarning)
+    # Lightning's INFO lines at every Trainer ("GPU available: False, used: False", "`Trainer.fit`
+    # stopped", ...): digits_nni.py builds five Trainers.
+    logging.getLogger('pytorch_lightning.utilities.rank_zero').setLevel(logging.WARNING)
+    logging.getLogger('pytorch_lightning.accelerators.cuda').setLevel(logging.WARNING)
+
+
+quiet_known_warnings()
+
+from proxyless_rs import no_arch_grad  # noqa: E402  (after the filters: it loads NNI's supermodule)
 
 
 def candidates() -> list[tuple[str, nn.Module]]:
@@ -150,8 +179,10 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from nni.nas.oneshot.pytorch.supermodule.proxyless import ProxylessMixedInput as NNIInput
-    from nni.nas.oneshot.pytorch.supermodule.proxyless import ProxylessMixedLayer as NNILayer
+    from nni.nas.oneshot.pytorch.supermodule.proxyless import (
+        ProxylessMixedInput as NNIInput,
+        ProxylessMixedLayer as NNILayer,
+    )
 
     import proxyless_rs
 
