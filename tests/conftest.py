@@ -14,8 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from nni.nas.oneshot.pytorch.supermodule.differentiable import GumbelSoftmax
-from nni.nas.oneshot.pytorch.supermodule.proxyless import ProxylessMixedInput as NNIMixedInput
-from nni.nas.oneshot.pytorch.supermodule.proxyless import ProxylessMixedLayer as NNIMixedLayer
+from nni.nas.oneshot.pytorch.supermodule.proxyless import (
+    ProxylessMixedInput as NNIMixedInput,
+    ProxylessMixedLayer as NNIMixedLayer,
+)
 
 import proxyless_rs
 

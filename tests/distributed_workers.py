@@ -65,8 +65,9 @@ def _init(rank: int, world: int, port: int) -> None:
 def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20, die_at: int | None = None) -> None:
     """A plain-PyTorch search: setup + DDP; arch step on validation shards, weight step on training shards."""
     try:
-        import proxyless_rs
         from torch.nn.parallel import DistributedDataParallel as DDP
+
+        import proxyless_rs
 
         torch.set_num_threads(1)
         _init(rank, world, port)

@@ -1,8 +1,7 @@
 """Property tests of the compiled kernel and sampler against their definitions."""
 
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from proxyless_rs import alpha_grad, sample_index
 

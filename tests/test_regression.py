@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from conftest import (IMPLEMENTATIONS, arch_parameters, assert_alpha_close, assert_steps_equal, build,
-                      resample_in_order, train_step)
+from conftest import (
+    IMPLEMENTATIONS,
+    arch_parameters,
+    assert_alpha_close,
+    assert_steps_equal,
+    build,
+    resample_in_order,
+    train_step,
+)
 
 STEPS = 8
 
@@ -81,9 +88,9 @@ def test_memo_fixes_the_paths_like_nni():
 
 def test_mutation_hooks_build_our_layers_from_an_nni_model_space():
     """NNI's mutation machinery turns LayerChoice/InputChoice into our classes, as into NNI's."""
+    import nni.retiarii.nn.pytorch as nn
     from nni.nas.oneshot.pytorch.base_lightning import no_default_hook, traverse_and_mutate_submodules
     from nni.retiarii import model_wrapper
-    import nni.retiarii.nn.pytorch as nn
 
     import proxyless_rs
 
@@ -193,7 +200,12 @@ def test_every_binary_gate_reduction_matches_nni(loss, third, dtype, rows, dim):
         x = torch.randn(rows, dim, dtype=dtype, requires_grad=True)
         weights = torch.randn(rows, dim, dtype=dtype)
         out = layer(x)
-        {'sum': out.sum, 'weighted': lambda: (out * weights).sum(), 'squares': lambda: out.pow(2).mean()}[loss]().backward()
+        if loss == 'sum':
+            out.sum().backward()
+        elif loss == 'weighted':
+            (out * weights).sum().backward()
+        else:
+            out.pow(2).mean().backward()
         grads[impl] = (layer._arch_alpha.grad, x.grad)
     assert grads['rs'][0].abs().sum() > 0
     assert_alpha_close(grads['rs'][0], grads['nni'][0], dtype)

@@ -32,7 +32,8 @@ def finite_difference(layer, x, w, involved, eps=1e-6):
         plus, minus = alpha.clone(), alpha.clone()
         plus[i] += eps
         minus[i] -= eps
-        grad[i] = (gate_objective(layer, x, w, plus, involved) - gate_objective(layer, x, w, minus, involved)) / (2 * eps)
+        difference = gate_objective(layer, x, w, plus, involved) - gate_objective(layer, x, w, minus, involved)
+        grad[i] = difference / (2 * eps)
     return grad
 
 
@@ -127,7 +128,8 @@ def test_layers_sharing_a_label_share_the_draw_and_one_rescale():
 
 
 def test_mixed_input_two_path():
-    pick = ProxylessMixedInput(4, 1, nn.Parameter(torch.randn(4, dtype=torch.float64)), nn.Softmax(-1), 'pick', mode='two')
+    alpha = nn.Parameter(torch.randn(4, dtype=torch.float64))
+    pick = ProxylessMixedInput(4, 1, alpha, nn.Softmax(-1), 'pick', mode='two')
     inputs = [torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(4)]
     w = torch.randn(3, dtype=torch.float64)
     torch.manual_seed(0)
