@@ -1,33 +1,24 @@
-//! The saved-forward stack of a mixed layer.
+//! The per-layer side of a ProxylessNAS mixed layer: how it draws its path, and its forward.
 //!
-//! Each forward call that a backward can follow pushes what the backward hook needs: the
-//! detached inputs (to evaluate the other candidates), the output's tensors (to reuse the
-//! sampled candidate's output) and the sampled index. Backward pops in reverse order,
-//! which is the order autograd runs the calls of one layer in.
+//! Each forward that a backward can follow hands what that backward needs (the detached inputs,
+//! the output's tensors, the sampled index) to a hook on that call's output, which owns it: calls
+//! of one layer may be back-propagated in any order, some not at all, some twice
+//! (`retain_graph=True`), and activation checkpointing may re-run a forward inside a backward.
+//! Nothing is kept per layer but a count of the calls still alive.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3_tch::{wrap_tch_err, PyTensor};
 use tch::{Kind, Tensor};
 
-use crate::hook::BackwardHook;
+use crate::arch::{ArchParameter, TwoPathDraw};
+use crate::errors::in_context;
+use crate::hook::{self, SavedCall, Watched};
 use crate::tree;
-
-/// What one forward call left for its backward.
-pub struct SavedForward {
-    pub args: Py<PyTuple>,
-    pub kwargs: Option<Py<PyDict>>,
-    pub output: Vec<Tensor>,
-    /// The keys (as `str`) of a dict output, in the order of `output`.
-    pub output_keys: Option<Vec<String>>,
-    pub sample_idx: i64,
-    /// Two-path mode: the one unsampled candidate whose gate takes part (see `sample_two`).
-    pub partner: Option<i64>,
-}
 
 /// `dim` if `softmax` is exactly `torch.nn.Softmax` with an explicit `dim`, else `None`.
 fn plain_softmax_dim(softmax: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
@@ -50,49 +41,65 @@ fn grad_mode_enabled() -> bool {
     }
 }
 
-/// The saved-forward stack of one ProxylessNAS mixed layer, with the architecture weights
-/// (`arch_alpha`) and the softmax that turns them into path probabilities.
+const NO_PARTNER: i64 = -1;
+
+/// Counts a layer's calls whose saved forward is still alive (`len(ctx)`).
+pub struct LiveCall(Arc<AtomicUsize>);
+
+impl LiveCall {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for LiveCall {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The Rust side of one ProxylessNAS mixed layer: its architecture parameter (shared with the
+/// layers of the same label), the softmax that turns it into path probabilities, the mode, and
+/// the layer's forward, which hands each call's saved state to a hook on that call's output.
 ///
-/// Unlike NNI 2.10's Python context, nothing is saved when no backward can follow (grad mode
-/// off, or no output tensor requires grad), so validation under `torch.no_grad()` leaves
-/// nothing behind. Pickling keeps `arch_alpha`, `softmax` and `label` and drops the stack:
-/// saved forwards belong to one step.
+/// Nothing is saved when no backward can follow (grad mode off, no output tensor requires grad,
+/// or `enabled` is off), so validation under `torch.no_grad()` leaves nothing behind.
 #[pyclass(frozen, module = "proxyless_rs._core")]
 pub struct ProxylessContext {
-    #[pyo3(get)]
-    pub arch_alpha: PyObject,
+    arch: Py<ArchParameter>,
     #[pyo3(get)]
     pub softmax: PyObject,
     #[pyo3(get)]
-    label: Option<String>,
+    label: PyObject,
+    /// What error messages call the layer, e.g. `ProxylessMixedLayer 'op'`.
+    #[pyo3(get)]
+    name: String,
     /// `Some(dim)` when `softmax` is exactly `torch.nn.Softmax(dim)`: then probabilities are
     /// computed here instead of through a Python module call (a stochastic or custom softmax,
     /// e.g. NNI's GumbelSoftmax, is always called).
     softmax_dim: Option<i64>,
-    /// Off inside `proxyless_rs.no_arch_grad()`: forwards save nothing and hook nothing, so the
-    /// backward does no binary-gate work (a weight step whose alpha gradients nobody uses).
+    /// Off inside `proxyless_rs.no_arch_grad()`: forwards save nothing and hook nothing.
     enabled: AtomicBool,
-    /// Called (no arguments) after each backward has added into `arch_alpha.grad`; used by
-    /// `proxyless_rs.distributed` to average architecture gradients across ranks.
-    after_backward: Mutex<Option<PyObject>>,
-    saved: Mutex<Vec<SavedForward>>,
+    two_path: AtomicBool,
+    /// Two-path mode: the other candidate of the current draw (`NO_PARTNER` in full mode, or when
+    /// the index came from a memo that no two-path draw of this parameter made).
+    partner: AtomicI64,
+    live: Arc<AtomicUsize>,
 }
 
 impl ProxylessContext {
-    fn stack(&self) -> MutexGuard<'_, Vec<SavedForward>> {
-        // A panic cannot happen while the lock is held (only Vec operations run under it),
-        // so a poisoned lock still guards a consistent Vec.
-        self.saved.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub fn arch<'py>(&self, py: Python<'py>) -> &Bound<'py, ArchParameter> {
+        self.arch.bind(py)
     }
 
-    /// Takes the most recent saved forward, if any.
-    pub fn pop(&self) -> Option<SavedForward> {
-        self.stack().pop()
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// `softmax(arch_alpha)`, the path probabilities.
     pub fn probs(&self, py: Python<'_>) -> PyResult<Tensor> {
-        self.probs_of(py, &tree::expect_tensor(self.arch_alpha.bind(py), "arch_alpha")?)
+        self.probs_of(py, &self.arch.get().tensor(py)?)
     }
 
     /// `softmax` applied to `logits`: alpha, or two-path mode's two-element slice of it. (Wrapping
@@ -100,140 +107,213 @@ impl ProxylessContext {
     /// Python object per tensor.)
     pub fn probs_of(&self, py: Python<'_>, logits: &Tensor) -> PyResult<Tensor> {
         match self.softmax_dim {
-            Some(dim) => logits.f_softmax(dim, None::<Kind>).map_err(wrap_tch_err),
+            Some(dim) => logits.f_softmax(dim, None::<Kind>).map_err(in_context(&self.name)),
             None => tree::expect_tensor(&self.softmax.bind(py).call1((tree::to_python(py, logits)?,))?, "softmax(logits)"),
         }
     }
 
     /// `alpha[indices]`.
     pub fn alpha_at(&self, py: Python<'_>, indices: &[i64]) -> PyResult<Tensor> {
-        let alpha = tree::expect_tensor(self.arch_alpha.bind(py), "arch_alpha")?;
-        crate::kernel::gather(&alpha, indices).map_err(wrap_tch_err)
+        crate::kernel::gather(&self.arch.get().tensor(py)?, indices).map_err(in_context(&self.name))
     }
 
-    /// Saves one forward call if a backward can follow; if it did, returns the output's tensors
-    /// and the identities of the input tensors.
-    fn save(
-        &self,
-        layer_input: &Bound<'_, PyAny>,
-        (output, output_keys): tree::OutputTensors,
-        sample_idx: i64,
-        partner: Option<i64>,
-    ) -> PyResult<Option<(Vec<Tensor>, Vec<usize>)>> {
-        if !self.enabled.load(Ordering::Relaxed) || !grad_mode_enabled() || !output.iter().any(Tensor::requires_grad) {
-            return Ok(None);
+    fn n_candidates(&self, py: Python<'_>) -> PyResult<i64> {
+        Ok(self.arch.get().tensor(py)?.size()[0])
+    }
+
+    fn check_mode(&self, py: Python<'_>, mode: &str) -> PyResult<bool> {
+        match mode {
+            "full" => Ok(false),
+            "two" if self.n_candidates(py)? < 2 => Err(PyValueError::new_err(format!(
+                "{}: two-path mode needs at least two candidates, it has {}.",
+                self.name,
+                self.n_candidates(py)?
+            ))),
+            "two" => Ok(true),
+            other => Err(PyValueError::new_err(format!(
+                "{}: mode '{other}' does not exist; use \"full\" (every candidate gets a gate gradient, as in NNI) \
+                 or \"two\" (two-path binarization).",
+                self.name
+            ))),
         }
-        let py = layer_input.py();
-        let (args, kwargs) = layer_input
-            .extract::<(Bound<'_, PyTuple>, Option<Bound<'_, PyDict>>)>()
-            .map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "layer_input must be a tuple (args: tuple, kwargs: dict), got {}",
-                    tree::type_name(layer_input)
-                ))
-            })?;
+    }
+
+    /// "candidate 'tanh' (index 1)" where the layer names its candidates, else "candidate 1".
+    pub fn describe_candidate(&self, module: &Bound<'_, PyAny>, index: i64) -> String {
+        let name = module
+            .getattr(intern!(module.py(), "op_names"))
+            .and_then(|names| names.get_item(index))
+            .and_then(|name| name.repr())
+            .map(|name| name.to_string());
+        match name {
+            Ok(name) => format!("candidate {name} (index {index})"),
+            Err(_) => format!("candidate {index}"),
+        }
+    }
+
+    /// Draws one path (full mode) or two (two-path mode), agreed across ranks where an agreement
+    /// is set; returns the active index and records the partner.
+    fn draw(&self, py: Python<'_>) -> PyResult<i64> {
+        let _no_grad = tch::no_grad_guard();
+        let arch = self.arch.get();
+        let probs = self.probs(py)?;
+        if !self.two_path.load(Ordering::Relaxed) {
+            let index = crate::sampling::draw(&probs).map_err(in_context(&self.name))?;
+            let index = arch.agree(py, vec![index])?[0];
+            self.partner.store(NO_PARTNER, Ordering::Relaxed);
+            return Ok(index);
+        }
+        // Two distinct candidates from softmax(alpha), then the active one of the two from the
+        // softmax of their two logits (mit-han-lab's MixedEdge, mode "two").
+        let (first, second) = crate::sampling::draw_pair(&probs).map_err(in_context(&self.name))?;
+        let pair_probs = self.probs_of(py, &self.alpha_at(py, &[first, second])?)?;
+        let pick = crate::sampling::draw(&pair_probs).map_err(in_context(&self.name))?;
+        let (active, inactive) = if pick == 0 { (first, second) } else { (second, first) };
+        let agreed = arch.agree(py, vec![active, inactive])?;
+        let (active, inactive) = (agreed[0], agreed[1]);
+        let before = arch.tensor(py)?.f_detach_copy().map_err(in_context(&self.name))?;
+        arch.set_pending(TwoPathDraw { active, inactive, before });
+        self.partner.store(inactive, Ordering::Relaxed);
+        Ok(active)
+    }
+
+    /// The layer's forward call: runs `module.forward_path(index, *args, **kwargs)` and, when a
+    /// backward can follow, hooks its output with this call's saved state.
+    fn forward_call(
+        slf: &Bound<'_, Self>,
+        module: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+        index: i64,
+    ) -> PyResult<PyObject> {
+        let py = module.py();
+        let ctx = slf.get();
+        let kwargs = kwargs.filter(|kwargs| !kwargs.is_empty());
+        let saving = ctx.enabled.load(Ordering::Relaxed) && grad_mode_enabled();
+        // Detached before the candidate runs, so that a candidate modifying its input in place
+        // (ReLU(inplace=True) first) is caught: the other candidates would see the modified input.
         let mut inputs = Vec::new();
-        let args = tree::detach_tree(args.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyTuple>()?;
-        let kwargs = match kwargs {
-            Some(kwargs) if !kwargs.is_empty() => {
-                Some(tree::detach_tree(kwargs.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyDict>()?)
-            }
-            _ => None,
+        let saved_input = if saving {
+            let args = tree::detach_tree(args.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyTuple>()?;
+            let kwargs = match kwargs {
+                Some(kwargs) => Some(tree::detach_tree(kwargs.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyDict>()?),
+                None => None,
+            };
+            Some((args, kwargs))
+        } else {
+            None
         };
-        let saved_output = output.iter().map(Tensor::detach).collect();
-        self.stack().push(SavedForward { args: args.unbind(), kwargs: kwargs.map(Bound::unbind), output: saved_output, output_keys, sample_idx, partner });
-        Ok(Some((output, inputs)))
-    }
+        let input_versions = inputs.iter().map(|(_, input)| tree::version(input.bind(py))).collect::<PyResult<Vec<_>>>()?;
 
-    fn checked_output(&self, layer_output: &Bound<'_, PyAny>, sample_idx: i64) -> PyResult<tree::OutputTensors> {
-        tree::output_tensors(layer_output, &|| format!("{}: the sampled candidate (index {sample_idx})", self.describe()))
-    }
-
-    /// The `after_backward` callback, if one is set.
-    pub fn after_backward_callback(&self, py: Python<'_>) -> Option<PyObject> {
-        let slot = self.after_backward.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.as_ref().map(|callback| callback.clone_ref(py))
-    }
-
-    /// The label for error messages.
-    pub fn describe(&self) -> String {
-        match &self.label {
-            Some(label) => format!("mixed layer {label:?}"),
-            None => "mixed layer".to_owned(),
+        let forward_path = module.getattr(intern!(py, "forward_path"))?;
+        let layer_output = hook::call_forward_path(&forward_path, index, args, kwargs)?;
+        let output = tree::output_tensors(&layer_output, &|| {
+            format!("{}: the sampled {}", ctx.name, ctx.describe_candidate(module, index))
+        })?;
+        let Some((saved_args, saved_kwargs)) = saved_input else { return Ok(layer_output.unbind()) };
+        if !output.tensors.iter().flatten().any(Tensor::requires_grad) {
+            return Ok(layer_output.unbind());
         }
+        let mut watched = Vec::with_capacity(inputs.len() + output.tensors.len());
+        for ((_, input), before) in inputs.iter().zip(input_versions) {
+            if tree::version(input.bind(py))? != before {
+                return Err(PyRuntimeError::new_err(format!(
+                    "{}: the sampled {} modified its input in place (an in-place op such as ReLU(inplace=True) \
+                     applied to the layer's input); the binary-gate backward evaluates the other candidates on \
+                     that input, which no longer holds its value. Make the candidate's first op out of place.",
+                    ctx.name,
+                    ctx.describe_candidate(module, index)
+                )));
+            }
+            watched.push(Watched::input(input.clone_ref(py), before));
+        }
+        let partner = match ctx.partner.load(Ordering::Relaxed) {
+            NO_PARTNER => None,
+            partner => Some(partner),
+        };
+        let saved = SavedCall::new(
+            saved_args.unbind(),
+            saved_kwargs.map(Bound::unbind),
+            index,
+            partner,
+            watched,
+            LiveCall::new(&ctx.live),
+        );
+        let input_ids: Vec<usize> = inputs.iter().map(|(id, _)| *id).collect();
+        hook::attach(slf, module, &layer_output, output, saved, &input_ids)
     }
 }
 
 #[pymethods]
 impl ProxylessContext {
+    /// `arch` is the layer's architecture parameter: an `ArchParameter` (shared by the layers of
+    /// one label) or a bare alpha tensor (given one of its own). `name` is what error messages
+    /// call the layer (default: `ProxylessContext <label>`).
     #[new]
-    #[pyo3(signature = (arch_alpha, softmax, label=None))]
-    fn new(arch_alpha: &Bound<'_, PyAny>, softmax: PyObject, label: Option<String>) -> PyResult<Self> {
-        let alpha = tree::expect_tensor(arch_alpha, "arch_alpha")?;
-        if alpha.dim() != 1 {
-            return Err(PyValueError::new_err(format!(
-                "arch_alpha must be a 1-d tensor (one logit per candidate), got shape {:?}",
-                alpha.size()
-            )));
+    #[pyo3(signature = (arch, softmax, label=None, name=None, mode="full"))]
+    fn new(
+        arch: &Bound<'_, PyAny>,
+        softmax: PyObject,
+        label: Option<PyObject>,
+        name: Option<String>,
+        mode: &str,
+    ) -> PyResult<Self> {
+        let py = arch.py();
+        let arch = match arch.downcast::<ArchParameter>() {
+            Ok(arch) => arch.clone().unbind(),
+            Err(_) => Py::new(py, ArchParameter::new(arch)?)?,
+        };
+        let label = label.unwrap_or_else(|| py.None());
+        let name = match name {
+            Some(name) => name,
+            None => format!("ProxylessContext {}", label.bind(py).repr()?),
+        };
+        let softmax_dim = plain_softmax_dim(softmax.bind(py))?;
+        let ctx = Self {
+            arch,
+            softmax,
+            label,
+            name,
+            softmax_dim,
+            enabled: AtomicBool::new(true),
+            two_path: AtomicBool::new(false),
+            partner: AtomicI64::new(NO_PARTNER),
+            live: Arc::new(AtomicUsize::new(0)),
+        };
+        ctx.two_path.store(ctx.check_mode(py, mode)?, Ordering::Relaxed);
+        Ok(ctx)
+    }
+
+    /// The architecture logits.
+    #[getter]
+    fn arch_alpha(&self, py: Python<'_>) -> PyObject {
+        self.arch.get().alpha_object(py).clone().unbind()
+    }
+
+    /// The shared state of the architecture parameter (see `ArchParameter`).
+    #[getter(arch)]
+    fn py_arch(&self, py: Python<'_>) -> Py<ArchParameter> {
+        self.arch.clone_ref(py)
+    }
+
+    /// `'full'` (every candidate's gate gets a gradient) or `'two'` (two-path binarization).
+    #[getter]
+    fn mode(&self) -> &'static str {
+        if self.two_path.load(Ordering::Relaxed) {
+            "two"
+        } else {
+            "full"
         }
-        let softmax_dim = plain_softmax_dim(softmax.bind(arch_alpha.py()))?;
-        Ok(Self { arch_alpha: arch_alpha.clone().unbind(), softmax, label, softmax_dim, enabled: AtomicBool::new(true), after_backward: Mutex::new(None), saved: Mutex::new(Vec::new()) })
     }
 
-    /// Saves one forward call for a backward hook registered with
-    /// `register_full_backward_hook(ctx.backward_hook)`; `layer_input` is `(args, kwargs)`.
-    ///
-    /// Returns whether anything was saved. The output must be a tensor or a tuple of
-    /// tensors (checked always, so a bad candidate fails at forward, not in backward).
-    fn save_forward_context(
-        &self,
-        layer_input: &Bound<'_, PyAny>,
-        layer_output: &Bound<'_, PyAny>,
-        layer_sample_idx: i64,
-    ) -> PyResult<bool> {
-        let output = self.checked_output(layer_output, layer_sample_idx)?;
-        Ok(self.save(layer_input, output, layer_sample_idx, None)?.is_some())
-    }
-
-    /// Saves one forward call of `module` and returns the output to hand on: when a backward
-    /// can follow, its tensors are hooked so that backward runs the binary-gate backward for
-    /// `module` (no module-level full backward hook needed). With `partner` (two-path mode) the
-    /// backward evaluates only that candidate besides the sampled one.
-    #[pyo3(signature = (module, layer_input, layer_output, layer_sample_idx, partner=None))]
-    fn forward_output(
-        slf: &Bound<'_, Self>,
-        module: &Bound<'_, PyAny>,
-        layer_input: &Bound<'_, PyAny>,
-        layer_output: &Bound<'_, PyAny>,
-        layer_sample_idx: i64,
-        partner: Option<i64>,
-    ) -> PyResult<PyObject> {
-        let ctx = slf.get();
-        let output = ctx.checked_output(layer_output, layer_sample_idx)?;
-        match ctx.save(layer_input, output, layer_sample_idx, partner)? {
-            Some((output, inputs)) => crate::hook::attach_output_hook(slf, module, layer_output, &output, &inputs),
-            None => Ok(layer_output.clone().unbind()),
+    #[setter]
+    fn set_mode(&self, py: Python<'_>, mode: &str) -> PyResult<()> {
+        let two = self.check_mode(py, mode)?;
+        self.two_path.store(two, Ordering::Relaxed);
+        if !two {
+            self.partner.store(NO_PARTNER, Ordering::Relaxed);
         }
-    }
-
-    /// Draws a path index from `softmax(arch_alpha)` with `torch.multinomial`'s generator.
-    fn sample(&self, py: Python<'_>) -> PyResult<i64> {
-        let _no_grad = tch::no_grad_guard();
-        crate::sampling::draw(&self.probs(py)?)
-    }
-
-    /// Two-path sampling (ProxylessNAS paper, mit-han-lab's `MixedEdge` mode "two"): draws two
-    /// distinct candidates from `softmax(arch_alpha)`, then the active one of the two from the
-    /// softmax of their two logits. Returns `(active, inactive, a copy of alpha)`; the copy is what
-    /// `rescale_two_path` restores around the optimizer step.
-    fn sample_two(&self, py: Python<'_>) -> PyResult<(i64, i64, PyTensor)> {
-        let _no_grad = tch::no_grad_guard();
-        let (first, second) = crate::sampling::draw_pair(&self.probs(py)?)?;
-        let pair_logits = self.alpha_at(py, &[first, second])?;
-        let (active, inactive) =
-            if crate::sampling::draw(&self.probs_of(py, &pair_logits)?)? == 0 { (first, second) } else { (second, first) };
-        let before = tree::expect_tensor(self.arch_alpha.bind(py), "arch_alpha")?.f_detach_copy().map_err(wrap_tch_err)?;
-        Ok((active, inactive, PyTensor(before)))
+        Ok(())
     }
 
     /// Whether forwards are saved for the binary-gate backward (see `no_arch_grad`).
@@ -247,58 +327,70 @@ impl ProxylessContext {
         self.enabled.store(value, Ordering::Relaxed);
     }
 
-    /// A callable run after each backward of this layer has written `arch_alpha.grad`, or None.
+    /// Two-path mode: the other candidate of the current draw, or None.
     #[getter]
-    fn after_backward(&self, py: Python<'_>) -> Option<PyObject> {
-        self.after_backward_callback(py)
+    fn partner(&self) -> Option<i64> {
+        match self.partner.load(Ordering::Relaxed) {
+            NO_PARTNER => None,
+            partner => Some(partner),
+        }
     }
 
-    #[setter]
-    fn set_after_backward(&self, callback: Option<PyObject>) {
-        *self.after_backward.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = callback;
+    /// Sets the path for the next forwards and returns its index: `chosen` (taken from a memo; in
+    /// two-path mode it joins the pending draw of this parameter if that draw chose it, else the
+    /// backward falls back to full mode), or, if None, a draw from `softmax(alpha)` with
+    /// `torch.multinomial`'s generator (two distinct candidates and the active one of them in
+    /// two-path mode), agreed across ranks where `arch.agreement` is set.
+    #[pyo3(signature = (chosen=None))]
+    fn resample(&self, py: Python<'_>, chosen: Option<i64>) -> PyResult<i64> {
+        let Some(index) = chosen else { return self.draw(py) };
+        let n = self.n_candidates(py)?;
+        if !(0..n).contains(&index) {
+            return Err(PyValueError::new_err(format!("{}: index {index} is not in 0..{n}", self.name)));
+        }
+        let partner = if self.two_path.load(Ordering::Relaxed) { self.arch.get().partner_of(index) } else { None };
+        self.partner.store(partner.unwrap_or(NO_PARTNER), Ordering::Relaxed);
+        Ok(index)
     }
 
-    /// Drops every saved forward (a new architecture was sampled).
-    fn clear_context(&self) {
-        self.stack().clear();
+    /// Runs the layer's candidate `index` on `args` / `kwargs` through `module.forward_path` and
+    /// returns its output; when a backward can follow, the output's tensors are hooked so that
+    /// backward through them runs the binary-gate backward of this call.
+    ///
+    /// The output must be a tensor, or a tuple, list or dict of tensors and pass-through values
+    /// (checked always, so a bad candidate fails at forward, not in backward).
+    #[pyo3(signature = (module, args, kwargs, index))]
+    fn forward(
+        slf: &Bound<'_, Self>,
+        module: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+        index: i64,
+    ) -> PyResult<PyObject> {
+        Self::forward_call(slf, module, args, kwargs, index)
     }
 
+    /// The number of this layer's forward calls whose saved state is alive (hooked outputs whose
+    /// backward has not run, or ran with `retain_graph=True`).
     fn __len__(&self) -> usize {
-        self.stack().len()
+        self.live.load(Ordering::Relaxed)
     }
 
-    /// The callable to pass to `register_full_backward_hook`.
-    #[getter]
-    fn backward_hook(slf: &Bound<'_, Self>) -> BackwardHook {
-        BackwardHook::new(slf.clone().unbind())
-    }
-
-    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (PyObject, PyObject, Option<String>))> {
+    fn __reduce__<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Py<ArchParameter>, PyObject, PyObject, String, &'static str))> {
         let cls = py.get_type::<Self>().into_any();
-        Ok((cls, (self.arch_alpha.clone_ref(py), self.softmax.clone_ref(py), self.label.clone())))
+        Ok((cls, (self.arch.clone_ref(py), self.softmax.clone_ref(py), self.label.clone_ref(py), self.name.clone(), self.mode())))
     }
 
     fn __repr__(&self) -> String {
-        format!("ProxylessContext(label={:?}, saved={})", self.label, self.stack().len())
+        format!("ProxylessContext({}, mode={:?}, live calls={})", self.name, self.mode(), self.__len__())
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.arch_alpha)?;
+        visit.call(&self.arch)?;
         visit.call(&self.softmax)?;
-        if let Ok(slot) = self.after_backward.try_lock() {
-            if let Some(callback) = slot.as_ref() {
-                visit.call(callback)?;
-            }
-        }
-        // The lock is only ever held across Vec operations, never across Python code,
-        // so it is free whenever the collector runs; skip rather than risk blocking.
-        let Ok(stack) = self.saved.try_lock() else { return Ok(()) };
-        for saved in stack.iter() {
-            visit.call(&saved.args)?;
-            if let Some(kwargs) = &saved.kwargs {
-                visit.call(kwargs)?;
-            }
-        }
-        Ok(())
+        visit.call(&self.label)
     }
 }

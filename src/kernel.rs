@@ -6,17 +6,20 @@
 //! `p_i (b_i - <b, p>)`, a handful of vector ops that stay on the tensors' device.
 
 use pyo3::prelude::*;
-use pyo3_tch::{wrap_tch_err, PyTensor};
+use pyo3_tch::PyTensor;
+use tch::kind::Element;
 use tch::{Kind, TchError, Tensor};
+
+use crate::errors::in_context;
 
 /// `b = sum over tensor pairs of sum(out * grad)`: the gradient of one binary gate.
 ///
 /// `None` gradients (outputs that received no gradient) contribute nothing, as in NNI.
 /// The result is a 0-d tensor in the product's dtype, or `None` if no pair contributed.
-pub fn binary_gate_grad(outputs: &[Tensor], grads: &[Option<Tensor>]) -> Result<Option<Tensor>, TchError> {
+pub fn binary_gate_grad(outputs: &[Option<Tensor>], grads: &[Option<Tensor>]) -> Result<Option<Tensor>, TchError> {
     if outputs.len() != grads.len() {
         return Err(TchError::Shape(format!(
-            "a candidate returned {} tensors, but the layer's output had {}; all candidates must \
+            "a candidate returned {} elements, but the layer's output had {}; all candidates must \
              return the same structure",
             outputs.len(),
             grads.len()
@@ -24,7 +27,8 @@ pub fn binary_gate_grad(outputs: &[Tensor], grads: &[Option<Tensor>]) -> Result<
     }
     let mut total: Option<Tensor> = None;
     for (out, grad) in outputs.iter().zip(grads) {
-        let Some(grad) = grad else { continue };
+        // A missing gradient or a None element contributes nothing, as in NNI.
+        let (Some(out), Some(grad)) = (out, grad) else { continue };
         // Same op as NNI (`torch.sum(t1 * t2)`), so gate gradients match it bit for bit.
         let term = out.f_mul(grad)?.f_sum(None::<Kind>)?;
         total = Some(match total {
@@ -60,9 +64,18 @@ fn dot_f64<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-/// A contiguous host tensor's elements, if it holds `T` (`kind`).
-fn host_slice<T>(t: &Tensor, kind: Kind) -> Option<&[T]> {
-    if t.device() != tch::Device::Cpu || t.kind() != kind || t.is_sparse() || t.is_mkldnn() || !t.is_contiguous() {
+/// A contiguous host tensor's elements, if it holds `T`. Refused (None) where the memory does not
+/// hold the tensor's values as they read: another device or dtype, a strided or sparse layout, or
+/// a lazily negated or conjugated view (`-x` of a view, `x.conj()`: the bit is applied on read).
+fn host_slice<T: Element>(t: &Tensor) -> Option<&[T]> {
+    if t.device() != tch::Device::Cpu
+        || t.kind() != T::KIND
+        || t.is_sparse()
+        || t.is_mkldnn()
+        || !t.is_contiguous()
+        || t.is_neg()
+        || t.is_conj()
+    {
         return None;
     }
     if t.numel() == 0 {
@@ -78,31 +91,33 @@ fn host_slice<T>(t: &Tensor, kind: Kind) -> Option<&[T]> {
 /// Products and sums are taken in f64 (a float32 product is exact in f64), so each gate is
 /// NNI's float32 `sum(out * grad)` up to its rounding, then rounded to the outputs' dtype.
 fn host_gate_grads(outputs: &[&Tensor], grad: &Tensor) -> Option<Tensor> {
-    fn dots<T: Copy + Into<f64>>(outputs: &[&Tensor], grad: &Tensor, kind: Kind) -> Option<Vec<f64>> {
-        let grad = host_slice::<T>(grad, kind)?;
-        outputs.iter().map(|out| host_slice::<T>(out, kind).map(|out| dot_f64(out, grad))).collect()
+    fn dots<T: Element + Copy + Into<f64>>(outputs: &[&Tensor], grad: &Tensor) -> Option<Vec<f64>> {
+        let grad = host_slice::<T>(grad)?;
+        outputs.iter().map(|out| host_slice::<T>(out).map(|out| dot_f64(out, grad))).collect()
     }
     if grad.device() != tch::Device::Cpu || !matches!(grad.kind(), Kind::Float | Kind::Double) {
         return None;
     }
     // Gradients are often expanded (the backward of `sum()` or `mean()` broadcasts a scalar):
     // one copy of the gradient is cheaper than the tensor form.
-    let grad = if grad.is_contiguous() { grad.shallow_clone() } else { grad.f_contiguous().ok()? };
+    let grad = if grad.is_contiguous() && !grad.is_neg() { grad.shallow_clone() } else { grad.f_contiguous().ok()?.f_resolve_neg().ok()? };
     match grad.kind() {
         Kind::Float => {
-            let gates = dots::<f32>(outputs, &grad, Kind::Float)?;
+            let gates = dots::<f32>(outputs, &grad)?;
             Tensor::f_from_slice(&gates.iter().map(|&v| v as f32).collect::<Vec<_>>()).ok()
         }
-        _ => Tensor::f_from_slice(&dots::<f64>(outputs, &grad, Kind::Double)?).ok(),
+        _ => Tensor::f_from_slice(&dots::<f64>(outputs, &grad)?).ok(),
     }
 }
 
 /// The binary-gate gradients of all candidates, `b_k = sum(out_k * grad)`, as a 1-d tensor.
-pub fn binary_gate_grads(outputs: &[Vec<Tensor>], grads: &[Option<Tensor>]) -> Result<Tensor, TchError> {
+pub fn binary_gate_grads(outputs: &[Vec<Option<Tensor>>], grads: &[Option<Tensor>]) -> Result<Tensor, TchError> {
     if let [Some(grad)] = grads {
-        let same = |out: &Vec<Tensor>| out.len() == 1 && out[0].size() == grad.size() && out[0].kind() == grad.kind();
+        let same = |out: &Vec<Option<Tensor>>| {
+            matches!(out.as_slice(), [Some(out)] if out.size() == grad.size() && out.kind() == grad.kind())
+        };
         if batchable(grads) && outputs.iter().all(same) {
-            let outputs: Vec<&Tensor> = outputs.iter().map(|out| &out[0]).collect();
+            let outputs: Vec<&Tensor> = outputs.iter().map(|out| out[0].as_ref().expect("checked by same")).collect();
             if let Some(gates) = host_gate_grads(&outputs, grad) {
                 return Ok(gates);
             }
@@ -153,8 +168,8 @@ fn host_values(t: &Tensor) -> Option<Vec<f64>> {
         return None;
     }
     match t.kind() {
-        Kind::Float => host_slice::<f32>(t, Kind::Float).map(|v| v.iter().map(|&v| f64::from(v)).collect()),
-        Kind::Double => host_slice::<f64>(t, Kind::Double).map(<[f64]>::to_vec),
+        Kind::Float => host_slice::<f32>(t).map(|v| v.iter().map(|&v| f64::from(v)).collect()),
+        Kind::Double => host_slice::<f64>(t).map(<[f64]>::to_vec),
         _ => None,
     }
 }
@@ -233,7 +248,7 @@ pub fn rescale_two_path(alpha: PyTensor, indices: Vec<i64>, before: PyTensor) ->
             before.size()
         )));
     }
-    rescale_subset(&alpha, &indices, &before).map_err(wrap_tch_err)
+    rescale_subset(&alpha, &indices, &before).map_err(in_context("rescale_two_path"))
 }
 
 /// `alpha_grad(probs, binary_grads)`: the closed form above, for tests and custom loops.
@@ -241,7 +256,7 @@ pub fn rescale_two_path(alpha: PyTensor, indices: Vec<i64>, before: PyTensor) ->
 #[pyo3(name = "alpha_grad")]
 pub fn py_alpha_grad(probs: PyTensor, binary_grads: PyTensor) -> PyResult<PyTensor> {
     let _no_grad = tch::no_grad_guard();
-    alpha_grad(&probs, &binary_grads).map(PyTensor).map_err(wrap_tch_err)
+    alpha_grad(&probs, &binary_grads).map(PyTensor).map_err(in_context("alpha_grad"))
 }
 
 #[cfg(test)]

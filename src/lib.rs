@@ -3,18 +3,23 @@
 
 use pyo3::prelude::*;
 
+pub mod arch;
 pub mod context;
+pub mod errors;
 pub mod hook;
 pub mod kernel;
 pub mod sampling;
+pub mod torch_version;
 pub mod tree;
 
 #[pymodule]
 fn _core(py: Python<'_>, m: &Bound<'_, PyModule>) -> PyResult<()> {
-    // libtorch's Python bindings must be initialised before tensors cross the boundary.
-    py.import("torch")?;
+    // libtorch's Python bindings must be initialised before tensors cross the boundary, and
+    // they must be the ones this module was built against.
+    torch_version::check(py)?;
+    m.add("TORCH_VERSION", torch_version::BUILT_AGAINST)?;
+    m.add_class::<arch::ArchParameter>()?;
     m.add_class::<context::ProxylessContext>()?;
-    m.add_class::<hook::BackwardHook>()?;
     m.add_class::<hook::OutputGradHook>()?;
     m.add_function(wrap_pyfunction!(sampling::sample_index, m)?)?;
     m.add_function(wrap_pyfunction!(kernel::py_alpha_grad, m)?)?;

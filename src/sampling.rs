@@ -2,8 +2,10 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3_tch::{wrap_tch_err, PyTensor};
-use tch::Tensor;
+use pyo3_tch::PyTensor;
+use tch::{TchError, Tensor};
+
+use crate::errors::in_context;
 
 /// Draws one index from the categorical distribution `probs` (1-d, non-negative).
 ///
@@ -13,29 +15,22 @@ use tch::Tensor;
 /// sampled architecture needs.
 #[pyfunction]
 pub fn sample_index(probs: PyTensor) -> PyResult<i64> {
-    draw(&probs)
-}
-
-/// See [`sample_index`].
-pub fn draw(probs: &Tensor) -> PyResult<i64> {
     if probs.dim() != 1 || probs.size()[0] == 0 {
         return Err(PyValueError::new_err(format!(
             "sample_index expects a non-empty 1-d tensor of probabilities, got shape {:?}",
             probs.size()
         )));
     }
-    let drawn = probs.f_multinomial(1, false).map_err(wrap_tch_err)?;
-    drawn.f_int64_value(&[0]).map_err(wrap_tch_err)
+    draw(&probs).map_err(in_context("sample_index"))
+}
+
+/// See [`sample_index`]; libtorch refuses probabilities that are negative, NaN or infinite.
+pub fn draw(probs: &Tensor) -> Result<i64, TchError> {
+    probs.f_multinomial(1, false)?.f_int64_value(&[0])
 }
 
 /// Two distinct indices from `probs` (`torch.multinomial(probs, 2, replacement=False)`).
-pub fn draw_pair(probs: &Tensor) -> PyResult<(i64, i64)> {
-    if probs.dim() != 1 || probs.size()[0] < 2 {
-        return Err(PyValueError::new_err(format!(
-            "two-path sampling needs a 1-d tensor of at least 2 probabilities, got shape {:?}",
-            probs.size()
-        )));
-    }
-    let drawn = probs.f_multinomial(2, false).map_err(wrap_tch_err)?;
-    Ok((drawn.f_int64_value(&[0]).map_err(wrap_tch_err)?, drawn.f_int64_value(&[1]).map_err(wrap_tch_err)?))
+pub fn draw_pair(probs: &Tensor) -> Result<(i64, i64), TchError> {
+    let drawn = probs.f_multinomial(2, false)?;
+    Ok((drawn.f_int64_value(&[0])?, drawn.f_int64_value(&[1])?))
 }

@@ -1,4 +1,4 @@
-"""The saved-forward stack: what is kept, for how long, and when nothing is."""
+"""Per-call saved state: what is kept, for how long, and when nothing is."""
 
 import pytest
 import torch
@@ -33,7 +33,7 @@ def test_nothing_is_saved_when_no_output_requires_grad():
     assert saved_entries(net) == 0
 
 
-def test_entries_are_pushed_per_call_and_popped_by_backward():
+def test_live_calls_are_counted_per_call_and_freed_by_backward():
     net = build('rs')
     net.resample({'pick': 1})  # pick `p`, so every layer is on the path to the loss
     out = net(torch.randn(3, 8))
@@ -43,23 +43,24 @@ def test_entries_are_pushed_per_call_and_popped_by_backward():
     assert saved_entries(net) == 0
 
 
-def test_no_entry_survives_many_training_steps():
+def test_nothing_survives_a_training_step():
     net = build('rs')
     for step in range(20):
         train_step(net, seed=step)
-        # Layers off the loss's path (`third` and `pair` when `pick` takes `a`) keep their entry until
-        # the next resample, which clears it: never more than one step's worth.
-        assert saved_entries(net) <= 6
-    net.resample()
-    assert saved_entries(net) == 0
+        # Layers off the loss's path (`third` and `pair` when `pick` takes `a`) never see a backward:
+        # their saved state goes with the graph, as soon as the step's loss is dropped.
+        assert saved_entries(net) == 0
 
 
-def test_resample_clears_the_context():
+def test_a_dropped_output_frees_its_saved_state_and_resample_keeps_live_calls():
     net = build('rs')
     net.resample()
-    net(torch.randn(3, 8))
+    out = net(torch.randn(3, 8))
     assert saved_entries(net) > 0
+    # A new architecture does not invalidate calls already made: their hooks own what they need.
     net.resample()
+    assert saved_entries(net) > 0
+    del out
     assert saved_entries(net) == 0
 
 
@@ -68,50 +69,55 @@ def test_context_api():
     softmax = nn.Softmax(-1)
     ctx = proxyless_rs.ProxylessContext(alpha, softmax, 'op')
     assert ctx.arch_alpha is alpha and ctx.softmax is softmax and ctx.label == 'op'
-    x = torch.randn(2, requires_grad=True)
-    assert ctx.save_forward_context(((x,), {}), x * 2, 1) is True
-    assert ctx.sample() in (0, 1, 2)
-    assert ctx.save_forward_context(((x,), {}), x.detach(), 1) is False
-    assert len(ctx) == 1 and 'saved=1' in repr(ctx)
-    assert ctx.backward_hook.ctx is ctx
-    ctx.clear_context()
+    assert ctx.name == "ProxylessContext 'op'" and ctx.mode == 'full' and ctx.partner is None
+    assert ctx.arch.alpha is alpha
+    assert ctx.resample() in (0, 1, 2)
+    assert ctx.resample(2) == 2
+    with pytest.raises(ValueError, match=r"ProxylessContext 'op': index 3 is not in 0\.\.3"):
+        ctx.resample(3)
+    layer = proxyless_rs.ProxylessMixedLayer([(f'op{k}', nn.Linear(2, 2)) for k in range(3)], alpha, softmax, 'op')
+    x = torch.randn(4, 2)
+    out = ctx.forward(layer, (x,), {}, 1)
+    torch.testing.assert_close(out, layer.op1(x), rtol=0, atol=0)
+    assert len(ctx) == 1 and 'live calls=1' in repr(ctx)
+    with torch.no_grad():
+        ctx.forward(layer, (x,), None, 1)
+    assert len(ctx) == 1
+    del out
     assert len(ctx) == 0
 
 
-def test_backward_with_an_empty_context_names_the_layer():
-    net = build('rs')
-    net.resample({'pick': 0})
-    out = net(torch.randn(3, 8)).sum()
-    out.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match=r"mixed layer \"pick\".*saved context is empty"):
-        out.backward()
+def test_backward_twice_with_retain_graph_adds_the_gradient_twice():
+    gradients = []
+    for backwards in (1, 2):
+        net = build('rs')
+        net.resample({'pick': 1, 'first': 'linear', 'shared': 'tanh', 'pair': 'plus'})
+        loss = net(torch.randn(3, 8)).square().sum()
+        for _ in range(backwards):
+            torch.manual_seed(7)  # the `dropout` candidate draws the same masks in each backward
+            loss.backward(retain_graph=True)
+        gradients.append({name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None})
+        del loss
+        assert saved_entries(net) == 0
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, once in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], 2 * once, msg=name)
 
 
-def test_full_backward_hook_route_gives_nni_gradients():
-    """ctx.backward_hook still works registered the way NNI 2.10 registers its hook."""
-    from nni.nas.oneshot.pytorch.supermodule.proxyless import ProxylessMixedLayer as NNIMixedLayer
-
-    class FullHookLayer(NNIMixedLayer):
-        def __init__(self, *args):
-            super().__init__(*args)
-            self._backward_hooks.clear()
-            self.ctx = proxyless_rs.ProxylessContext(self._arch_alpha, self._softmax, self.label)
-            self.register_full_backward_hook(self.ctx.backward_hook)
-
-    grads = []
-    for cls in (FullHookLayer, NNIMixedLayer, proxyless_rs.ProxylessMixedLayer):
-        torch.manual_seed(0)
-        layer = cls([(f'op{k}', nn.Linear(4, 4)) for k in range(3)], nn.Parameter(torch.randn(3)), nn.Softmax(-1), 'op')
-        layer.resample({'op': 'op1'})
-        (layer(torch.randn(2, 4, requires_grad=True)) ** 2).sum().backward()
-        grads.append(layer._arch_alpha.grad)
-        assert len(layer.ctx) == 0 if cls is not NNIMixedLayer else not layer.ctx.layer_input
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(grads[2], grads[1], rtol=1e-5, atol=1e-8)
+def test_backward_twice_without_retain_graph_names_the_layer():
+    # A graph in which no torch op saved anything: torch itself lets the second backward run.
+    pick = proxyless_rs.ProxylessMixedInput(2, 1, nn.Parameter(torch.zeros(2)), nn.Softmax(-1), 'pick')
+    pick.resample({'pick': 0})
+    a, b = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    total = pick([a, b]).sum()
+    total.backward()
+    with pytest.raises(RuntimeError, match=r"ProxylessMixedInput 'pick': backward reached this call of the layer a "
+                                           r"second time.*retain_graph=True"):
+        total.backward()
 
 
 def test_hooks_are_released_with_the_graph():
-    """The output hooks (which hold their layer) go away with the graph; resample clears the rest."""
+    """The output hooks (which hold their layer and their call's saved state) go away with the graph."""
     import sys
 
     net = build('rs')

@@ -117,6 +117,21 @@ def test_exact_mode_reproduces_nni_strategy(recorded_samples):
     assert ours.export_top_models() == theirs.export_top_models()
 
 
+def test_exact_mode_uses_what_nni_uses_whatever_arc_learning_rate_says(recorded_samples):
+    # NNI 2.10 accepts arc_learning_rate and ignores it (its architecture optimizer is fixed at 3e-4).
+    ours = Proxyless(exact=True, arc_learning_rate=0.05)
+    with pytest.warns(UserWarning, match=r'exact=True reproduces NNI 2.10.*arc_learning_rate=0.05 is ignored'):
+        run(ours, max_epochs=1)
+    our_samples = list(recorded_samples)
+    recorded_samples.clear()
+    theirs = nni_strategy.Proxyless(arc_learning_rate=0.05)
+    run(theirs, max_epochs=1)
+    assert our_samples == recorded_samples
+    for a, b in zip(ours.model.nas_modules, theirs.model.nas_modules):
+        torch.testing.assert_close(a._arch_alpha, b._arch_alpha, rtol=1e-5, atol=1e-7)
+    assert ours.model.architecture_optimizers().param_groups[0]['lr'] == 3e-4
+
+
 def test_weight_step_does_no_alpha_gradient_work(monkeypatch):
     """Without exact, only the sampled candidate runs in the weight step; the arch step runs all."""
     calls = []

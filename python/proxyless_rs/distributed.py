@@ -26,14 +26,14 @@ which step of the search failed on which rank.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .supermodule import _distributed_layers, _proxyless_layers, _unique_alphas
+from .supermodule import _proxyless_layers, _unique_arch_parameters
 
 __all__ = ['setup', 'DistributedSearch']
 
@@ -47,8 +47,10 @@ def _fail(what: str, err: Exception) -> RuntimeError:
 class DistributedSearch:
     """The data-parallel state of one supernet (returned by :func:`setup`)."""
 
-    def __init__(self, alphas: Sequence[torch.Tensor], group=None, src: int = 0):
-        self.alphas = list(alphas)
+    def __init__(self, arch_parameters: Sequence[Any], group=None, src: int = 0):
+        # The ArchParameters of the model: each holds this search's agreement and callback.
+        self.arch_parameters = list(arch_parameters)
+        self.alphas = [arch.alpha for arch in self.arch_parameters]
         self.group = group
         self.src = src
         self.world_size = dist.get_world_size(group)
@@ -93,10 +95,9 @@ class DistributedSearch:
 
     def detach(self) -> None:
         """Undoes :func:`setup` for the layers (DDP's ignore list is left as it is)."""
-        for layer, search in list(_distributed_layers.items()):
-            if search is self:
-                del _distributed_layers[layer]
-                layer.ctx.after_backward = None
+        for arch in self.arch_parameters:
+            arch.agreement = None
+            arch.after_backward = None
 
 
 def _default_group_timeout():
@@ -127,13 +128,14 @@ def setup(model: nn.Module, group=None, src: int = 0) -> DistributedSearch:
     layers = list(_proxyless_layers(model))
     if not layers:
         raise ValueError('proxyless_rs.distributed.setup: the model has no ProxylessNAS mixed layers')
-    alphas = _unique_alphas(layers)
+    arch_parameters = _unique_arch_parameters(layers)
+    alphas = [arch.alpha for arch in arch_parameters]
     alpha_ids = {id(alpha) for alpha in alphas}
     names = [name for name, p in model.named_parameters() if id(p) in alpha_ids]
     ignored = list(getattr(model, '_ddp_params_and_buffers_to_ignore', []))
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored + [n for n in names if n not in ignored])
 
-    search = DistributedSearch(alphas, group, src)
+    search = DistributedSearch(arch_parameters, group, src)
     with torch.no_grad():
         for alpha in alphas:
             try:
@@ -142,7 +144,7 @@ def setup(model: nn.Module, group=None, src: int = 0) -> DistributedSearch:
             except Exception as err:
                 raise _fail('broadcasting the architecture parameters', err) from err
             alpha.copy_(buffer)
-    for layer in layers:
-        _distributed_layers[layer] = search
-        layer.ctx.after_backward = search.after_backward
+    for arch in arch_parameters:
+        arch.agreement = search.agree
+        arch.after_backward = search.after_backward
     return search

@@ -154,8 +154,7 @@ def profile_latency(model: nn.Module, *example_args: Any, repeats: int = 20, war
     layers = list(_proxyless_layers(model))
     if not layers:
         raise ValueError('profile_latency: the model has no ProxylessNAS mixed layers')
-    saved = {id(layer): (getattr(layer, '_sampled', None), getattr(layer, '_sample_idx', None), layer._partner)
-             for layer in layers}
+    saved = {id(layer): (getattr(layer, '_sampled', None), getattr(layer, '_sample_idx', None)) for layer in layers}
     captured: dict[int, tuple[tuple, dict]] = {}
     handles = [layer.register_forward_pre_hook(
         lambda module, args, kwargs: captured.setdefault(id(module), (args, kwargs)), with_kwargs=True)
@@ -171,11 +170,14 @@ def profile_latency(model: nn.Module, *example_args: Any, repeats: int = 20, war
         for handle in handles:
             handle.remove()
         for layer in layers:
-            sampled, index, partner = saved[id(layer)]
-            layer._sampled, layer._partner = sampled, partner
+            # Taking the old index again also takes the old partner back (it is the pending draw's).
+            sampled, index = saved[id(layer)]
+            chosen = index if isinstance(layer, ProxylessMixedLayer) else sampled
+            if chosen is not None:
+                layer.ctx.resample(chosen)
+            layer._sampled = sampled
             if isinstance(layer, ProxylessMixedLayer):
                 layer._sample_idx = index
-            layer.ctx.clear_context()
 
     def run(layer, k, args, kwargs):
         layer.forward_path(k, *args, **kwargs)

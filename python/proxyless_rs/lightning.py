@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -16,6 +17,9 @@ from .latency import LatencyTable, expected_latency, latency_loss, predicted_lat
 from .supermodule import ProxylessMixedInput, ProxylessMixedLayer, no_arch_grad, rescale_two_path
 
 __all__ = ['ProxylessLightningModule', 'unsupported_primitive_hook']
+
+# What NNI 2.10's architecture optimizer uses, whatever arc_learning_rate says.
+NNI_ARC_LEARNING_RATE = 3.0E-4
 
 
 def unsupported_primitive_hook(module: nn.Module, name: str, memo: dict[str, Any], mutate_kwargs: dict[str, Any]) -> bool:
@@ -65,6 +69,10 @@ class ProxylessLightningModule(NNIProxylessLightningModule):
         # An unknown mode is refused by the layers as the mutation hooks build them.
         if exact and (mode != 'full' or latency_weight):
             raise ValueError('exact=True reproduces NNI step for step; NNI has no two-path mode or latency loss')
+        if exact and arc_learning_rate != NNI_ARC_LEARNING_RATE:
+            warnings.warn(f'exact=True reproduces NNI 2.10, whose architecture optimizer ignores arc_learning_rate '
+                          f'and always uses {NNI_ARC_LEARNING_RATE}: arc_learning_rate={arc_learning_rate} is ignored '
+                          'too. Drop exact=True to use it.', UserWarning, stacklevel=2)
         self.exact = exact
         self.mode = mode
         self.latency_table = None if latency_table is None else LatencyTable(latency_table)
@@ -100,7 +108,10 @@ class ProxylessLightningModule(NNIProxylessLightningModule):
 
     def configure_architecture_optimizers(self):
         """NNI's architecture optimizer (Adam, betas (0.5, 0.999), weight decay 1e-3), at
-        ``arc_learning_rate``: NNI 2.10 accepts that argument but always uses 3e-4, its default."""
+        ``arc_learning_rate``: NNI 2.10 accepts that argument but always uses 3e-4, its default, and
+        so does ``exact=True`` (NNI's own method)."""
+        if self.exact:
+            return super().configure_architecture_optimizers()
         params = list({id(p): p for m in self.nas_modules for p in m.parameters(arch=True)}.values())
         if not params:
             raise ValueError('No architecture parameters found. Nothing to search.')

@@ -3,14 +3,18 @@
 Drop-ins for ``nni.nas.oneshot.pytorch.supermodule.proxyless.ProxylessMixedLayer`` and
 ``ProxylessMixedInput`` of NNI 2.10: this module keeps NNI's surface (constructors,
 attributes, ``forward_path``, ``resample``, parameter names, state_dict keys) and hands the
-saved-forward stack, the backward hook, the alpha-gradient kernels and the multinomial draws
-to ``proxyless_rs._core``.
+forward, the per-call saved state, the backward hook, the alpha-gradient kernels and the
+multinomial draws to ``proxyless_rs._core``.
+
+State has one owner each: a layer's mode, partner and live-call count are its
+``ProxylessContext``'s; a two-path draw waiting for its rescale and the distributed agreement
+belong to the ``ArchParameter`` that every layer sharing an alpha shares; what one forward call
+saved belongs to the hook on that call's output.
 """
 
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -18,7 +22,7 @@ import torch.nn as nn
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._core import ProxylessContext, rescale_two_path as _rescale_pair
+from ._core import ArchParameter, ProxylessContext
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'MODES', 'no_arch_grad', 'rescale_two_path']
 
@@ -26,15 +30,16 @@ MODES = ('full', 'two')
 """``'full'``: every candidate's binary gate gets a gradient (NNI's behaviour). ``'two'``: the
 ProxylessNAS paper's two-path binarization (see :class:`ProxylessMixedLayer`)."""
 
-# Two-path draws waiting for their rescale, per architecture parameter: layers that share a
-# label share alpha, its draw and its one rescale. Weak keys by identity: nothing outlives the
-# parameter, and tensors are not compared with ==.
-_pending_two_path: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# Finds the one ArchParameter of an alpha, so that layers built with a shared alpha share it. An
+# index only: the state lives in the ArchParameter. Weak keys by identity: nothing outlives alpha.
+_arch_parameters: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-# Layers set up by proxyless_rs.distributed.setup, with their DistributedSearch (which agrees the
-# draws across ranks). Weak keys: a layer copied or dropped leaves the registry.
-_distributed_layers: 'weakref.WeakKeyDictionary[nn.Module, Any]' = weakref.WeakKeyDictionary()
+def _arch_parameter(alpha: torch.Tensor) -> ArchParameter:
+    arch = _arch_parameters.get(alpha)
+    if arch is None:
+        arch = _arch_parameters[alpha] = ArchParameter(alpha)
+    return arch
 
 
 def _proxyless_layers(*modules: nn.Module) -> Iterator[nn.Module]:
@@ -44,9 +49,9 @@ def _proxyless_layers(*modules: nn.Module) -> Iterator[nn.Module]:
                 yield module
 
 
-def _unique_alphas(layers: Iterable[nn.Module]) -> list[torch.Tensor]:
+def _unique_arch_parameters(layers: Iterable[nn.Module]) -> list[ArchParameter]:
     """The layers' architecture parameters, each once (layers sharing a label share one), in order."""
-    return list({id(layer._arch_alpha): layer._arch_alpha for layer in layers}.values())
+    return list({id(layer.ctx.arch): layer.ctx.arch for layer in layers}.values())
 
 
 @contextlib.contextmanager
@@ -82,19 +87,40 @@ def rescale_two_path(*modules: nn.Module) -> None:
     candidate's probability is unchanged. Full-mode layers are left alone.
     :class:`proxyless_rs.strategy.Proxyless` calls it for you.
     """
-    for alpha in _unique_alphas(_proxyless_layers(*modules)):
-        pending = _pending_two_path.pop(alpha, None)
-        if pending is not None:
-            active, inactive, before = pending
-            _rescale_pair(alpha, [active, inactive], before)
+    for arch in _unique_arch_parameters(_proxyless_layers(*modules)):
+        arch.rescale()
+
+
+_NOT_TRACEABLE = (
+    '{}: torch.jit.{} cannot capture a ProxylessNAS layer: it runs the candidate sampled at each step and '
+    'computes the architecture gradient in a backward hook, so a {} would freeze one path and silently drop '
+    "alpha's gradient. Export the architecture (`export()`) and trace or script the fixed network instead "
+    '(e.g. under NNI\'s `fixed_arch`); torch.compile works on the search itself.'
+)
+
+
+def _forward_under_dynamo(layer: nn.Module, args: tuple, kwargs: dict, index: int) -> Any:
+    """The layer's forward where torch.compile traces it: run eagerly, behind a graph break."""
+    return layer.ctx.forward(layer, args, kwargs, index)
+
+
+# Marked the way torch.compiler.disable marks a function (set as attributes, because importing
+# torch._dynamo to decorate it costs about a second at import): Dynamo does not inline it but runs it
+# eagerly, and under fullgraph=True it refuses with this reason instead of failing inside the core.
+_forward_under_dynamo._torchdynamo_disable = True  # type: ignore[attr-defined]
+_forward_under_dynamo._torchdynamo_disable_msg = (  # type: ignore[attr-defined]
+    'proxyless_rs: a ProxylessNAS layer runs one sampled candidate and hooks its output for the binary-gate '
+    'backward, which Dynamo cannot capture in a graph; compile without fullgraph=True (the layer then runs '
+    'eagerly between compiled graphs), or compile the candidates themselves'
+)
 
 
 class _ProxylessSampling:
-    """What the two mixed classes share: the mode and the draw of one or two paths."""
+    """What the two mixed classes share: the context, the mode, the draw and the forward call."""
 
     _arch_alpha: torch.Tensor
     ctx: ProxylessContext
-    label: str
+    label: Any
 
     @classmethod
     def mutate(cls, module, name, memo, mutate_kwargs):
@@ -104,62 +130,55 @@ class _ProxylessSampling:
             layer.mode = mutate_kwargs.get('proxyless_mode', 'full')
         return layer
 
-    def _init_sampling(self, mode: str) -> None:
-        self._partner: int | None = None
-        self.mode = mode
+    def _init_context(self, alpha: torch.Tensor, softmax: nn.Module, mode: str) -> None:
+        # alpha may be shared by several layers (one label): so is its ArchParameter.
+        self.ctx = ProxylessContext(_arch_parameter(alpha), softmax, self.label, self._name(), mode)
+
+    def _name(self) -> str:
+        return f'{type(self).__name__} {self.label!r}'
 
     @property
     def mode(self) -> str:
         """``'full'`` or ``'two'`` (see :data:`MODES`)."""
-        return self._mode
+        return self.ctx.mode
 
     @mode.setter
     def mode(self, mode: str) -> None:
-        if mode not in MODES:
-            raise ValueError(f'{type(self).__name__} {self.label!r}: mode {mode!r} does not exist; use "full" '
-                             '(every candidate gets a gate gradient, as in NNI) or "two" (two-path binarization).')
-        if mode == 'two' and len(self._arch_alpha) < 2:
-            raise ValueError(f'{type(self).__name__} {self.label!r}: two-path mode needs at least two candidates, '
-                             f'it has {len(self._arch_alpha)}.')
-        self._mode = mode
+        self.ctx.mode = mode
 
-    def _draw(self) -> int:
-        """Draws the sampled index (and, in two-path mode, its partner) from ``softmax(alpha)``.
+    @property
+    def _partner(self) -> int | None:
+        """Two-path mode: the other candidate of the current draw (None in full mode)."""
+        return self.ctx.partner
 
-        Under ``proxyless_rs.distributed.setup`` every rank takes rank 0's draw.
-        """
-        search = _distributed_layers.get(self)
-        if self.mode == 'two':
-            active, inactive, before = self.ctx.sample_two()
-            if search is not None:
-                active, inactive = search.agree([active, inactive], self._arch_alpha.device)
-            _pending_two_path[self._arch_alpha] = (active, inactive, before)
-            self._partner = inactive
-            return active
-        self._partner = None
-        index = self.ctx.sample()
-        if search is not None:
-            (index,) = search.agree([index], self._arch_alpha.device)
-        return index
+    def _forward_call(self, args: tuple, kwargs: dict, index: int | None) -> Any:
+        if index is None:
+            raise RuntimeError(f'{self._name()}: resample() needs to be called before forward.')
+        if torch.jit.is_tracing():
+            raise RuntimeError(_NOT_TRACEABLE.format(self._name(), 'trace', 'trace'))
+        if torch.compiler.is_compiling():
+            return _forward_under_dynamo(self, args, kwargs, index)  # type: ignore[arg-type]
+        return self.ctx.forward(self, args, kwargs, index)
 
-    def _follow(self, index: int) -> None:
-        """The index came from the memo: in two-path mode, join the draw of the layer that made it.
-
-        Without one (the memo was written by hand), the backward falls back to full mode.
-        """
-        pending = _pending_two_path.get(self._arch_alpha) if self.mode == 'two' else None
-        self._partner = pending[1] if pending is not None and pending[0] == index else None
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script``: refused, with the reason."""
+        raise RuntimeError(_NOT_TRACEABLE.format(self._name(), 'script', 'scripted module'))
 
 
 class ProxylessMixedLayer(_ProxylessSampling, DifferentiableMixedLayer):
     """A layer choice that runs one sampled candidate per step (ProxylessNAS).
 
-    ``forward`` runs only the sampled path. In backward, a gradient hook on the layer's output
-    evaluates the other candidates on the saved inputs and gives ``_arch_alpha`` the binary-gate
-    gradient ``p_i (b_i - sum_j b_j p_j)`` with ``b_k = <out_k, grad_output>``, accumulated into
-    ``_arch_alpha.grad`` so that other losses on alpha add up. (NNI registers a module full
-    backward hook for this, which costs ~80 us per call; the output hook costs a few, and output
-    tensors that alias the layer's inputs are returned as views.)
+    ``forward`` runs only the sampled path. In backward, a gradient hook on that call's output
+    evaluates the other candidates on the call's saved inputs and gives ``_arch_alpha`` the
+    binary-gate gradient ``p_i (b_i - sum_j b_j p_j)`` with ``b_k = <out_k, grad_output>``,
+    accumulated into ``_arch_alpha.grad`` so that other losses on alpha add up.
+
+    Why a hook on each call's output, which owns that call's saved inputs and output: NNI 2.10
+    registers a module full backward hook (~80 us a call) and keeps the saved forwards on a
+    per-layer stack that backward pops, which gives silently wrong gradients when a layer's calls
+    are not back-propagated in exactly the reverse order (an output discarded, checkpointing,
+    several losses). Here each call's backward uses that call's state, whatever the order; a
+    backward with ``retain_graph=True`` keeps it for the next one, any other frees it.
 
     Modes: ``'full'`` (default) is NNI's: every candidate is evaluated in backward. ``'two'`` is the
     paper's two-path binarization: ``resample`` draws two distinct candidates from
@@ -168,11 +187,15 @@ class ProxylessMixedLayer(_ProxylessSampling, DifferentiableMixedLayer):
     softmax). After the architecture optimizer's step, :func:`rescale_two_path` must shift them
     back so that the other candidates' probabilities are unchanged.
 
-    Limits: candidates must return a tensor, or a tuple, list or dict of tensors, all candidates
-    the same structure; a layer called several times in one forward is assumed to be
-    back-propagated in reverse call order (as in NNI). Unlike NNI 2.10, forward under
-    ``torch.no_grad()`` saves nothing, and a bad memo or output fails with a message naming the
-    label.
+    Limits (each refused with an error naming the layer, never a silently wrong gradient):
+    candidates return a tensor, or a tuple (namedtuples included), list or dict whose elements are
+    tensors or pass-through values such as None, the same structure for every candidate; the
+    layer's output and inputs must not be modified in place before its backward (a candidate whose
+    first op works in place on the input is refused at forward; an in-place op on the output is
+    refused in backward, except on an output that is one of the inputs, e.g. from an identity
+    candidate, which is returned as a copy); ``torch.jit.trace`` / ``script`` are refused, and
+    under ``torch.compile`` the layer runs eagerly behind a graph break (``fullgraph=True`` is
+    refused). Unlike NNI 2.10, forward under ``torch.no_grad()`` saves nothing.
 
     Parameters
     ----------
@@ -183,7 +206,7 @@ class ProxylessMixedLayer(_ProxylessSampling, DifferentiableMixedLayer):
     softmax : nn.Module
         Turns ``alpha`` into probabilities, e.g. ``nn.Softmax(-1)`` or NNI's ``GumbelSoftmax``.
     label : str
-        Name of the choice.
+        Name of the choice (any hashable, as in NNI).
     mode : str
         ``'full'`` (default) or ``'two'``.
     """
@@ -198,16 +221,11 @@ class ProxylessMixedLayer(_ProxylessSampling, DifferentiableMixedLayer):
         super().__init__(paths, alpha, softmax, label)
         self._sampled: str | None = None
         self._sample_idx: int | None = None
-        # alpha may be shared by several layers; the saved forwards are this layer's own.
-        self.ctx = ProxylessContext(alpha, softmax, label)
-        self._init_sampling(mode)
+        self._init_context(alpha, softmax, mode)
 
     def forward(self, *args, **kwargs):
         """Forward pass of the sampled path only."""
-        if self._sample_idx is None:
-            raise RuntimeError(f'{type(self).__name__} {self.label!r}: resample() needs to be called before forward.')
-        output = self.forward_path(self._sample_idx, *args, **kwargs)
-        return self.ctx.forward_output(self, (args, kwargs), output, self._sample_idx, self._partner)
+        return self._forward_call(args, kwargs, self._sample_idx)
 
     def forward_path(self, index: int, *args, **kwargs):
         """Output of candidate ``index``."""
@@ -218,26 +236,23 @@ class ProxylessMixedLayer(_ProxylessSampling, DifferentiableMixedLayer):
     def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
         """Take the path from ``memo`` if it names this label, else draw one from ``softmax(alpha)``."""
         if self.label in memo:
-            self._sampled = memo[self.label]
-            if self._sampled not in self.op_names:
-                raise ValueError(f'{type(self).__name__} {self.label!r}: memo chose {self._sampled!r}, '
-                                 f'which is not one of its candidates {self.op_names}.')
-            self._sample_idx = self.op_names.index(self._sampled)
-            self._follow(self._sample_idx)
+            sampled = memo[self.label]
+            if sampled not in self.op_names:
+                raise ValueError(f'{self._name()}: memo chose {sampled!r}, which is not one of its candidates '
+                                 f'{self.op_names}.')
+            self._sample_idx = self.ctx.resample(self.op_names.index(sampled))
         else:
-            self._sample_idx = self._draw()
-            self._sampled = self.op_names[self._sample_idx]
-
-        self.ctx.clear_context()
-
+            self._sample_idx = self.ctx.resample()
+        self._sampled = self.op_names[self._sample_idx]
         return {self.label: self._sampled}
 
 
 class ProxylessMixedInput(_ProxylessSampling, DifferentiableMixedInput):
     """An input choice that passes one sampled input per step (ProxylessNAS).
 
-    See :class:`ProxylessMixedLayer` (modes included); here candidate ``k`` is ``inputs[k]``. Only
-    one input is chosen per step (``n_chosen`` is used by ``export``, as in NNI 2.10).
+    See :class:`ProxylessMixedLayer` (modes and limits included); here candidate ``k`` is
+    ``inputs[k]``, returned as a copy so that its hook sees this choice's gradient only. Only one
+    input is chosen per step (``n_chosen`` is used by ``export``, as in NNI 2.10).
 
     Parameters
     ----------
@@ -264,18 +279,13 @@ class ProxylessMixedInput(_ProxylessSampling, DifferentiableMixedInput):
                              f'but there are {n_candidates} candidates.')
         super().__init__(n_candidates, n_chosen, alpha, softmax, label)
         self._sampled: int | None = None
-        self.ctx = ProxylessContext(alpha, softmax, label)
-        self._init_sampling(mode)
+        self._init_context(alpha, softmax, mode)
 
     def forward(self, inputs: Sequence[Any]):
         """Return the sampled input."""
-        if self._sampled is None:
-            raise RuntimeError(f'{type(self).__name__} {self.label!r}: resample() needs to be called before forward.')
-        if len(inputs) != self.n_candidates:
-            raise ValueError(f'{type(self).__name__} {self.label!r}: expected {self.n_candidates} inputs, '
-                             f'got {len(inputs)}.')
-        output = self.forward_path(self._sampled, inputs)
-        return self.ctx.forward_output(self, ((inputs,), {}), output, self._sampled, self._partner)
+        if self._sampled is not None and len(inputs) != self.n_candidates:
+            raise ValueError(f'{self._name()}: expected {self.n_candidates} inputs, got {len(inputs)}.')
+        return self._forward_call((inputs,), {}, self._sampled)
 
     def forward_path(self, index: int, inputs: Sequence[Any]):
         """Input ``index``."""
@@ -286,13 +296,9 @@ class ProxylessMixedInput(_ProxylessSampling, DifferentiableMixedInput):
         if self.label in memo:
             chosen = memo[self.label]
             if isinstance(chosen, bool) or not isinstance(chosen, int) or not 0 <= chosen < self.n_candidates:
-                raise ValueError(f'{type(self).__name__} {self.label!r}: memo chose {chosen!r}, but the choices '
+                raise ValueError(f'{self._name()}: memo chose {chosen!r}, but the choices '
                                  f'are the input indices {list(range(self.n_candidates))}.')
-            self._sampled = chosen
-            self._follow(chosen)
+            self._sampled = self.ctx.resample(chosen)
         else:
-            self._sampled = self._draw()
-
-        self.ctx.clear_context()
-
+            self._sampled = self.ctx.resample()
         return {self.label: self._sampled}
