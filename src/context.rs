@@ -43,6 +43,9 @@ fn grad_mode_enabled() -> bool {
 
 const NO_PARTNER: i64 = -1;
 
+/// What `ProxylessContext.__new__` takes back when unpickled: arch, softmax, label, name, mode.
+type ContextArgs = (Py<ArchParameter>, PyObject, PyObject, String, &'static str);
+
 /// Counts a layer's calls whose saved forward is still alive (`len(ctx)`).
 pub struct LiveCall(Arc<AtomicUsize>);
 
@@ -108,7 +111,9 @@ impl ProxylessContext {
     pub fn probs_of(&self, py: Python<'_>, logits: &Tensor) -> PyResult<Tensor> {
         match self.softmax_dim {
             Some(dim) => logits.f_softmax(dim, None::<Kind>).map_err(in_context(&self.name)),
-            None => tree::expect_tensor(&self.softmax.bind(py).call1((tree::to_python(py, logits)?,))?, "softmax(logits)"),
+            None => {
+                tree::expect_tensor(&self.softmax.bind(py).call1((tree::to_python(py, logits)?,))?, "softmax(logits)")
+            }
         }
     }
 
@@ -196,14 +201,17 @@ impl ProxylessContext {
         let saved_input = if saving {
             let args = tree::detach_tree(args.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyTuple>()?;
             let kwargs = match kwargs {
-                Some(kwargs) => Some(tree::detach_tree(kwargs.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyDict>()?),
+                Some(kwargs) => {
+                    Some(tree::detach_tree(kwargs.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyDict>()?)
+                }
                 None => None,
             };
             Some((args, kwargs))
         } else {
             None
         };
-        let input_versions = inputs.iter().map(|(_, input)| tree::version(input.bind(py))).collect::<PyResult<Vec<_>>>()?;
+        let input_versions =
+            inputs.iter().map(|(_, input)| tree::version(input.bind(py))).collect::<PyResult<Vec<_>>>()?;
 
         let forward_path = module.getattr(intern!(py, "forward_path"))?;
         let layer_output = hook::call_forward_path(&forward_path, index, args, kwargs)?;
@@ -376,12 +384,18 @@ impl ProxylessContext {
         self.live.load(Ordering::Relaxed)
     }
 
-    fn __reduce__<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyAny>, (Py<ArchParameter>, PyObject, PyObject, String, &'static str))> {
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, ContextArgs)> {
         let cls = py.get_type::<Self>().into_any();
-        Ok((cls, (self.arch.clone_ref(py), self.softmax.clone_ref(py), self.label.clone_ref(py), self.name.clone(), self.mode())))
+        Ok((
+            cls,
+            (
+                self.arch.clone_ref(py),
+                self.softmax.clone_ref(py),
+                self.label.clone_ref(py),
+                self.name.clone(),
+                self.mode(),
+            ),
+        ))
     }
 
     fn __repr__(&self) -> String {

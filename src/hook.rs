@@ -78,7 +78,8 @@ pub fn call_forward_path<'py>(
     // SAFETY: every pointer in argv is kept alive by `k` and `args` for the call; the result is
     // a new reference or NULL with an exception set.
     unsafe {
-        let result = pyo3::ffi::PyObject_Vectorcall(forward_path.as_ptr(), argv.as_ptr(), argv.len(), std::ptr::null_mut());
+        let result =
+            pyo3::ffi::PyObject_Vectorcall(forward_path.as_ptr(), argv.as_ptr(), argv.len(), std::ptr::null_mut());
         Bound::from_owned_ptr_or_err(py, result)
     }
 }
@@ -152,7 +153,12 @@ fn candidate_output(
 /// `sum(out_k * grad_output)`, and the closed-form alpha gradient is added into `alpha.grad` in
 /// place: it is created if missing and never replaced, so gradients from other losses on alpha add
 /// up. Everything stays on alpha's device: no host round trip.
-fn run_backward(ctx: &ProxylessContext, module: &Bound<'_, PyAny>, call: &SavedCall, grads: &[Option<Tensor>]) -> PyResult<()> {
+fn run_backward(
+    ctx: &ProxylessContext,
+    module: &Bound<'_, PyAny>,
+    call: &SavedCall,
+    grads: &[Option<Tensor>],
+) -> PyResult<()> {
     let py = module.py();
     check_versions(ctx, py, call)?;
     let arch = ctx.arch(py).get();
@@ -196,10 +202,11 @@ fn run_backward(ctx: &ProxylessContext, module: &Bound<'_, PyAny>, call: &SavedC
             gates.push(kernel::binary_gate_grad(&out, grads).map_err(&in_layer)?);
         }
     }
-    let gate_grads = if batch { kernel::binary_gate_grads(&kept, grads) } else { kernel::stack_gate_grads(gates, grads) }
-        .and_then(|b| if b.kind() == options.0 { Ok(b) } else { b.f_to_kind(options.0) })
-        .and_then(|b| if b.device() == options.1 { Ok(b) } else { b.f_to_device(options.1) })
-        .map_err(&in_layer)?;
+    let gate_grads =
+        if batch { kernel::binary_gate_grads(&kept, grads) } else { kernel::stack_gate_grads(gates, grads) }
+            .and_then(|b| if b.kind() == options.0 { Ok(b) } else { b.f_to_kind(options.0) })
+            .and_then(|b| if b.device() == options.1 { Ok(b) } else { b.f_to_device(options.1) })
+            .map_err(&in_layer)?;
 
     // The softmax runs after the candidates, as in NNI, so a stochastic one (GumbelSoftmax)
     // draws the same random numbers.
@@ -316,7 +323,11 @@ fn gradient_tap(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 
 #[pyfunction]
 #[pyo3(signature = (ctx, hook, *tensors))]
-fn tap_forward<'py>(ctx: &Bound<'py, PyAny>, hook: &Bound<'py, PyAny>, tensors: Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyTuple>> {
+fn tap_forward<'py>(
+    ctx: &Bound<'py, PyAny>,
+    hook: &Bound<'py, PyAny>,
+    tensors: Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyTuple>> {
     let py = ctx.py();
     ctx.setattr(intern!(py, "hook"), hook)?;
     // Unused outputs give None, as in a full backward hook, not zeros.
@@ -384,7 +395,8 @@ pub fn attach(
         saved.push(Some(detached));
     }
     call.output = tree::OutputTensors { tensors: saved, others: output.others, keys: output.keys };
-    let parts = tree::output_parts(layer_output)?.ok_or_else(|| PyTypeError::new_err("the output was checked at save"))?;
+    let parts =
+        tree::output_parts(layer_output)?.ok_or_else(|| PyTypeError::new_err("the output was checked at save"))?;
     let hook = Py::new(
         py,
         OutputGradHook {

@@ -100,7 +100,11 @@ fn host_gate_grads(outputs: &[&Tensor], grad: &Tensor) -> Option<Tensor> {
     }
     // Gradients are often expanded (the backward of `sum()` or `mean()` broadcasts a scalar):
     // one copy of the gradient is cheaper than the tensor form.
-    let grad = if grad.is_contiguous() && !grad.is_neg() { grad.shallow_clone() } else { grad.f_contiguous().ok()?.f_resolve_neg().ok()? };
+    let grad = if grad.is_contiguous() && !grad.is_neg() {
+        grad.shallow_clone()
+    } else {
+        grad.f_contiguous().ok()?.f_resolve_neg().ok()?
+    };
     match grad.kind() {
         Kind::Float => {
             let gates = dots::<f32>(outputs, &grad)?;
@@ -113,9 +117,7 @@ fn host_gate_grads(outputs: &[&Tensor], grad: &Tensor) -> Option<Tensor> {
 /// The binary-gate gradients of all candidates, `b_k = sum(out_k * grad)`, as a 1-d tensor.
 pub fn binary_gate_grads(outputs: &[Vec<Option<Tensor>>], grads: &[Option<Tensor>]) -> Result<Tensor, TchError> {
     if let [Some(grad)] = grads {
-        let same = |out: &Vec<Option<Tensor>>| {
-            matches!(out.as_slice(), [Some(out)] if out.size() == grad.size() && out.kind() == grad.kind())
-        };
+        let same = |out: &Vec<Option<Tensor>>| matches!(out.as_slice(), [Some(out)] if out.size() == grad.size() && out.kind() == grad.kind());
         if batchable(grads) && outputs.iter().all(same) {
             let outputs: Vec<&Tensor> = outputs.iter().map(|out| out[0].as_ref().expect("checked by same")).collect();
             if let Some(gates) = host_gate_grads(&outputs, grad) {
@@ -267,9 +269,7 @@ mod tests {
     /// NNI 2.10's double loop, as the reference.
     fn alpha_grad_quadratic(p: &[f64], b: &[f64]) -> Vec<f64> {
         let n = p.len();
-        (0..n)
-            .map(|i| (0..n).map(|j| b[j] * p[j] * (f64::from(u8::from(i == j)) - p[i])).sum())
-            .collect()
+        (0..n).map(|i| (0..n).map(|j| b[j] * p[j] * (f64::from(u8::from(i == j)) - p[i])).sum()).collect()
     }
 
     fn to_vec(t: &Tensor) -> Vec<f64> {
@@ -307,11 +307,12 @@ mod tests {
 
     #[test]
     fn gate_gradient_skips_missing_grads_and_checks_arity() {
-        let out = [Tensor::from_slice(&[1.0f32, 2.0]), Tensor::from_slice(&[3.0f32])];
-        let grads = [Some(Tensor::from_slice(&[0.5f32, 0.25])), None];
+        let out = [Some(Tensor::from_slice(&[1.0f32, 2.0])), Some(Tensor::from_slice(&[3.0f32])), None];
+        let grads = [Some(Tensor::from_slice(&[0.5f32, 0.25])), None, Some(Tensor::from_slice(&[4.0f32]))];
+        // Element 1 got no gradient, element 2 is a pass-through value (None): both contribute nothing.
         let b = binary_gate_grad(&out, &grads).unwrap().unwrap();
         assert_eq!(to_vec(&b), vec![1.0]);
-        assert!(binary_gate_grad(&out, &[None, None]).unwrap().is_none());
+        assert!(binary_gate_grad(&out, &[None, None, None]).unwrap().is_none());
         assert!(binary_gate_grad(&out[..1], &grads).is_err());
     }
 
@@ -336,15 +337,15 @@ mod tests {
         for kind in [Kind::Float, Kind::Double] {
             for shape in [vec![], vec![0, 3], vec![5], vec![8, 64], vec![3, 4, 5], vec![64, 512]] {
                 let grad = Tensor::randn(shape.as_slice(), (kind, Device::Cpu));
-                let outputs: Vec<Vec<Tensor>> =
-                    (0..6).map(|_| vec![Tensor::randn(shape.as_slice(), (kind, Device::Cpu))]).collect();
+                let outputs: Vec<Vec<Option<Tensor>>> =
+                    (0..6).map(|_| vec![Some(Tensor::randn(shape.as_slice(), (kind, Device::Cpu)))]).collect();
                 // Also through an expanded (non-contiguous) gradient, as the backward of sum() gives.
                 let expanded = grad.sum(None::<Kind>).expand(shape.as_slice(), false);
                 for grad in [grad, expanded] {
                     let gates = binary_gate_grads(&outputs, &[Some(grad.shallow_clone())]).unwrap();
                     assert_eq!(gates.kind(), kind);
                     for (out, gate) in outputs.iter().zip(to_vec(&gates)) {
-                        let products = out[0].to_kind(Kind::Double) * grad.to_kind(Kind::Double);
+                        let products = out[0].as_ref().unwrap().to_kind(Kind::Double) * grad.to_kind(Kind::Double);
                         let want = to_vec(&products.sum(None::<Kind>))[0];
                         let scale = to_vec(&products.abs().sum(None::<Kind>))[0];
                         let eps = if kind == Kind::Float { 1e-7 } else { 1e-15 };
@@ -362,8 +363,8 @@ mod tests {
         let kind = Kind::BFloat16;
         for shape in [vec![], vec![5], vec![8, 64], vec![3, 4, 5], vec![64, 512]] {
             let grad = Tensor::randn(shape.as_slice(), (kind, Device::Cpu));
-            let outputs: Vec<Vec<Tensor>> =
-                (0..6).map(|_| vec![Tensor::randn(shape.as_slice(), (kind, Device::Cpu))]).collect();
+            let outputs: Vec<Vec<Option<Tensor>>> =
+                (0..6).map(|_| vec![Some(Tensor::randn(shape.as_slice(), (kind, Device::Cpu)))]).collect();
             let grads = [Some(grad)];
             let batched = binary_gate_grads(&outputs, &grads).unwrap();
             assert_eq!(batched.kind(), kind);
@@ -371,6 +372,22 @@ mod tests {
                 outputs.iter().map(|out| to_vec(&binary_gate_grad(out, &grads).unwrap().unwrap())[0]).collect();
             assert_eq!(to_vec(&batched), single, "shape {shape:?}");
         }
+    }
+
+    #[test]
+    fn negated_views_are_read_with_their_sign() {
+        tch::manual_seed(4);
+        let grad = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
+        let plain = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
+        let negated = plain.f_internal_neg_view().unwrap();
+        assert!(negated.is_neg() && host_slice::<f32>(&negated).is_none());
+        let outputs = vec![vec![Some(plain.shallow_clone())], vec![Some(negated)]];
+        let gates = to_vec(&binary_gate_grads(&outputs, &[Some(grad.shallow_clone())]).unwrap());
+        assert!((gates[0] + gates[1]).abs() < 1e-5, "{gates:?}");
+        // A negated gradient too.
+        let negated_grad = grad.f_internal_neg_view().unwrap();
+        let flipped = to_vec(&binary_gate_grads(&outputs[..1], &[Some(negated_grad)]).unwrap());
+        assert!((flipped[0] + gates[0]).abs() < 1e-5, "{flipped:?} vs {gates:?}");
     }
 
     #[test]

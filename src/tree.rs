@@ -21,7 +21,8 @@ pub fn as_tensor(obj: &Bound<'_, PyAny>) -> PyResult<Option<Tensor>> {
 
 /// Like [`as_tensor`], but a non-tensor is a `TypeError` naming `what` and the type it got.
 pub fn expect_tensor(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Tensor> {
-    as_tensor(obj)?.ok_or_else(|| PyTypeError::new_err(format!("{what} must be a torch.Tensor, got {}", type_name(obj))))
+    as_tensor(obj)?
+        .ok_or_else(|| PyTypeError::new_err(format!("{what} must be a torch.Tensor, got {}", type_name(obj))))
 }
 
 /// Wraps a tensor handle into a Python `torch.Tensor` (no copy of the data).
@@ -35,7 +36,7 @@ pub fn to_python(py: Python<'_>, tensor: &Tensor) -> PyResult<PyObject> {
 pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
     let ty = obj.get_type();
     match (ty.module(), ty.qualname()) {
-        (Ok(m), Ok(q)) if m.to_string() != "builtins" => format!("{m}.{q}"),
+        (Ok(m), Ok(q)) if m != "builtins" => format!("{m}.{q}"),
         (_, Ok(q)) => q.to_string(),
         _ => "<unknown type>".to_owned(),
     }
@@ -93,7 +94,8 @@ pub fn copy_dict<'py>(dict: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>>
 pub fn detach_tree(obj: &Bound<'_, PyAny>, seen: &mut Vec<(usize, PyObject)>) -> PyResult<PyObject> {
     let py = obj.py();
     if let Some(tensor) = as_tensor(obj)? {
-        let detached = to_python(py, &tensor.f_detach().map_err(|err| PyTypeError::new_err(crate::errors::message(&err)))?)?;
+        let detached =
+            to_python(py, &tensor.f_detach().map_err(|err| PyTypeError::new_err(crate::errors::message(&err)))?)?;
         seen.push((obj.as_ptr() as usize, detached.clone_ref(py)));
         return Ok(detached);
     }
@@ -152,10 +154,11 @@ pub fn output_parts<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<OutputParts
     }
     if let Ok(dict) = obj.downcast::<PyDict>() {
         let py = obj.py();
-        let keys: Vec<Bound<'py, PyAny>> = match py.import(intern!(py, "builtins"))?.getattr(intern!(py, "sorted"))?.call1((dict,)) {
-            Ok(sorted) => sorted.try_iter()?.collect::<PyResult<_>>()?,
-            Err(_) => dict.keys().iter().collect(),
-        };
+        let keys: Vec<Bound<'py, PyAny>> =
+            match py.import(intern!(py, "builtins"))?.getattr(intern!(py, "sorted"))?.call1((dict,)) {
+                Ok(sorted) => sorted.try_iter()?.collect::<PyResult<_>>()?,
+                Err(_) => dict.keys().iter().collect(),
+            };
         let items = keys.iter().map(|key| dict.as_any().get_item(key)).collect::<PyResult<_>>()?;
         return Ok(Some(OutputParts { items, keys: Some(keys) }));
     }
@@ -218,7 +221,10 @@ pub fn output_tensors(obj: &Bound<'_, PyAny>, what: &dyn Fn() -> String) -> PyRe
         others.push(if tensor.is_none() && !item.is_none() { Some(type_name(item)) } else { None });
         tensors.push(tensor);
     }
-    let keys = parts.keys.map(|keys| keys.iter().map(|key| key.str().map(|k| k.to_string())).collect::<PyResult<Vec<_>>>()).transpose()?;
+    let keys = parts
+        .keys
+        .map(|keys| keys.iter().map(|key| key.str().map(|k| k.to_string())).collect::<PyResult<Vec<_>>>())
+        .transpose()?;
     Ok(OutputTensors { tensors, others, keys })
 }
 
@@ -231,8 +237,11 @@ pub fn optional_tensors(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Option<Tensor>>>
     if let Some(tensor) = as_tensor(obj)? {
         return Ok(vec![Some(tensor)]);
     }
-    let tuple = obj
-        .downcast::<PyTuple>()
-        .map_err(|_| PyTypeError::new_err(format!("gradients must be a tensor, None or a tuple of them, got {}", type_name(obj))))?;
-    tuple.iter().map(|item| if item.is_none() { Ok(None) } else { expect_tensor(&item, "each gradient").map(Some) }).collect()
+    let tuple = obj.downcast::<PyTuple>().map_err(|_| {
+        PyTypeError::new_err(format!("gradients must be a tensor, None or a tuple of them, got {}", type_name(obj)))
+    })?;
+    tuple
+        .iter()
+        .map(|item| if item.is_none() { Ok(None) } else { expect_tensor(&item, "each gradient").map(Some) })
+        .collect()
 }

@@ -130,7 +130,8 @@ def test_dict_candidates_must_share_their_keys():
     op = layer('dict', 'other-keys')
     op.resample({'op': 'c0'})
     out = op(torch.randn(2, 3))
-    with pytest.raises(ValueError, match=r"ProxylessMixedLayer 'op': candidate 'c1' \(index 1\) returned keys \['w', 'y'\], but the sampled candidate returned "
+    with pytest.raises(ValueError, match=r"ProxylessMixedLayer 'op': candidate 'c1' \(index 1\) returned keys "
+                                         r"\['w', 'y'\], but the sampled candidate returned "
                                          r"keys \['y', 'z'\]"):
         (out['y'] + out['z']).sum().backward()
 

@@ -9,8 +9,15 @@ import torch
 import torch.nn as nn
 
 import proxyless_rs
-from proxyless_rs import (LatencyTable, ProxylessMixedInput, ProxylessMixedLayer, expected_latency, latency_loss,
-                          predicted_latency, profile_latency)
+from proxyless_rs import (
+    LatencyTable,
+    ProxylessMixedInput,
+    ProxylessMixedLayer,
+    expected_latency,
+    latency_loss,
+    predicted_latency,
+    profile_latency,
+)
 
 
 class Net(nn.Module):
@@ -120,7 +127,7 @@ def _latency_space():
         def __init__(self):
             super().__init__()
             self.stem = nn_nni.Linear(64, 32)
-            self.a = nn_nni.LayerChoice([nn_nni.Linear(32, 32), nn_nni.Linear(32, 32), nn_nni.Linear(32, 32)], label='a')
+            self.a = nn_nni.LayerChoice([nn_nni.Linear(32, 32) for _ in range(3)], label='a')
             self.b = nn_nni.LayerChoice([nn_nni.Linear(32, 32), nn_nni.Linear(32, 32)], label='b')
             self.head = nn_nni.Linear(32, 10)
 

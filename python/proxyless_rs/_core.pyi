@@ -1,46 +1,69 @@
 """Type stubs for the compiled core ``proxyless_rs._core`` (Rust, built by maturin)."""
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, final
 
 import torch
 from torch import nn
 
-class ProxylessContext:
-    """Saved-forward stack of one mixed layer, with its architecture weights and softmax.
+__all__ = ["TORCH_VERSION", "ArchParameter", "ProxylessContext", "OutputGradHook", "sample_index", "alpha_grad",
+           "rescale_two_path"]
 
-    Nothing is saved when no backward can follow (grad disabled, no output tensor requires
-    grad, or ``enabled`` is False). Pickling keeps ``arch_alpha``, ``softmax`` and ``label`` only.
+TORCH_VERSION: str
+"""``torch.__version__`` of the torch this core was built against (its release is checked at import)."""
+
+@final
+class ArchParameter:
+    """One architecture parameter and what belongs to it rather than to one layer: its pending
+    two-path draw and rescale, its distributed agreement, its after-backward callback. Layers that
+    share alpha (one label) share it. Pickling keeps ``alpha`` only."""
+
+    def __new__(cls, alpha: torch.Tensor) -> "ArchParameter": ...
+    @property
+    def alpha(self) -> torch.Tensor: ...
+    @property
+    def pending(self) -> Optional[tuple[int, int]]:
+        """``(active, inactive)`` of the two-path draw waiting for :meth:`rescale`, or None."""
+    agreement: Optional[Callable[[list[int], torch.device], list[int]]]
+    after_backward: Optional[Callable[[], Any]]
+    def rescale(self) -> bool:
+        """Two-path rescale after the optimizer step; returns whether a draw was pending."""
+
+@final
+class ProxylessContext:
+    """The Rust side of one mixed layer: its ArchParameter, softmax, mode, draws and forward.
+
+    Each forward that a backward can follow hands its saved inputs and output to a hook on that
+    call's output. Nothing is saved when grad is disabled, no output tensor requires grad, or
+    ``enabled`` is False. Pickling keeps the ArchParameter, softmax, label, name and mode.
     """
 
-    arch_alpha: torch.Tensor
-    softmax: nn.Module
-    label: Optional[str]
-    backward_hook: BackwardHook
+    def __new__(cls, arch: ArchParameter | torch.Tensor, softmax: nn.Module, label: Any = None,
+                name: Optional[str] = None, mode: str = "full") -> "ProxylessContext": ...
+    @property
+    def arch(self) -> ArchParameter: ...
+    @property
+    def arch_alpha(self) -> torch.Tensor: ...
+    @property
+    def softmax(self) -> nn.Module: ...
+    @property
+    def label(self) -> Any: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def partner(self) -> Optional[int]: ...
+    mode: str
     enabled: bool
-    after_backward: Optional[Callable[[], Any]]
-    def __init__(self, arch_alpha: torch.Tensor, softmax: nn.Module, label: Optional[str] = None) -> None: ...
-    def save_forward_context(self, layer_input: tuple[tuple[Any, ...], dict[str, Any]], layer_output: Any,
-                             layer_sample_idx: int) -> bool:
-        """Save one forward call for ``backward_hook`` registered as a full backward hook."""
-    def forward_output(self, module: nn.Module, layer_input: tuple[tuple[Any, ...], dict[str, Any]],
-                       layer_output: Any, layer_sample_idx: int, partner: Optional[int] = None) -> Any:
-        """Save one forward call and return the output with its binary-gate backward hooked."""
-    def sample(self) -> int:
-        """One path index drawn from ``softmax(arch_alpha)`` (``torch.multinomial``'s generator)."""
-    def sample_two(self) -> tuple[int, int, torch.Tensor]:
-        """Two-path draw: ``(active, inactive, copy of arch_alpha)``."""
-    def clear_context(self) -> None: ...
-    def __len__(self) -> int: ...
+    def resample(self, chosen: Optional[int] = None) -> int:
+        """Take ``chosen`` (from a memo) or draw from ``softmax(alpha)``; returns the path index."""
+    def forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: Optional[dict[str, Any]],
+                index: int) -> Any:
+        """Run ``module.forward_path(index, *args, **kwargs)`` and hook its output for the backward."""
+    def __len__(self) -> int:
+        """The number of calls whose saved state is alive."""
 
-class BackwardHook:
-    """The binary-gate backward as a full backward hook (``register_full_backward_hook``)."""
-
-    ctx: ProxylessContext
-    def __init__(self, ctx: ProxylessContext) -> None: ...
-    def __call__(self, module: nn.Module, grad_input: Any, grad_output: Any) -> None: ...
-
+@final
 class OutputGradHook:
-    """The binary-gate backward as a hook on a layer's output tensors (created by ``forward_output``)."""
+    """The binary-gate backward of one call, registered on its output (created by ``forward``)."""
 
     def __call__(self, grads: Any) -> None: ...
 

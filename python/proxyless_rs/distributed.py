@@ -133,7 +133,8 @@ def setup(model: nn.Module, group=None, src: int = 0) -> DistributedSearch:
     alpha_ids = {id(alpha) for alpha in alphas}
     names = [name for name, p in model.named_parameters() if id(p) in alpha_ids]
     ignored = list(getattr(model, '_ddp_params_and_buffers_to_ignore', []))
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored + [n for n in names if n not in ignored])
+    to_ignore = ignored + [n for n in names if n not in ignored]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, to_ignore)
 
     search = DistributedSearch(arch_parameters, group, src)
     with torch.no_grad():

@@ -162,8 +162,8 @@ def profile_latency(model: nn.Module, *example_args: Any, repeats: int = 20, war
     try:
         memo: dict[str, Any] = {}
         for layer in layers:
-            memo.update(layer.resample({layer.label: _choices(layer)[0] if isinstance(layer, ProxylessMixedLayer) else 0,
-                                        **memo}))
+            first = _choices(layer)[0] if isinstance(layer, ProxylessMixedLayer) else 0
+            memo.update(layer.resample({layer.label: first, **memo}))
         with torch.no_grad():
             model(*example_args, **example_kwargs)
     finally:

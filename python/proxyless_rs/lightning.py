@@ -9,8 +9,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.optim as optim
-from nni.nas.oneshot.pytorch.base_lightning import MutationHook
-from nni.nas.oneshot.pytorch.base_lightning import no_default_hook as nni_no_default_hook
+from nni.nas.oneshot.pytorch.base_lightning import MutationHook, no_default_hook as nni_no_default_hook
 from nni.nas.oneshot.pytorch.differentiable import ProxylessLightningModule as NNIProxylessLightningModule
 
 from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency
@@ -22,7 +21,8 @@ __all__ = ['ProxylessLightningModule', 'unsupported_primitive_hook']
 NNI_ARC_LEARNING_RATE = 3.0E-4
 
 
-def unsupported_primitive_hook(module: nn.Module, name: str, memo: dict[str, Any], mutate_kwargs: dict[str, Any]) -> bool:
+def unsupported_primitive_hook(module: nn.Module, name: str, memo: dict[str, Any],
+                               mutate_kwargs: dict[str, Any]) -> bool:
     """The last mutation hook: refuses, by name, any mutation primitive the hooks before it left."""
     try:
         return nni_no_default_hook(module, name, memo, mutate_kwargs)
