@@ -4,9 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import build, train_step
-
 import proxyless_rs
+from conftest import build, train_step
 
 
 def saved_entries(net) -> int:
