@@ -41,9 +41,9 @@ def test_table_checks_and_refuses_nonsense(tmp_path):
     net = Net()
     table = LatencyTable(TABLE)
     table.check(net)
-    with pytest.raises(KeyError, match=r"no entry for mixed layer 'b'"):
+    with pytest.raises(KeyError, match=r"ProxylessMixedInput 'b': the latency table has no entry for its label"):
         LatencyTable({'a': TABLE['a']}).check(net)
-    with pytest.raises(KeyError, match=r"layer 'a' lacks candidate\(s\) \['skip'\]"):
+    with pytest.raises(KeyError, match=r"ProxylessMixedLayer 'a': the latency table lacks candidate\(s\) \['skip'\]"):
         LatencyTable({'a': {'small': 1.0, 'wide': 2.0}, 'b': TABLE['b']}).check(net)
     for bad in (-1.0, float('nan'), float('inf')):
         with pytest.raises(ValueError, match=r"layer 'a', candidate 'wide' has latency .*finite and non-negative"):
@@ -94,7 +94,7 @@ def test_predicted_latency_of_an_architecture():
     net = Net()
     table = LatencyTable(TABLE)
     assert predicted_latency({'a': 'wide', 'b': 1}, net, table) == pytest.approx(5.25)
-    with pytest.raises(KeyError, match="no choice for mixed layer 'b'"):
+    with pytest.raises(KeyError, match="ProxylessMixedInput 'b': predicted_latency was given an architecture with no choice for it"):
         predicted_latency({'a': 'wide'}, net, table)
 
 

@@ -66,11 +66,11 @@ class LatencyTable(Mapping[str, Mapping[str, float]]):
         """Raises ``KeyError`` naming the first mixed layer or candidate of ``modules`` missing from the table."""
         for layer in _proxyless_layers(*modules):
             if layer.label not in self._table:
-                raise KeyError(f'latency table has no entry for mixed layer {layer.label!r} '
+                raise KeyError(f'{layer._name()}: the latency table has no entry for its label '
                                f'(it has {sorted(self._table)})')
             missing = [c for c in _choices(layer) if c not in self._table[layer.label]]
             if missing:
-                raise KeyError(f'latency table: layer {layer.label!r} lacks candidate(s) {missing} '
+                raise KeyError(f'{layer._name()}: the latency table lacks candidate(s) {missing} '
                                f'(it has {sorted(self._table[layer.label])})')
 
     def latencies(self, layer: nn.Module) -> torch.Tensor:
@@ -131,7 +131,7 @@ def predicted_latency(architecture: Mapping[str, Any], model: nn.Module, table: 
     total = 0.0
     for layer in _proxyless_layers(model):
         if layer.label not in architecture:
-            raise KeyError(f'predicted_latency: the architecture has no choice for mixed layer {layer.label!r}')
+            raise KeyError(f'{layer._name()}: predicted_latency was given an architecture with no choice for it')
         choice = architecture[layer.label]
         if isinstance(choice, list):  # input choices exported with n_chosen > 1
             total += sum(table[layer.label][str(c)] for c in choice)
