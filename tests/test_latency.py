@@ -94,7 +94,7 @@ def test_predicted_latency_of_an_architecture():
     net = Net()
     table = LatencyTable(TABLE)
     assert predicted_latency({'a': 'wide', 'b': 1}, net, table) == pytest.approx(5.25)
-    with pytest.raises(KeyError, match="ProxylessMixedInput 'b': predicted_latency was given an architecture with no choice for it"):
+    with pytest.raises(KeyError, match="ProxylessMixedInput 'b': predicted_latency was given an architecture with no "):
         predicted_latency({'a': 'wide'}, net, table)
 
 
