@@ -73,7 +73,7 @@ demo: $(DEVELOP)
 
 pytest: $(DEVELOP)
 	@$(call start,pytest (about 1 min on 2 cores))
-	$(PY) -m pytest --durations=5
+	$(PY) -m pytest -rs --durations=5
 	$(call done,pytest)
 
 # The first run compiles the crate's unit-test binary (about 1-2 min); later runs only run it.

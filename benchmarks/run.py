@@ -191,7 +191,7 @@ def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> list[dict]:
         layer = layer_cls([(f'op{k}', nn.Linear(dim, dim)) for k in range(n)], nn.Parameter(torch.zeros(n)),
                           nn.Softmax(-1), 'layer').to(DEVICE)
         layer.resample({'layer': 'op0'})
-        hook_alone = _hook_alone(layer, x, grad, ours=name == 'proxyless_rs')
+        hook_alone, hook_baseline = _hook_alone(layer, x, grad, ours=name == 'proxyless_rs')
 
         def mixed(layer=layer):
             layer(x).sum().backward()
@@ -207,7 +207,7 @@ def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> list[dict]:
         hook_samples, layer_samples = [], []
         for _ in range(3):
             others = timeit(other_forwards)
-            hook_samples.append(timeit(hook_alone) - others)
+            hook_samples.append(timeit(hook_alone) - timeit(hook_baseline) - others)
             layer_samples.append(timeit(mixed) - timeit(plain) - others)
         for kind, samples in (('hook', hook_samples), ('layer', layer_samples)):
             results[kind][name] = {'min': min(samples), 'median': statistics.median(samples), 'max': max(samples)}
@@ -216,34 +216,41 @@ def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> list[dict]:
     return list(results.values())
 
 
-def _hook_alone(layer, x: torch.Tensor, grad: torch.Tensor, ours: bool) -> Callable[[], None]:
-    """One call of the layer's binary-gate backward on a saved forward, as autograd would make it.
+def _hook_alone(layer, x: torch.Tensor, grad: torch.Tensor,
+                ours: bool) -> tuple[Callable[[], None], Callable[[], None]]:
+    """One call of the layer's binary-gate backward on a saved forward, as autograd would make it,
+    and what to subtract from its time.
 
-    NNI's: save the forward in its context, call its full backward hook. proxyless_rs's: hand the
-    output to the context (which saves the forward and returns it hooked), call the hook it
-    attached with the output gradient. The sampled candidate's forward is done once, outside.
+    NNI's: save the forward in its context, call its full backward hook (the sampled candidate's
+    forward is done once, outside). proxyless_rs's: the context runs the sampled candidate and
+    hooks its output (``ctx.forward``); then that hook is called with the output gradient; the
+    candidate's forward alone is subtracted.
     """
-    output = layer.op0(x)
+    sampled = layer.op0
     if not ours:
+        output = sampled(x)
         hook = layer.ctx.backward_hook
 
         def nni_hook() -> None:
             layer.ctx.save_forward_context(((x,), {}), output, 0)
             hook(layer, (None,), (grad,))
 
-        return nni_hook
+        return nni_hook, lambda: None
 
     def our_hook() -> None:
-        hooked = layer.ctx.forward_output(layer, ((x,), {}), output.view_as(output), 0, None)
+        hooked = layer.ctx.forward(layer, (x,), None, 0)
         hooks = list(hooked._backward_hooks.values())
         hooks[-1](grad)
 
-    # The hook must have done the work being timed: an alpha gradient, and no saved forward left.
+    def candidate_forward() -> None:
+        sampled(x)
+
+    # The hook must have done the work being timed: an alpha gradient, and no saved call left.
     layer._arch_alpha.grad = None
     our_hook()
     if layer._arch_alpha.grad is None or len(layer.ctx):
         raise RuntimeError('benchmark: the output hook did not run its backward (an API change in the core?)')
-    return our_hook
+    return our_hook, candidate_forward
 
 
 def whole_search(epochs: int, samples: int, smoke: bool) -> dict:

@@ -21,6 +21,12 @@ from nni.nas.oneshot.pytorch.supermodule.proxyless import (
 
 import proxyless_rs
 
+# Devices for the tests that matter on an accelerator: 'cuda' runs where CUDA is available and
+# is skipped, with its reason, where it is not (scripts/gpu_check.sh runs them on a GPU).
+CUDA_AVAILABLE = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not CUDA_AVAILABLE, reason='CUDA not available')
+DEVICES = [pytest.param('cpu', id='cpu'), pytest.param('cuda', id='cuda', marks=requires_cuda)]
+
 IMPLEMENTATIONS = {
     'nni': (NNIMixedLayer, NNIMixedInput),
     'rs': (proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedInput),
@@ -148,19 +154,21 @@ class StepResult:
 
 def train_step(net: SuperNet, seed: int, extra_alpha_loss: bool = False, lr: float = 0.1,
                memo: dict | None = None) -> StepResult:
-    """One ProxylessNAS step: resample, forward, backward, SGD on weights and alphas."""
+    """One ProxylessNAS step: resample, forward, backward, SGD on weights and alphas (on the net's
+    device; the batch is drawn on the host, so it is the same on every device)."""
     dtype = net.head.weight.dtype
+    device = net.head.weight.device
     torch.manual_seed(seed)
     sample = net.resample(memo)
-    x = torch.randn(5, 8, dtype=dtype)
-    y = torch.randint(0, 4, (5,))
+    x = torch.randn(5, 8, dtype=dtype).to(device)
+    y = torch.randint(0, 4, (5,)).to(device)
     net.zero_grad(set_to_none=True)
     output = net(x)
     loss = F.cross_entropy(output, y)
     if extra_alpha_loss:
         # A latency-like loss: gradients through autograd must add to the hook's.
         for i, module in enumerate(net.mixed()):
-            cost = torch.arange(1, len(module._arch_alpha) + 1, dtype=dtype)
+            cost = torch.arange(1, len(module._arch_alpha) + 1, dtype=dtype, device=device)
             loss = loss + 0.01 * (i + 1) * (module._softmax(module._arch_alpha) * cost).sum()
     loss.backward()
     result = StepResult(

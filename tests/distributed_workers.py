@@ -1,4 +1,4 @@
-"""Worker processes for test_distributed.py (gloo on CPU, loopback only)."""
+"""Worker processes for test_distributed.py (gloo on CPU, or NCCL with one GPU per rank; loopback only)."""
 
 from __future__ import annotations
 
@@ -57,31 +57,37 @@ class Supernet(nn.Module):
         return self.head(self.readout([a, b]))
 
 
-def _init(rank: int, world: int, port: int) -> None:
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world,
+def _init(rank: int, world: int, port: int, backend: str = 'gloo') -> None:
+    dist.init_process_group(backend, init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world,
                             timeout=TIMEOUT)
 
 
-def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20, die_at: int | None = None) -> None:
-    """A plain-PyTorch search: setup + DDP; arch step on validation shards, weight step on training shards."""
+def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20, die_at: int | None = None,
+                 backend: str = 'gloo') -> None:
+    """A plain-PyTorch search: setup + DDP; arch step on validation shards, weight step on training shards.
+
+    ``backend='nccl'``: rank r runs on cuda:r. What it saves is moved to the host."""
     try:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         import proxyless_rs
 
         torch.set_num_threads(1)
-        _init(rank, world, port)
+        device = torch.device('cuda', rank) if backend == 'nccl' else torch.device('cpu')
+        if device.type == 'cuda':
+            torch.cuda.set_device(device)
+        _init(rank, world, port, backend)
         # Different seeds per rank on purpose: weights, alphas and draws must still agree.
         torch.manual_seed(100 + rank)
-        model = Supernet()
+        model = Supernet().to(device)
         proxyless_rs.distributed.setup(model)
-        ddp = DDP(model, find_unused_parameters=True)
+        ddp = DDP(model, device_ids=[rank] if device.type == 'cuda' else None, find_unused_parameters=True)
         alphas = [m._arch_alpha for m in model.mixed()]
         arch_ids = {id(a) for a in alphas}
         weights = [p for p in model.parameters() if id(p) not in arch_ids]
         arc_opt = torch.optim.Adam(alphas, lr=0.05)
         w_opt = torch.optim.SGD(weights, lr=0.05)
-        (xt, yt), (xv, yv) = digits_shard(rank, world)
+        (xt, yt), (xv, yv) = (tuple(t.to(device) for t in pair) for pair in digits_shard(rank, world))
         samples, step0 = [], {}
         for step in range(steps):
             if die_at is not None and rank == 1 and step == die_at:
@@ -95,12 +101,12 @@ def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20
                 local.resample(sample)
                 F.cross_entropy(local(xv[i:i + 16]), yv[i:i + 16]).backward()
                 # A layer off the loss's path gets no gradient: 0, as the all-reduce counts it.
-                step0['local'] = [torch.zeros_like(m._arch_alpha) if m._arch_alpha.grad is None
-                                  else m._arch_alpha.grad.clone() for m in local.mixed()]
+                step0['local'] = [torch.zeros_like(m._arch_alpha).cpu() if m._arch_alpha.grad is None
+                                  else m._arch_alpha.grad.cpu() for m in local.mixed()]
             arc_opt.zero_grad()
             F.cross_entropy(ddp(xv[i:i + 16]), yv[i:i + 16]).backward()
             if step == 0:
-                step0['averaged'] = [a.grad.clone() for a in alphas]
+                step0['averaged'] = [a.grad.cpu() for a in alphas]
             arc_opt.step()
             # Weight step, without alpha-gradient work.
             model.resample()
@@ -110,7 +116,7 @@ def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20
             w_opt.step()
         torch.save({
             'samples': samples,
-            'state': {k: v.detach().clone() for k, v in model.state_dict().items()},
+            'state': {k: v.detach().cpu() for k, v in model.state_dict().items()},
             'saved_entries': [len(m.ctx) for m in model.mixed()],
             'step0': step0,
         }, os.path.join(out_dir, f'rank{rank}.pt'))

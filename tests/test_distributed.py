@@ -1,4 +1,5 @@
-"""Data-parallel search on torch.distributed: 2 processes, gloo on CPU, loopback only."""
+"""Data-parallel search on torch.distributed: 2 processes, gloo on CPU (and NCCL on two GPUs where
+there are two), loopback only."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import distributed_workers
+
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2,
+                              reason=f'NCCL needs 2 GPUs; {torch.cuda.device_count()} available')
 
 WORLD = 2
 JOIN_TIMEOUT = 180  # seconds; the process group's own timeout is distributed_workers.TIMEOUT
@@ -43,8 +48,9 @@ def errors(out_dir: Path) -> str:
     return '\n'.join(p.read_text() for p in sorted(out_dir.glob('*.err')))
 
 
-def test_plain_pytorch_search_on_two_ranks(tmp_path):
-    codes, _ = launch(distributed_workers.plain_search, tmp_path, steps=20)
+@pytest.mark.parametrize('backend', ['gloo', pytest.param('nccl', marks=two_gpus)])
+def test_plain_pytorch_search_on_two_ranks(tmp_path, backend):
+    codes, _ = launch(distributed_workers.plain_search, tmp_path, steps=20, backend=backend)
     assert codes == [0, 0], errors(tmp_path)
     r0, r1 = (torch.load(tmp_path / f'rank{r}.pt') for r in range(WORLD))
     # Every rank sampled the same architectures, and they varied.

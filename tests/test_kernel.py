@@ -1,8 +1,10 @@
 """Property tests of the compiled kernel and sampler against their definitions."""
 
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from conftest import DEVICES
 from proxyless_rs import alpha_grad, sample_index
 
 finite = st.floats(min_value=-50, max_value=50, allow_nan=False)
@@ -18,15 +20,17 @@ def alpha_grad_reference(probs: torch.Tensor, binary_grads: torch.Tensor) -> tor
     return grad
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 12).flatmap(lambda n: st.tuples(st.lists(finite, min_size=n, max_size=n),
                                                      st.lists(finite, min_size=n, max_size=n))))
-def test_closed_form_equals_the_double_loop(logits_and_grads):
+def test_closed_form_equals_the_double_loop(device, logits_and_grads):
     logits, b = (torch.tensor(v, dtype=torch.float64) for v in logits_and_grads)
     probs = torch.softmax(logits, -1)
-    got = alpha_grad(probs, b)
+    got = alpha_grad(probs.to(device), b.to(device))
+    assert got.dtype == probs.dtype and got.device.type == device
+    got = got.cpu()
     torch.testing.assert_close(got, alpha_grad_reference(probs, b), rtol=1e-10, atol=1e-10)
-    assert got.dtype == probs.dtype
     # Softmax is shift-invariant, so its gradient sums to zero.
     assert abs(got.sum().item()) < 1e-9 * (1 + b.abs().max().item())
 
@@ -40,10 +44,12 @@ def test_float32_kernel_follows_the_inputs_dtype(logits, seed):
     torch.testing.assert_close(got, alpha_grad_reference(probs.double(), b.double()).float(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize('device', DEVICES)
+@settings(deadline=None)
 @given(st.lists(st.floats(0.0, 10.0), min_size=1, max_size=10).filter(lambda w: sum(w) > 1e-3),
        st.integers(0, 2**31 - 1))
-def test_sampling_draws_what_torch_multinomial_draws(weights, seed):
-    probs = torch.tensor(weights)
+def test_sampling_draws_what_torch_multinomial_draws(device, weights, seed):
+    probs = torch.tensor(weights, device=device)
     torch.manual_seed(seed)
     ours = [sample_index(probs) for _ in range(5)]
     torch.manual_seed(seed)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import (
+    DEVICES,
     IMPLEMENTATIONS,
     arch_parameters,
     assert_alpha_close,
@@ -16,11 +17,12 @@ from conftest import (
 STEPS = 8
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('softmax', ['softmax', 'gumbel'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=['float32', 'float64'])
 @pytest.mark.parametrize('extra_alpha_loss', [False, True], ids=['hook-only', 'extra-alpha-loss'])
-def test_training_steps_match_nni(softmax, dtype, extra_alpha_loss):
-    ours, theirs = build('rs', softmax, dtype), build('nni', softmax, dtype)
+def test_training_steps_match_nni(softmax, dtype, extra_alpha_loss, device):
+    ours, theirs = build('rs', softmax, dtype).to(device), build('nni', softmax, dtype).to(device)
     samples = set()
     for step in range(STEPS):
         a = train_step(ours, seed=100 + step, extra_alpha_loss=extra_alpha_loss)
@@ -31,7 +33,7 @@ def test_training_steps_match_nni(softmax, dtype, extra_alpha_loss):
     # The comparison means something only if several architectures were exercised.
     assert len(samples) > 1
     for (name, p), (_, q) in zip(arch_parameters(ours).items(), arch_parameters(theirs).items()):
-        assert p.dtype == dtype
+        assert p.dtype == dtype and p.device.type == device
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
@@ -59,12 +61,15 @@ def test_export_and_search_space_match_nni():
         assert a.label == b.label
 
 
-def test_resample_draws_the_same_paths_as_nni():
-    ours, theirs = build('rs', 'gumbel'), build('nni', 'gumbel')
+@pytest.mark.parametrize('device', DEVICES)
+def test_resample_draws_the_same_paths_as_nni(device):
+    ours, theirs = build('rs', 'gumbel').to(device), build('nni', 'gumbel').to(device)
+    # Draws come from the generator of the alphas' device.
+    rng_state = torch.cuda.get_rng_state if device == 'cuda' else torch.get_rng_state
     for seed in range(30):
         torch.manual_seed(seed)
         a = ours.resample()
-        state_after_ours = torch.get_rng_state()
+        state_after_ours = rng_state()
         torch.manual_seed(seed)
         b = theirs.resample()
         assert a == b
@@ -72,7 +77,7 @@ def test_resample_draws_the_same_paths_as_nni():
         assert ours.first._sampled == theirs.first._sampled
         assert ours.pick._sampled == theirs.pick._sampled
         # The generator is left in the same state: the same random numbers were drawn.
-        assert torch.equal(state_after_ours, torch.get_rng_state())
+        assert torch.equal(state_after_ours, rng_state())
 
 
 def test_memo_fixes_the_paths_like_nni():
@@ -145,9 +150,10 @@ class Zero(torch.nn.Module):
         return x.mul(0.0)
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('rows, dim', [(4, 8), (64, 600)], ids=['batched-gates', 'one-by-one-gates'])
 @pytest.mark.parametrize('sampled', ['identity', 'linear', 'zero'])
-def test_candidate_returning_its_input_inside_a_residual(rows, dim, sampled):
+def test_candidate_returning_its_input_inside_a_residual(rows, dim, sampled, device):
     """The hook must see the gradient of the layer's output only, not of the input it aliases.
 
     Also covers both binary-gate reductions: outputs up to kernel::BATCH_NUMEL_LIMIT elements are
@@ -156,10 +162,11 @@ def test_candidate_returning_its_input_inside_a_residual(rows, dim, sampled):
     grads = {}
     for impl in ('rs', 'nni'):
         torch.manual_seed(0)
-        net = Residual(impl, dim)
+        net = Residual(impl, dim).to(device)
         net.block.resample({'block': sampled})
-        net(torch.randn(rows, dim)).backward()
+        net(torch.randn(rows, dim).to(device)).backward()
         grads[impl] = (net.block._arch_alpha.grad, net.stem.weight.grad)
+    assert grads['rs'][0].device.type == device
     assert_alpha_close(grads['rs'][0], grads['nni'][0])
     torch.testing.assert_close(grads['rs'][1], grads['nni'][1], rtol=0, atol=0)
 
@@ -175,17 +182,18 @@ class Transposed(torch.nn.Module):
         return self.linear(x).t().contiguous().t()
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('loss', ['sum', 'weighted', 'squares'])
 @pytest.mark.parametrize('third', ['relu', 'transposed'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=['float32', 'float64'])
 @pytest.mark.parametrize('rows, dim', [(4, 8), (64, 600)], ids=['small', 'large'])
-def test_every_binary_gate_reduction_matches_nni(loss, third, dtype, rows, dim):
+def test_every_binary_gate_reduction_matches_nni(loss, third, dtype, rows, dim, device):
     """Whichever way the gates are reduced, the gradients are NNI's.
 
     Small contiguous host outputs are summed in one f64 loop (an expanded gradient, as `sum()`
     gives, is made contiguous first); a non-contiguous candidate output (`third='transposed'`)
     sends all of them through the tensor form; outputs above kernel::BATCH_NUMEL_LIMIT elements
-    are reduced one by one.
+    are reduced one by one. On an accelerator, all go through the tensor form on the device.
     """
     grads = {}
     for impl in ('rs', 'nni'):
@@ -196,9 +204,10 @@ def test_every_binary_gate_reduction_matches_nni(loss, third, dtype, rows, dim):
                       ('third', Transposed(dim, dtype) if third == 'transposed'
                        else torch.nn.Sequential(torch.nn.Linear(dim, dim, dtype=dtype), torch.nn.ReLU()))]
         layer = layer_cls(candidates, torch.nn.Parameter(torch.randn(3, dtype=dtype)), torch.nn.Softmax(-1), 'gate')
+        layer.to(device)
         layer.resample({'gate': 'linear'})
-        x = torch.randn(rows, dim, dtype=dtype, requires_grad=True)
-        weights = torch.randn(rows, dim, dtype=dtype)
+        x = torch.randn(rows, dim, dtype=dtype).to(device).requires_grad_()
+        weights = torch.randn(rows, dim, dtype=dtype).to(device)
         out = layer(x)
         if loss == 'sum':
             out.sum().backward()

@@ -7,14 +7,20 @@ import torch
 import torch.nn as nn
 
 import proxyless_rs
+from conftest import DEVICES
 from proxyless_rs import ProxylessMixedInput, ProxylessMixedLayer, rescale_two_path
 
 
-def linear_layer(n=5, mode='two', dim=4, label='op', alpha=None, dtype=torch.float64):
+def linear_layer(n=5, mode='two', dim=4, label='op', alpha=None, dtype=torch.float64, device='cpu'):
     torch.manual_seed(0)
     paths = [(f'c{k}', nn.Linear(dim, dim).to(dtype)) for k in range(n)]
     alpha = alpha if alpha is not None else nn.Parameter(torch.randn(n, dtype=dtype))
-    return ProxylessMixedLayer(paths, alpha, nn.Softmax(-1), label, mode=mode)
+    return ProxylessMixedLayer(paths, alpha, nn.Softmax(-1), label, mode=mode).to(device)
+
+
+def randn(*shape, dtype=torch.float64, device='cpu'):
+    """Drawn on the host, so that every device sees the same numbers."""
+    return torch.randn(*shape, dtype=dtype).to(device)
 
 
 def gate_objective(layer, x, w, logits, involved):
@@ -37,10 +43,11 @@ def finite_difference(layer, x, w, involved, eps=1e-6):
     return grad
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('seed', range(5))
-def test_two_path_gradient_equals_finite_difference_of_the_two_path_objective(seed):
-    layer = linear_layer()
-    x, w = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+def test_two_path_gradient_equals_finite_difference_of_the_two_path_objective(seed, device):
+    layer = linear_layer(device=device)
+    x, w = randn(3, 4, device=device), randn(3, 4, device=device)
     torch.manual_seed(seed)
     layer.resample({})
     involved = [layer._sample_idx, layer._partner]
@@ -50,21 +57,24 @@ def test_two_path_gradient_equals_finite_difference_of_the_two_path_objective(se
     torch.testing.assert_close(layer._arch_alpha.grad, expected, rtol=1e-6, atol=1e-9)
     others = [i for i in range(5) if i not in involved]
     assert torch.all(layer._arch_alpha.grad[others] == 0)
+    assert layer._arch_alpha.grad.device.type == device
 
 
-def test_full_mode_gradient_equals_finite_difference_of_the_full_objective():
-    layer = linear_layer(mode='full')
-    x, w = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+@pytest.mark.parametrize('device', DEVICES)
+def test_full_mode_gradient_equals_finite_difference_of_the_full_objective(device):
+    layer = linear_layer(mode='full', device=device)
+    x, w = randn(3, 4, device=device), randn(3, 4, device=device)
     layer.resample({})
     (layer(x) * w).sum().backward()
     torch.testing.assert_close(layer._arch_alpha.grad, finite_difference(layer, x, w, list(range(5))),
                                rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-def test_rescale_keeps_every_unsampled_probability(optimizer, dtype):
-    layer = linear_layer(n=7, dtype=dtype)
+def test_rescale_keeps_every_unsampled_probability(optimizer, dtype, device):
+    layer = linear_layer(n=7, dtype=dtype, device=device)
     opt = (torch.optim.SGD([layer._arch_alpha], lr=5.0) if optimizer == 'sgd'
            else torch.optim.Adam([layer._arch_alpha], lr=0.5))
     for step in range(10):
@@ -73,7 +83,7 @@ def test_rescale_keeps_every_unsampled_probability(optimizer, dtype):
         involved = [layer._sample_idx, layer._partner]
         before = torch.softmax(layer._arch_alpha.detach(), -1).clone()
         opt.zero_grad()
-        (layer(torch.randn(3, 4, dtype=dtype)) ** 2).sum().backward()
+        (layer(randn(3, 4, dtype=dtype, device=device)) ** 2).sum().backward()
         opt.step()
         moved = torch.softmax(layer._arch_alpha.detach(), -1)
         rescale_two_path(layer)
@@ -127,11 +137,12 @@ def test_layers_sharing_a_label_share_the_draw_and_one_rescale():
     assert second._partner is None
 
 
-def test_mixed_input_two_path():
+@pytest.mark.parametrize('device', DEVICES)
+def test_mixed_input_two_path(device):
     alpha = nn.Parameter(torch.randn(4, dtype=torch.float64))
-    pick = ProxylessMixedInput(4, 1, alpha, nn.Softmax(-1), 'pick', mode='two')
-    inputs = [torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(4)]
-    w = torch.randn(3, dtype=torch.float64)
+    pick = ProxylessMixedInput(4, 1, alpha, nn.Softmax(-1), 'pick', mode='two').to(device)
+    inputs = [randn(3, device=device).requires_grad_() for _ in range(4)]
+    w = randn(3, device=device)
     torch.manual_seed(0)
     pick.resample({})
     a, b = pick._sampled, pick._partner
@@ -159,8 +170,9 @@ class TuplePair(DictPair):
         return out['mean'], out['scale']
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('mode', ['full', 'two'])
-def test_dict_outputs_get_gate_gradients_over_every_tensor(mode):
+def test_dict_outputs_get_gate_gradients_over_every_tensor(mode, device):
     """A dict of tensors gives the same alpha gradient as the tuple of the same tensors, whatever
     order each candidate builds its dict in."""
     grads = []
@@ -168,13 +180,14 @@ def test_dict_outputs_get_gate_gradients_over_every_tensor(mode):
         torch.manual_seed(0)
         layer = ProxylessMixedLayer([(f'c{k}', cls(4, reverse=k % 2 == 1)) for k in range(3)],
                                     nn.Parameter(torch.randn(3, dtype=torch.float64)), nn.Softmax(-1), 'op', mode=mode)
-        layer.double()
+        layer.double().to(device)
         torch.manual_seed(5)
         layer.resample({})
-        out = layer(torch.randn(2, 4, dtype=torch.float64))
+        out = layer(randn(2, 4, device=device))
         mean, scale = (out['mean'], out['scale']) if isinstance(out, dict) else out
         if isinstance(out, dict):
-            assert list(out) == list(layer.forward_path(layer._sample_idx, torch.zeros(1, 4, dtype=torch.float64)))
+            zeros = torch.zeros(1, 4, dtype=torch.float64, device=device)
+            assert list(out) == list(layer.forward_path(layer._sample_idx, zeros))
         (mean.sum() + (scale ** 2).sum()).backward()
         grads.append(layer._arch_alpha.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-15)
