@@ -143,10 +143,13 @@ impl ProxylessContext {
         }
     }
 
-    /// "candidate 'tanh' (index 1)" where the layer names its candidates, else "candidate 1".
+    /// "candidate 'tanh' (index 1)" where the layer names its candidates (`names` under NNI 3.0,
+    /// `op_names` under NNI 2.10), else "candidate 1".
     pub fn describe_candidate(&self, module: &Bound<'_, PyAny>, index: i64) -> String {
+        let py = module.py();
         let name = module
-            .getattr(intern!(module.py(), "op_names"))
+            .getattr(intern!(py, "names"))
+            .or_else(|_| module.getattr(intern!(py, "op_names")))
             .and_then(|names| names.get_item(index))
             .and_then(|name| name.repr())
             .map(|name| name.to_string());

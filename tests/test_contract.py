@@ -22,6 +22,7 @@ import torch.utils.checkpoint as checkpoint
 from nni.nas.oneshot.pytorch.supermodule.proxyless import ProxylessMixedLayer as NNIMixedLayer
 
 import proxyless_rs
+from conftest import requires_nni2
 from proxyless_rs import ProxylessMixedInput, ProxylessMixedLayer
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-7)
@@ -64,6 +65,7 @@ class MultiInput(nn.Module):
         return q + self.d, 2 * k - 2 * self.d, v, mask
 
 
+@requires_nni2
 @pytest.mark.parametrize('with_v', [False, True])
 def test_tuples_with_none_elements_train_like_nni(with_v):
     results = []
@@ -227,6 +229,7 @@ def test_candidate_modifying_its_input_in_place_is_refused_at_forward():
         layer(torch.randn(2, 4, requires_grad=True) * 1.0).sum().backward()
 
 
+@requires_nni2
 def test_integer_labels_work_like_nni():
     grads = []
     for cls in (ProxylessMixedLayer, NNIMixedLayer):

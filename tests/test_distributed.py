@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import distributed_workers
+from conftest import requires_nni2
 
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2,
                               reason=f'NCCL needs 2 GPUs; {torch.cuda.device_count()} available')
@@ -52,10 +53,10 @@ def errors(out_dir: Path) -> str:
 def test_plain_pytorch_search_on_two_ranks(tmp_path, backend):
     codes, _ = launch(distributed_workers.plain_search, tmp_path, steps=20, backend=backend)
     assert codes == [0, 0], errors(tmp_path)
-    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt') for r in range(WORLD))
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in range(WORLD))
     # Every rank sampled the same architectures, and they varied.
     assert r0['samples'] == r1['samples']
-    assert len({tuple(sorted(s.items())) for s in r0['samples']}) > 1
+    assert len({repr(sorted(s.items())) for s in r0['samples']}) > 1
     # Alphas and weights are bit-identical across ranks afterwards.
     assert r0['state'].keys() == r1['state'].keys()
     for key in r0['state']:
@@ -71,10 +72,11 @@ def test_plain_pytorch_search_on_two_ranks(tmp_path, backend):
     assert r0['saved_entries'] == r1['saved_entries'] == [0, 0, 0]
 
 
+@requires_nni2
 def test_lightning_ddp_search_exports_one_architecture(tmp_path):
     codes, _ = launch(distributed_workers.lightning_search, tmp_path)
     assert codes == [0, 0], errors(tmp_path)
-    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt') for r in range(WORLD))
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in range(WORLD))
     assert r0['architecture'] == r1['architecture']
     assert set(r0['architecture']) == {'first', 'readout'}
     for a, b in zip(r0['alphas'], r1['alphas']):

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from proxyless_rs import ProxylessContext, ProxylessMixedInput, ProxylessMixedLayer
+from proxyless_rs._nni_version import NNI3
 
 
 class Returns(nn.Module):
@@ -61,7 +62,8 @@ def test_memo_naming_an_unknown_candidate():
     with pytest.raises(ValueError, match=r"'op': memo chose 'c7', which is not one of its candidates \['c0', 'c1'\]"):
         layer('tensor', 'tensor').resample({'op': 'c7'})
     pick = ProxylessMixedInput(2, 1, nn.Parameter(torch.zeros(2)), nn.Softmax(-1), 'pick')
-    for bad in (2, -1, [0], '0', True):
+    # NNI 3.0's memo holds a list of indices, NNI 2.10's one index.
+    for bad in (2, -1, '0', True) + (([5], [], [True]) if NNI3 else ([0],)):
         with pytest.raises(ValueError, match=r"'pick': memo chose .*, but the choices are the input indices \[0, 1\]"):
             pick.resample({'pick': bad})
 

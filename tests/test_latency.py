@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import proxyless_rs
+from conftest import requires_nni2
 from proxyless_rs import (
     LatencyTable,
     ProxylessMixedInput,
@@ -18,6 +19,7 @@ from proxyless_rs import (
     predicted_latency,
     profile_latency,
 )
+from proxyless_rs._nni_version import NNI3
 
 
 class Net(nn.Module):
@@ -137,10 +139,11 @@ def _latency_space():
     return LatencySpace
 
 
-LatencySpace = _latency_space()
+LatencySpace = None if NNI3 else _latency_space()
 SYNTHETIC = {'a': {'0': 9.0, '1': 1.0, '2': 9.0}, 'b': {'0': 9.0, '1': 1.0}}
 
 
+@requires_nni2
 def test_search_settles_on_low_latency_candidates_with_a_large_weight():
     strategy = search_alphas(latency_weight=5.0, table=SYNTHETIC)
     (architecture,) = strategy.export_top_models()
@@ -150,6 +153,7 @@ def test_search_settles_on_low_latency_candidates_with_a_large_weight():
     assert probs['a/1'] > 0.5 and probs['b/1'] > 0.6
 
 
+@requires_nni2
 def test_search_does_not_care_with_zero_weight():
     with_table = search_alphas(latency_weight=0.0, table=SYNTHETIC)
     without = search_alphas(latency_weight=0.0, table=None)
@@ -157,6 +161,7 @@ def test_search_does_not_care_with_zero_weight():
         torch.testing.assert_close(a._arch_alpha, b._arch_alpha, rtol=0, atol=0)
 
 
+@requires_nni2
 def test_strategy_refuses_a_table_that_does_not_fit():
     from test_strategy import run
 

@@ -10,9 +10,13 @@ from conftest import (
     assert_alpha_close,
     assert_steps_equal,
     build,
+    requires_nni2,
     resample_in_order,
     train_step,
 )
+
+# Every test here compares with NNI 2.10's classes; tests/test_nni3.py does the same against NNI 3.0's.
+pytestmark = requires_nni2
 
 STEPS = 8
 

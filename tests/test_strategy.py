@@ -8,6 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import skip_module_unless_nni2
+
+skip_module_unless_nni2()
+
 warnings.filterwarnings('ignore', category=UserWarning)
 
 import nni.retiarii.nn.pytorch as nn  # noqa: E402
@@ -197,6 +201,72 @@ def test_validation_dataloader_is_required():
         run(Proxyless(), val=False)
 
 
+@model_wrapper
+class MixedOperationSpace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(64, nn.ValueChoice([16, 32], label='width'))
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(F.pad(self.stem(x), (0, 32 - self.stem.out_features)))
+
+
 def test_unsupported_primitive_is_named():
-    with pytest.raises(TypeError, match=r"supports LayerChoice and InputChoice only; module 'blocks' of type Repeat"):
-        run(Proxyless(), space_cls=RepeatSpace)
+    with pytest.raises(TypeError, match=r"supports LayerChoice, InputChoice and Repeat only; module 'stem' of type "
+                                        r"Linear"):
+        run(Proxyless(), space_cls=MixedOperationSpace)
+
+
+def test_depth_choice_is_searched_and_exported_as_its_most_probable_depth():
+    strategy = Proxyless(arc_learning_rate=0.05)
+    experiment = run(strategy, space_cls=RepeatSpace, max_epochs=2)
+    repeat = next(m for m in strategy.model.nas_modules if isinstance(m, proxyless_rs.ProxylessMixedRepeat))
+    (inner,) = [m for m in strategy.model.nas_modules if isinstance(m, proxyless_rs.ProxylessMixedLayer)]
+    assert inner.label == 'depth/in_repeat_1' and inner.op_names == ['0', '1']
+    assert inner._arch_alpha.abs().max() > 1e-2  # the architecture optimizer moved it
+    probs = torch.softmax(inner._arch_alpha.detach(), -1)
+    torch.testing.assert_close(repeat.depth_probs().detach(), probs)  # depth 1 + (block taken or not)
+    (architecture,) = experiment.export_top_models()
+    assert architecture['depth'] == 1 + int(probs[1] > probs[0])
+    assert architecture['depth/in_repeat_1'] == ('1' if architecture['depth'] == 2 else '0')
+
+
+def count_hook_forwards(monkeypatch) -> list:
+    """Every candidate forward run by a binary-gate backward (under no_grad), as (label, index)."""
+    calls = []
+    original = proxyless_rs.ProxylessMixedLayer.forward_path
+
+    def counting(self, index, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            calls.append((self.label, index))
+        return original(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(proxyless_rs.ProxylessMixedLayer, 'forward_path', counting)
+    return calls
+
+
+def test_warmup_epochs_do_no_architecture_work(monkeypatch):
+    calls = count_hook_forwards(monkeypatch)
+    torch.manual_seed(0)
+    strategy = Proxyless(warmup_epochs=1, arc_learning_rate=0.05)
+    run(strategy, max_epochs=1)
+    assert calls == []
+    assert all(m._arch_alpha.grad is None for m in strategy.model.nas_modules)
+    run(Proxyless(warmup_epochs=1, arc_learning_rate=0.05), max_epochs=2)
+    assert calls  # the second epoch searches
+
+
+def test_arch_update_every_k_steps(monkeypatch):
+    steps = []
+    original = proxyless_rs.ProxylessLightningModule.manual_backward
+    def recording(self, loss, *args, **kwargs):
+        steps.append(self.trainer.global_step)
+        return original(self, loss, *args, **kwargs)
+
+    monkeypatch.setattr(proxyless_rs.ProxylessLightningModule, 'manual_backward', recording)
+    run(Proxyless(arch_update_every=3), max_epochs=1)
+    # 10 steps: an architecture step at batches 0, 3, 6, 9 (manual_backward), a weight step at each.
+    assert len(steps) == 10 + 4
+    with pytest.raises(ValueError, match='arch_update_every >= 1'):
+        run(Proxyless(arch_update_every=0), max_epochs=1)

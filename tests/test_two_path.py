@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import proxyless_rs
-from conftest import DEVICES
+from conftest import DEVICES, requires_nni2
 from proxyless_rs import ProxylessMixedInput, ProxylessMixedLayer, rescale_two_path
 
 
@@ -145,7 +145,7 @@ def test_mixed_input_two_path(device):
     w = randn(3, device=device)
     torch.manual_seed(0)
     pick.resample({})
-    a, b = pick._sampled, pick._partner
+    a, b = pick.active_index, pick._partner
     (pick(inputs) * w).sum().backward()
     scores = torch.stack([(inputs[a] * w).sum(), (inputs[b] * w).sum()]).detach()
     p = torch.softmax(pick._arch_alpha.detach()[[a, b]], -1)
@@ -194,12 +194,13 @@ def test_dict_outputs_get_gate_gradients_over_every_tensor(mode, device):
     assert grads[0].abs().sum() > 0
 
 
+@requires_nni2
 def test_strategy_builds_two_path_layers_and_rescales(monkeypatch):
     from test_strategy import DigitsSpace, run
 
     calls = []
-    original = proxyless_rs.lightning.rescale_two_path
-    monkeypatch.setattr(proxyless_rs.lightning, 'rescale_two_path', lambda *m: (calls.append(1), original(*m)))
+    original = proxyless_rs._search_step.rescale_two_path
+    monkeypatch.setattr(proxyless_rs._search_step, 'rescale_two_path', lambda *m: (calls.append(1), original(*m)))
     strategy = proxyless_rs.strategy.Proxyless(mode='two')
     run(strategy, max_epochs=1)
     assert {m.mode for m in strategy.model.nas_modules} == {'two'}

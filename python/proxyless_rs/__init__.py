@@ -37,6 +37,8 @@ _LAZY_MODULES = ("strategy", "lightning", "distributed", "supermodule", "latency
 _LAZY_NAMES = {
     "ProxylessMixedLayer": "supermodule",
     "ProxylessMixedInput": "supermodule",
+    "ProxylessMixedRepeat": "supermodule",
+    "depth_distribution": "supermodule",
     "no_arch_grad": "supermodule",
     "rescale_two_path": "supermodule",
     "MODES": "supermodule",
@@ -54,7 +56,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load laz
     from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency, profile_latency
     from .lightning import ProxylessLightningModule
     from .patch import patch_nni
-    from .supermodule import MODES, ProxylessMixedInput, ProxylessMixedLayer, no_arch_grad, rescale_two_path
+    from .supermodule import (
+        MODES,
+        ProxylessMixedInput,
+        ProxylessMixedLayer,
+        ProxylessMixedRepeat,
+        depth_distribution,
+        no_arch_grad,
+        rescale_two_path,
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -74,6 +84,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "ProxylessMixedLayer",
     "ProxylessMixedInput",
+    "ProxylessMixedRepeat",
+    "depth_distribution",
     "ProxylessLightningModule",
     "no_arch_grad",
     "rescale_two_path",

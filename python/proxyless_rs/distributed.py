@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .supermodule import _proxyless_layers, _unique_arch_parameters
+from ._layer import _proxyless_layers, _unique_arch_parameters
 
 __all__ = ['setup', 'DistributedSearch']
 

@@ -13,7 +13,8 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.nn as nn
 
-from .supermodule import ProxylessMixedLayer, _proxyless_layers
+from ._layer import _proxyless_layers
+from .supermodule import ProxylessMixedLayer
 
 __all__ = ['LatencyTable', 'profile_latency', 'expected_latency', 'latency_loss', 'predicted_latency', 'LOSS_FORMS']
 
@@ -154,7 +155,7 @@ def profile_latency(model: nn.Module, *example_args: Any, repeats: int = 20, war
     layers = list(_proxyless_layers(model))
     if not layers:
         raise ValueError('profile_latency: the model has no ProxylessNAS mixed layers')
-    saved = {id(layer): (getattr(layer, '_sampled', None), getattr(layer, '_sample_idx', None)) for layer in layers}
+    saved = {id(layer): (layer._sampled, getattr(layer, '_sample_idx', None), layer.active_index) for layer in layers}
     captured: dict[int, tuple[tuple, dict]] = {}
     handles = [layer.register_forward_pre_hook(
         lambda module, args, kwargs: captured.setdefault(id(module), (args, kwargs)), with_kwargs=True)
@@ -171,16 +172,15 @@ def profile_latency(model: nn.Module, *example_args: Any, repeats: int = 20, war
             handle.remove()
         for layer in layers:
             # Taking the old index again also takes the old partner back (it is the pending draw's).
-            sampled, index = saved[id(layer)]
-            chosen = index if isinstance(layer, ProxylessMixedLayer) else sampled
-            if chosen is not None:
-                layer.ctx.resample(chosen)
+            sampled, index, active = saved[id(layer)]
+            if active is not None:
+                layer.ctx.resample(active)
             layer._sampled = sampled
             if isinstance(layer, ProxylessMixedLayer):
                 layer._sample_idx = index
 
     def run(layer, k, args, kwargs):
-        layer.forward_path(k, *args, **kwargs)
+        layer.forward_candidate(k, *args, **kwargs)
         if any(isinstance(t, torch.Tensor) and t.is_cuda for t in args):
             torch.cuda.synchronize()
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .supermodule import ProxylessMixedInput, ProxylessMixedLayer
+from ._nni_version import NNI3
+from .supermodule import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat
 
 __all__ = ['patch_nni']
 
-# Where NNI 2.10 looks the Proxyless classes up: its supermodule, and the Lightning module whose
-# default_mutation_hooks names them (resolved at call time, so rebinding the names suffices).
+# Where NNI looks its Proxyless classes up when it builds a supernet (by name at call time, so
+# rebinding the names suffices): NNI 2.10's supermodule and the Lightning module whose
+# default_mutation_hooks names them; NNI 3.0's supermodule, which its strategy imports them from.
 _TARGETS = (
-    'nni.nas.oneshot.pytorch.supermodule.proxyless',
-    'nni.nas.oneshot.pytorch.differentiable',
+    ('nni.nas.oneshot.pytorch.supermodule.proxyless',) if NNI3 else
+    ('nni.nas.oneshot.pytorch.supermodule.proxyless', 'nni.nas.oneshot.pytorch.differentiable')
 )
-_REPLACEMENTS = {'ProxylessMixedLayer': ProxylessMixedLayer, 'ProxylessMixedInput': ProxylessMixedInput}
+_REPLACEMENTS: dict[str, Any] = {'ProxylessMixedLayer': ProxylessMixedLayer, 'ProxylessMixedInput': ProxylessMixedInput}
+if NNI3:
+    _REPLACEMENTS['ProxylessMixedRepeat'] = ProxylessMixedRepeat
 
 
 class NNIPatch:
@@ -46,7 +50,8 @@ class NNIPatch:
 
 
 def patch_nni() -> NNIPatch:
-    """Rebind NNI 2.10's ``ProxylessMixedLayer`` and ``ProxylessMixedInput`` to proxyless_rs's.
+    """Rebind NNI's ``ProxylessMixedLayer`` and ``ProxylessMixedInput`` (and under NNI 3.0
+    ``ProxylessMixedRepeat``) to proxyless_rs's.
 
     After this, ``nni.retiarii.strategy.Proxyless()`` and NNI's ``ProxylessLightningModule`` mutate model
     spaces into the Rust-backed layers (NNI's training step itself is unchanged). Call ``.undo()`` on

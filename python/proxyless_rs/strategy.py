@@ -1,49 +1,14 @@
-"""``proxyless_rs.strategy.Proxyless``: NNI's one-shot ProxylessNAS strategy on proxyless_rs's layers."""
+"""``proxyless_rs.strategy.Proxyless``: the one-shot ProxylessNAS strategy of whichever NNI is installed
+(``nni.retiarii.strategy.Proxyless`` of NNI 2.10, ``nni.nas.strategy.Proxyless`` of NNI 3.0), on
+proxyless_rs's layers and step."""
 
 from __future__ import annotations
 
-from typing import Any
+from ._nni_version import NNI3
 
-# NNI's strategy package must finish initialising before its one-shot strategies are imported
-# directly: the other order leaves nni.retiarii.strategy.Proxyless bound to a failed-import stub.
-import nni.nas.strategy  # noqa: F401  (import order matters)
-from nni.nas.evaluator.pytorch.lightning import Lightning
-from nni.nas.oneshot.pytorch.strategy import Proxyless as NNIProxyless
-
-from .lightning import ProxylessLightningModule
+if NNI3:
+    from ._nni3_strategy import Proxyless
+else:
+    from ._nni2_strategy import Proxyless
 
 __all__ = ['Proxyless']
-
-
-class Proxyless(NNIProxyless):
-    """Drop-in for ``nni.retiarii.strategy.Proxyless``: same keyword arguments, same dataloader handling
-    (training and validation loaders combined into one ``{'train', 'val'}`` batch), same
-    ``export_top_models()``, backed by :class:`proxyless_rs.ProxylessLightningModule`.
-
-    Keyword arguments go to that module: ``mutation_hooks``, ``arc_learning_rate``,
-    ``gradient_clip_val`` as in NNI, and ``exact``, ``mode``, ``latency_table``, ``latency_weight``,
-    ``latency_form``, ``latency_target`` (see the module).
-    """
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.oneshot_module = ProxylessLightningModule
-
-    def export_latency(self) -> float:
-        """The latency (ms) the latency table predicts for the exported architecture."""
-        if self.model is None:
-            raise RuntimeError('One-shot strategy needs to be run before export.')
-        return self.model.export_latency()
-
-    def run(self, base_model, applied_mutators):
-        evaluator = getattr(base_model, 'evaluator', None)
-        if not isinstance(evaluator, Lightning):
-            raise TypeError('proxyless_rs.strategy.Proxyless needs a Lightning evaluator '
-                            '(nni.retiarii.evaluator.pytorch.lightning.Lightning, e.g. Classification or Regression), '
-                            f'got {type(evaluator).__name__}.')
-        missing = [name for name in ('train_dataloaders', 'val_dataloaders') if getattr(evaluator, name) is None]
-        if missing:
-            raise ValueError(f'proxyless_rs.strategy.Proxyless needs {" and ".join(missing)} on the evaluator: '
-                             'ProxylessNAS trains the weights on training batches and the architecture on '
-                             'validation batches.')
-        return super().run(base_model, applied_mutators)

@@ -1,0 +1,180 @@
+"""What proxyless_rs's mixed layers share, whichever NNI they subclass (no NNI import here).
+
+The version-specific classes (``_nni2_supermodule``, ``_nni3_supermodule``) put this mixin in
+front of NNI's ``DifferentiableMixedLayer`` / ``DifferentiableMixedInput``; the Rust core does
+the rest. State has one owner each: a layer's mode, partner and live-call count are its
+``ProxylessContext``'s; a two-path draw waiting for its rescale and the distributed agreement
+belong to the ``ArchParameter`` that every layer sharing an alpha shares; what one forward call
+saved belongs to the hook on that call's output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+from torch.utils.weak import WeakIdKeyDictionary
+
+from ._core import ArchParameter, ProxylessContext
+
+MODES = ('full', 'two')
+"""``'full'``: every candidate's binary gate gets a gradient (NNI's behaviour). ``'two'``: the
+ProxylessNAS paper's two-path binarization (see :class:`ProxylessMixedLayer`)."""
+
+# Finds the one ArchParameter of an alpha, so that layers built with a shared alpha share it. An
+# index only: the state lives in the ArchParameter. Weak keys by identity: nothing outlives alpha.
+_arch_parameters: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _arch_parameter(alpha: torch.Tensor) -> ArchParameter:
+    arch = _arch_parameters.get(alpha)
+    if arch is None:
+        arch = _arch_parameters[alpha] = ArchParameter(alpha)
+    return arch
+
+
+def _proxyless_layers(*modules: nn.Module) -> Iterator[nn.Module]:
+    for root in modules:
+        for module in root.modules():
+            if isinstance(module, ProxylessLayer):
+                yield module
+
+
+def _unique_arch_parameters(layers: Iterable[nn.Module]) -> list[ArchParameter]:
+    """The layers' architecture parameters, each once (layers sharing a label share one), in order."""
+    return list({id(layer.ctx.arch): layer.ctx.arch for layer in layers}.values())
+
+
+@contextlib.contextmanager
+def no_arch_grad(*modules: nn.Module) -> Iterator[None]:
+    """Within this block, the ProxylessNAS layers inside ``modules`` skip their alpha-gradient work.
+
+    Forwards save nothing and attach no hook, so backward neither evaluates the unsampled
+    candidates nor touches ``alpha.grad``: use it around a weight step whose alpha gradients
+    would be thrown away. Weight gradients are unchanged. What else differs from a full step:
+    the unsampled candidates' forwards in backward no longer run, so they neither update their
+    BatchNorm running statistics nor draw random numbers (dropout), and later draws shift.
+    Other modules (NNI's own layers included) are left as they are.
+    """
+    contexts = [layer.ctx for layer in _proxyless_layers(*modules)]
+    previous = [ctx.enabled for ctx in contexts]
+    for ctx in contexts:
+        ctx.enabled = False
+    try:
+        yield
+    finally:
+        for ctx, enabled in zip(contexts, previous):
+            ctx.enabled = enabled
+
+
+def rescale_two_path(*modules: nn.Module) -> None:
+    """Call right after the architecture optimizer's step when layers run in two-path mode.
+
+    For each architecture parameter sampled in two-path mode since the last call, shifts the two
+    involved logits by one common offset so that their summed ``exp`` is what it was before the
+    step (mit-han-lab's ``rescale_updated_arch_param``), and puts every other logit back to its
+    value at the draw (an optimizer with momentum or weight decay moves them although their
+    gradient was zero): the two candidates trade probability between themselves and every other
+    candidate's probability is unchanged. Full-mode layers are left alone.
+    :class:`proxyless_rs.strategy.Proxyless` calls it for you.
+    """
+    for arch in _unique_arch_parameters(_proxyless_layers(*modules)):
+        arch.rescale()
+
+
+def depth_distribution(block_probs: list[torch.Tensor]) -> torch.Tensor:
+    """``P(sum of independent Bernoulli(p_i) = k)`` for ``k = 0 .. len(block_probs)`` (a depth choice
+    built as a chain of skip-or-block choices: ``p_i`` is the probability of taking block ``i``).
+
+    Exact and differentiable, by the recurrence over the blocks (O(n^2) tensor ops), where enumerating
+    the 2^n combinations, or sampling them, is what NNI 3.0 does.
+    """
+    if not block_probs:
+        return torch.ones(1)
+    dist = torch.ones(1, dtype=block_probs[0].dtype, device=block_probs[0].device)
+    for p in block_probs:
+        zero = dist.new_zeros(1)
+        dist = torch.cat([dist, zero]) * (1 - p) + torch.cat([zero, dist]) * p
+    return dist
+
+
+_NOT_TRACEABLE = (
+    '{}: torch.jit.{} cannot capture a ProxylessNAS layer: it runs the candidate sampled at each step and '
+    'computes the architecture gradient in a backward hook, so a {} would freeze one path and silently drop '
+    "alpha's gradient. Export the architecture (`export()`) and trace or script the fixed network instead "
+    '(e.g. under NNI\'s `fixed_arch`); torch.compile works on the search itself.'
+)
+
+
+def _forward_under_dynamo(layer: nn.Module, args: tuple, kwargs: dict, index: int) -> Any:
+    """The layer's forward where torch.compile traces it: run eagerly, behind a graph break."""
+    return layer.ctx.forward(layer, args, kwargs, index)
+
+
+# Marked the way torch.compiler.disable marks a function (set as attributes, because importing
+# torch._dynamo to decorate it costs about a second at import): Dynamo does not inline it but runs it
+# eagerly, and under fullgraph=True it refuses with this reason instead of failing inside the core.
+_forward_under_dynamo._torchdynamo_disable = True  # type: ignore[attr-defined]
+_forward_under_dynamo._torchdynamo_disable_msg = (  # type: ignore[attr-defined]
+    'proxyless_rs: a ProxylessNAS layer runs one sampled candidate and hooks its output for the binary-gate '
+    'backward, which Dynamo cannot capture in a graph; compile without fullgraph=True (the layer then runs '
+    'eagerly between compiled graphs), or compile the candidates themselves'
+)
+
+
+class ProxylessLayer:
+    """What every proxyless_rs mixed layer has: the context, the mode, the draw and the forward call."""
+
+    _arch_alpha: torch.Tensor
+    ctx: ProxylessContext
+    label: Any
+
+    @classmethod
+    def mutate(cls, module, name, memo, mutate_kwargs):
+        """NNI's mutation hook; the mode comes from ``mutate_kwargs['proxyless_mode']`` (default full)."""
+        layer = super().mutate(module, name, memo, mutate_kwargs)  # type: ignore[misc]
+        if layer is not None:
+            layer.mode = mutate_kwargs.get('proxyless_mode', 'full')
+        return layer
+
+    def _init_context(self, alpha: torch.Tensor, softmax: nn.Module, mode: str) -> None:
+        # alpha may be shared by several layers (one label): so is its ArchParameter.
+        self.ctx = ProxylessContext(_arch_parameter(alpha), softmax, self.label, self._name(), mode)
+
+    def _name(self) -> str:
+        return f'{type(self).__name__} {self.label!r}'
+
+    @property
+    def mode(self) -> str:
+        """``'full'`` or ``'two'`` (see :data:`MODES`)."""
+        return self.ctx.mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self.ctx.mode = mode
+
+    @property
+    def _partner(self) -> int | None:
+        """Two-path mode: the other candidate of the current draw (None in full mode)."""
+        return self.ctx.partner
+
+    def _forward_call(self, args: tuple, kwargs: dict, index: int | None) -> Any:
+        if index is None:
+            raise RuntimeError(f'{self._name()}: resample() needs to be called before forward.')
+        if torch.jit.is_tracing():
+            raise RuntimeError(_NOT_TRACEABLE.format(self._name(), 'trace', 'trace'))
+        if torch.compiler.is_compiling():
+            return _forward_under_dynamo(self, args, kwargs, index)  # type: ignore[arg-type]
+        return self.ctx.forward(self, args, kwargs, index)
+
+    def forward_candidate(self, index: int, *args, **kwargs) -> Any:
+        """Candidate ``index`` on the arguments of a call of the layer (for profiling)."""
+        return self.forward_path(index, *args, **kwargs)  # type: ignore[attr-defined]
+
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script``: refused, with the reason."""
+        raise RuntimeError(_NOT_TRACEABLE.format(self._name(), 'script', 'scripted module'))
+
+

@@ -1,0 +1,283 @@
+"""proxyless_rs's mixed layers for NNI 2.10: subclasses of its ``DifferentiableMixedLayer`` /
+``DifferentiableMixedInput`` with the surface of its ``ProxylessMixedLayer`` / ``ProxylessMixedInput``
+(``paths`` a list of ``(name, module)`` pairs, ``op_names``, ``_sampled`` an index)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from nni.common.hpo_utils import ParameterSpec
+from nni.nas.nn.pytorch import Repeat
+from nni.nas.nn.pytorch.choice import ValueChoiceX
+from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
+from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
+
+from ._layer import ProxylessLayer, depth_distribution
+
+__all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'register_repeat_layers']
+
+
+class ProxylessMixedLayer(ProxylessLayer, DifferentiableMixedLayer):
+    """A layer choice that runs one sampled candidate per step (ProxylessNAS).
+
+    ``forward`` runs only the sampled path. In backward, a gradient hook on that call's output
+    evaluates the other candidates on the call's saved inputs and gives ``_arch_alpha`` the
+    binary-gate gradient ``p_i (b_i - sum_j b_j p_j)`` with ``b_k = <out_k, grad_output>``,
+    accumulated into ``_arch_alpha.grad`` so that other losses on alpha add up.
+
+    Why a hook on each call's output, which owns that call's saved inputs and output: NNI 2.10
+    registers a module full backward hook (~80 us a call) and keeps the saved forwards on a
+    per-layer stack that backward pops, which gives silently wrong gradients when a layer's calls
+    are not back-propagated in exactly the reverse order (an output discarded, checkpointing,
+    several losses). Here each call's backward uses that call's state, whatever the order; a
+    backward with ``retain_graph=True`` keeps it for the next one, any other frees it.
+
+    Modes: ``'full'`` (default) is NNI's: every candidate is evaluated in backward. ``'two'`` is the
+    paper's two-path binarization: ``resample`` draws two distinct candidates from
+    ``softmax(alpha)`` and the active one of them from the softmax of their two logits; backward
+    evaluates only the other one, and only their two logits get gradients (from that two-element
+    softmax). After the architecture optimizer's step, :func:`rescale_two_path` must shift them
+    back so that the other candidates' probabilities are unchanged.
+
+    Limits (each refused with an error naming the layer, never a silently wrong gradient):
+    candidates return a tensor, or a tuple (namedtuples included), list or dict whose elements are
+    tensors or pass-through values such as None, the same structure for every candidate; the
+    layer's output and inputs must not be modified in place before its backward (a candidate whose
+    first op works in place on the input is refused at forward; an in-place op on the output is
+    refused in backward, except on an output that is one of the inputs, e.g. from an identity
+    candidate, which is returned as a copy); ``torch.jit.trace`` / ``script`` are refused, and
+    under ``torch.compile`` the layer runs eagerly behind a graph break (``fullgraph=True`` is
+    refused). Unlike NNI 2.10, forward under ``torch.no_grad()`` saves nothing.
+
+    Parameters
+    ----------
+    paths : list[tuple[str, nn.Module]]
+        Candidates, as ``(name, module)`` pairs (a dict, NNI 3.0's form, is taken too).
+    alpha : Tensor
+        Architecture logits, one per candidate (may be shared between layers with one label).
+    softmax : nn.Module
+        Turns ``alpha`` into probabilities, e.g. ``nn.Softmax(-1)`` or NNI's ``GumbelSoftmax``.
+    label : str
+        Name of the choice (any hashable, as in NNI).
+    mode : str
+        ``'full'`` (default) or ``'two'``.
+    """
+
+    _arch_parameter_names = ['_arch_alpha']
+
+    def __init__(self, paths: list[tuple[str, nn.Module]] | dict[str, nn.Module], alpha: torch.Tensor,
+                 softmax: nn.Module, label: str, mode: str = 'full'):
+        if isinstance(paths, dict):  # NNI 3.0's form
+            paths = list(paths.items())
+        if len(alpha) != len(paths):
+            raise ValueError(f'{type(self).__name__} {label!r}: alpha has {len(alpha)} entries, '
+                             f'but there are {len(paths)} candidates ({", ".join(name for name, _ in paths)}).')
+        super().__init__(paths, alpha, softmax, label)
+        self._sampled: str | None = None
+        self._sample_idx: int | None = None
+        self._init_context(alpha, softmax, mode)
+
+    @property
+    def names(self) -> list[str]:
+        """The candidates' names (NNI 3.0's name for NNI 2.10's ``op_names``)."""
+        return self.op_names
+
+    @property
+    def active_index(self) -> int | None:
+        """The index of the path the next forwards run (None before the first ``resample``)."""
+        return self._sample_idx
+
+    def forward(self, *args, **kwargs):
+        """Forward pass of the sampled path only."""
+        return self._forward_call(args, kwargs, self._sample_idx)
+
+    def forward_path(self, index: int, *args, **kwargs):
+        """Output of candidate ``index``."""
+        # NNI writes getattr(self, name), which reaches the submodule only after an AttributeError
+        # has been raised and formatted inside nn.Module (~0.7 us a call, n calls a layer-backward).
+        return self._modules[self.op_names[index]](*args, **kwargs)
+
+    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
+        """Take the path from ``memo`` if it names this label, else draw one from ``softmax(alpha)``."""
+        if self.label in memo:
+            sampled = memo[self.label]
+            if sampled not in self.op_names:
+                raise ValueError(f'{self._name()}: memo chose {sampled!r}, which is not one of its candidates '
+                                 f'{self.op_names}.')
+            self._sample_idx = self.ctx.resample(self.op_names.index(sampled))
+        else:
+            self._sample_idx = self.ctx.resample()
+        self._sampled = self.op_names[self._sample_idx]
+        return {self.label: self._sampled}
+
+
+class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
+    """An input choice that passes one sampled input per step (ProxylessNAS).
+
+    See :class:`ProxylessMixedLayer` (modes and limits included); here candidate ``k`` is
+    ``inputs[k]``, returned as a copy so that its hook sees this choice's gradient only. Only one
+    input is chosen per step (``n_chosen`` is used by ``export``, as in NNI 2.10).
+
+    Parameters
+    ----------
+    n_candidates : int
+        Number of inputs to choose from.
+    n_chosen : int or None
+        Number of inputs to keep at export.
+    alpha : Tensor
+        Architecture logits, one per candidate.
+    softmax : nn.Module
+        Turns ``alpha`` into probabilities.
+    label : str
+        Name of the choice.
+    mode : str
+        ``'full'`` (default) or ``'two'``.
+    """
+
+    _arch_parameter_names = ['_arch_alpha', '_binary_gates']
+
+    def __init__(self, n_candidates: int, n_chosen: int | None, alpha: torch.Tensor, softmax: nn.Module, label: str,
+                 mode: str = 'full'):
+        if len(alpha) != n_candidates:
+            raise ValueError(f'{type(self).__name__} {label!r}: alpha has {len(alpha)} entries, '
+                             f'but there are {n_candidates} candidates.')
+        super().__init__(n_candidates, n_chosen, alpha, softmax, label)
+        self._sampled: int | None = None
+        self._init_context(alpha, softmax, mode)
+
+    @property
+    def active_index(self) -> int | None:
+        """The index of the input the next forwards pass on (None before the first ``resample``)."""
+        return self._sampled
+
+    def forward(self, inputs: Sequence[Any]):
+        """Return the sampled input."""
+        if self._sampled is not None and len(inputs) != self.n_candidates:
+            raise ValueError(f'{self._name()}: expected {self.n_candidates} inputs, got {len(inputs)}.')
+        return self._forward_call((inputs,), {}, self._sampled)
+
+    def forward_path(self, index: int, inputs: Sequence[Any]):
+        """Input ``index``."""
+        return inputs[index]
+
+    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
+        """Take the index from ``memo`` if it names this label, else draw one from ``softmax(alpha)``."""
+        if self.label in memo:
+            chosen = memo[self.label]
+            if isinstance(chosen, bool) or not isinstance(chosen, int) or not 0 <= chosen < self.n_candidates:
+                raise ValueError(f'{self._name()}: memo chose {chosen!r}, but the choices '
+                                 f'are the input indices {list(range(self.n_candidates))}.')
+            self._sampled = self.ctx.resample(chosen)
+        else:
+            self._sampled = self.ctx.resample()
+        return {self.label: self._sampled}
+
+
+class ProxylessMixedRepeat(BaseSuperNetModule):
+    """A depth choice (``Repeat`` with a ``ValueChoice`` depth) as a chain of skip-or-block choices, for
+    NNI 2.10, whose own one-shot strategies refuse ``Repeat``.
+
+    The same construction as NNI 3.0's ``ProxylessMixedRepeat`` (and proxyless_rs's for NNI 3.0): block
+    ``i`` beyond ``min_depth`` becomes a :class:`ProxylessMixedLayer` labelled
+    ``<depth label>/in_repeat_<i>`` between ``'0'`` (identity) and ``'1'`` (the block); the sampled depth
+    is ``min_depth`` plus the number of blocks taken. ``export`` gives the most probable depth among the
+    depth choice's values, computed exactly (:func:`depth_distribution`), and the skip-or-block choices
+    that build it (its first blocks).
+    """
+
+    def __init__(self, blocks: list[nn.Module], label: str, values: list[int], min_depth: int, max_depth: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.label, self.values = label, list(values)
+        self.min_depth, self.max_depth = min_depth, max_depth
+        for layer in self._choices():
+            if not isinstance(layer, ProxylessMixedLayer) or len(layer._arch_alpha) != 2:
+                raise TypeError(f'{type(self).__name__} {label!r}: blocks beyond the minimum depth must be '
+                                f'two-candidate ProxylessMixedLayers (skip or block), got {type(layer).__name__}')
+
+    def _choices(self) -> list[ProxylessMixedLayer]:
+        return [self.blocks[d] for d in range(self.min_depth, self.max_depth)]  # type: ignore[misc]
+
+    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
+        """Resample each skip-or-block choice; the depth is their sum (nothing if memo fixes the depth)."""
+        if self.label in memo:
+            return {}
+        depth = self.min_depth
+        for layer in self._choices():
+            memo.pop(layer.label, None)
+            memo.update(layer.resample(memo))
+            depth += int(memo[layer.label])
+        return {self.label: depth}
+
+    def depth_probs(self) -> torch.Tensor:
+        """``P(depth = min_depth + k)``, differentiable in the alphas."""
+        return depth_distribution([layer._softmax(layer._arch_alpha)[1] for layer in self._choices()])
+
+    def export(self, memo: dict[str, Any]) -> dict[str, Any]:
+        """The most probable depth among the depth choice's values, computed exactly, and the choices of
+        the chain that build it (the first blocks taken, the rest skipped)."""
+        if self.label in memo:
+            return {}
+        with torch.no_grad():
+            probs = self.depth_probs().cpu().tolist()
+        values = [v for v in self.values if self.min_depth <= v <= self.max_depth]
+        depth = max(values, key=lambda v: (probs[v - self.min_depth], -v))
+        result: dict[str, Any] = {self.label: depth}
+        for i, layer in enumerate(self._choices()):
+            result[layer.label] = '1' if self.min_depth + i < depth else '0'
+        return result
+
+    def export_probs(self, memo: dict[str, Any]) -> dict[str, Any]:
+        if self.label in memo:
+            return {}
+        with torch.no_grad():
+            probs = self.depth_probs().cpu().tolist()
+        return {f'{self.label}/{self.min_depth + k}': p for k, p in enumerate(probs)}
+
+    def search_space_spec(self) -> dict[str, ParameterSpec]:
+        return {self.label: ParameterSpec(self.label, 'choice', self.values, (self.label,), True,
+                                          size=len(self.values))}
+
+    def parameters(self, *args, **kwargs):
+        """Like ``nn.Module.parameters``; ``arch=True`` gives nothing: the chain's layers hold the alphas."""
+        if kwargs.pop('arch', False):
+            return iter(())
+        return super().parameters(*args, **kwargs)
+
+    @classmethod
+    def mutate(cls, module, name, memo, mutate_kwargs):
+        if not isinstance(module, Repeat) or not isinstance(module.depth_choice, ValueChoiceX):
+            return None
+        label = module.depth_choice.label
+        values = list(module.depth_choice.all_options())
+        if not all(isinstance(v, int) for v in values):
+            raise ValueError(f'Repeat {name!r}: the depth choice must be a plain choice of integers, got {values}')
+        softmax = mutate_kwargs.get('softmax', nn.Softmax(-1))
+        mode = mutate_kwargs.get('proxyless_mode', 'full')
+        blocks: list[nn.Module] = []
+        for i, block in enumerate(module.blocks):
+            if i < module.min_depth:
+                blocks.append(block)
+                continue
+            inner = f'{label}/in_repeat_{i}'
+            alpha = memo.get(inner)
+            if alpha is None:
+                alpha = memo[inner] = nn.Parameter(torch.randn(2) * 1E-3)
+            layer = ProxylessMixedLayer([('0', nn.Identity()), ('1', block)], alpha, softmax, inner, mode)
+            layer._in_repeat = True
+            blocks.append(layer)
+        return cls(blocks, label, values, module.min_depth, module.max_depth)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def register_repeat_layers(module, name, memo, mutate_kwargs) -> nn.Module | None:
+    """The first mutation hook: the layers a depth choice built join the searched modules as they are."""
+    if getattr(module, '_in_repeat', False):
+        return module
+    return None

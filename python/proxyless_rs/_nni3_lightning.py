@@ -1,0 +1,94 @@
+"""proxyless_rs's one-shot Lightning module for NNI 3.0: NNI 3.0's ``DartsLightningModule`` (what its
+``Proxyless`` strategy runs) with the step of ``_search_step`` and a penalty that has a gradient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
+from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
+
+from ._layer import ProxylessLayer
+from ._nni3_supermodule import ProxylessMixedInput, ProxylessMixedRepeat
+from ._search_step import ProxylessSearchStep
+from .latency import LatencyTable
+
+__all__ = ['ProxylessLightningModule', 'probabilities_with_grad']
+
+
+def probabilities_with_grad(modules) -> dict[str, dict[Any, torch.Tensor]]:
+    """What ``export_probs()`` gives (``{label: {choice: probability}}``), as tensors that carry the
+    gradient of ``softmax(alpha)``: NNI 3.0 passes ``export_probs()``'s Python floats to its penalty,
+    which then gives alpha no gradient at all."""
+    probs: dict[str, dict[Any, torch.Tensor]] = {}
+    for module in modules:
+        label = getattr(module, 'label', None)
+        if isinstance(module, ProxylessMixedRepeat):
+            label = module.depth_choice.label
+            if label not in probs:
+                probs[label] = {module.min_depth + k: p for k, p in enumerate(module.depth_probs())}
+        elif isinstance(module, ProxylessLayer) and label not in probs:
+            weights = module._softmax(module._arch_alpha)
+            names = range(len(weights)) if isinstance(module, ProxylessMixedInput) else module.names
+            probs[label] = dict(zip(names, weights))
+    return probs
+
+
+class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
+    """Drop-in for the one-shot module of NNI 3.0's ``Proxyless`` strategy, on proxyless_rs's layers.
+
+    NNI 3.0's keyword arguments (``arc_learning_rate``, honoured; ``gradient_clip_val``;
+    ``log_prob_every_n_step``; ``warmup_epochs``; ``penalty``, an ``ExpectationProfilerPenalty``) and
+    proxyless_rs's (``exact``, ``mode``, ``latency_table``, ``latency_weight``, ``latency_form``,
+    ``latency_target``, ``arch_update_every``). The step is ``_search_step``'s: no alpha work in the
+    weight step nor during the warm-up, where NNI 3.0 evaluates every candidate at every step. The
+    penalty is computed from :func:`probabilities_with_grad`, so it moves alpha (NNI 3.0's does not:
+    its ``mul`` form only rescales the loss, its ``add`` form is a constant). ``exact=True`` runs NNI
+    3.0's own step, penalty included.
+    """
+
+    def __init__(self, training_module: pl.LightningModule, *, arc_learning_rate: float = 3.0E-4,
+                 gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10, warmup_epochs: int = 0,
+                 penalty: ExpectationProfilerPenalty | None = None, exact: bool = False, mode: str = 'full',
+                 latency_table: LatencyTable | dict | None = None, latency_weight: float = 0.0,
+                 latency_form: str = 'log', latency_target: float | None = None, arch_update_every: int = 1):
+        super().__init__(training_module, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
+                         log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, penalty=penalty)
+        self._init_search(exact=exact, mode=mode, warmup_epochs=warmup_epochs, arch_update_every=arch_update_every,
+                          latency_table=latency_table, latency_weight=latency_weight, latency_form=latency_form,
+                          latency_target=latency_target)
+
+    def on_fit_start(self):
+        self._check_latency_table()
+        return super().on_fit_start()
+
+    def _mixed_modules(self) -> list[Any]:
+        return list(self.supernet_modules())
+
+    def _model_root(self) -> Any:
+        return self.training_module
+
+    def _inner_training_step(self, batch: Any, batch_idx: int) -> Any:
+        return self.training_module.training_step(batch, batch_idx)
+
+    def _log_this_step(self, batch_idx: int) -> bool:
+        return batch_idx % self.log_prob_every_n_step == 0
+
+    def _log_probabilities(self) -> None:
+        self.log_probs(self.export_probs())
+
+    def _penalized(self, loss: torch.Tensor) -> torch.Tensor:
+        if self.penalty is None:
+            return loss
+        loss, details = self.penalty(loss, probabilities_with_grad(self.supernet_modules()))
+        self.log_dict({f'penalty/{k}': float(v) for k, v in details.items()})
+        return loss
+
+    def on_train_epoch_start(self):
+        if self.exact:
+            return super().on_train_epoch_start()
+        # NNI 3.0 also sets requires_grad off on the alphas during the warm-up; the step here does no
+        # architecture work then, so they are left as they are.
+        return super(DartsLightningModule, self).on_train_epoch_start()

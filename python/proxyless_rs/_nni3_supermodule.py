@@ -1,0 +1,285 @@
+"""proxyless_rs's mixed layers for NNI 3.0: subclasses of its ``DifferentiableMixedLayer`` /
+``DifferentiableMixedInput`` (and ``Repeat``) with the surface of NNI 3.0's ``ProxylessMixedLayer``,
+``ProxylessMixedInput`` and ``ProxylessMixedRepeat`` (``paths`` a dict, ``names``, an input choice's
+``_sampled`` a list of indices, ``forward_path(index, *inputs)``).
+
+Beyond NNI 3.0, as under NNI 2.10: keyword arguments, non-tensor outputs, two-path mode. Where NNI 3.0
+is weak: its layers export a random draw (``export`` is ``resample``), and its depth choice exports by
+sampling up to 1000 times; here ``export`` is the most probable choice, and the depth the most probable
+depth computed exactly. Its ``check_contains`` discards its blocks' errors; here they are returned.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+import torch.nn as nn
+from nni.mutable import Categorical, Mutable, Sample, SampleValidationError, auto_label, label_scope
+from nni.nas.nn.pytorch import Repeat, recursive_freeze
+from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
+from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
+
+from ._layer import ProxylessLayer, depth_distribution
+
+__all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'suppress_already_mutated']
+
+
+def _as_dict(paths: Any) -> Any:
+    """NNI 2.10's list of ``(name, module)`` pairs as NNI 3.0's dict; anything else as it is."""
+    if isinstance(paths, (list, tuple)) and paths and all(
+            isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in paths):
+        return dict(paths)
+    return paths
+
+
+class ProxylessMixedLayer(ProxylessLayer, DifferentiableMixedLayer):
+    """A layer choice that runs one sampled candidate per step (ProxylessNAS), for NNI 3.0.
+
+    Drop-in for ``nni.nas.oneshot.pytorch.supermodule.proxyless.ProxylessMixedLayer`` of NNI 3.0;
+    see proxyless_rs's NNI 2.10 class for how the backward works and its limits. ``export`` gives the
+    most probable candidate (NNI 3.0's draws one at random).
+
+    Parameters
+    ----------
+    paths : dict[str, nn.Module] or list[nn.Module]
+        Candidates (a list of ``(name, module)`` pairs, NNI 2.10's form, is taken too).
+    alpha : Tensor
+        Architecture logits, one per candidate (may be shared between layers with one label).
+    softmax : nn.Module
+        Turns ``alpha`` into probabilities.
+    label : str
+        Name of the choice.
+    mode : str
+        ``'full'`` (default) or ``'two'``.
+    """
+
+    _arch_parameter_names = ['_arch_alpha']
+
+    def __init__(self, paths: dict[str, nn.Module] | list[nn.Module], alpha: torch.Tensor, softmax: nn.Module,
+                 label: str, mode: str = 'full'):
+        paths = _as_dict(paths)
+        if len(alpha) != len(paths):
+            names = paths.keys() if isinstance(paths, dict) else range(len(paths))
+            raise ValueError(f'{type(self).__name__} {label!r}: alpha has {len(alpha)} entries, '
+                             f'but there are {len(paths)} candidates ({", ".join(map(str, names))}).')
+        super().__init__(paths, alpha, softmax, label)
+        self._sampled: str | int | None = None
+        self._sample_idx: int | None = None
+        self._init_context(alpha, softmax, mode)
+
+    @property
+    def op_names(self) -> list:
+        """The candidates' names (NNI 2.10's name for NNI 3.0's ``names``)."""
+        return list(self.names)
+
+    @property
+    def active_index(self) -> int | None:
+        """The index of the path the next forwards run (None before the first ``resample``)."""
+        return self._sample_idx
+
+    def forward(self, *args, **kwargs):
+        """Forward pass of the sampled path only."""
+        return self._forward_call(args, kwargs, self._sample_idx)
+
+    def forward_path(self, index: int, *args, **kwargs):
+        """Output of candidate ``index``."""
+        return self._modules[str(self.names[index])](*args, **kwargs)
+
+    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
+        """Take the path from ``memo`` if it names this label, else draw one from ``softmax(alpha)``."""
+        if self.label in memo:
+            sampled = memo[self.label]
+            if sampled not in self.names:
+                raise ValueError(f'{self._name()}: memo chose {sampled!r}, which is not one of its candidates '
+                                 f'{self.names}.')
+            self._sample_idx = self.ctx.resample(self.names.index(sampled))
+        else:
+            self._sample_idx = self.ctx.resample()
+        self._sampled = self.names[self._sample_idx]
+        return {self.label: self._sampled}
+
+
+class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
+    """An input choice that passes one sampled input per step (ProxylessNAS), for NNI 3.0.
+
+    Drop-in for NNI 3.0's ``ProxylessMixedInput``: ``_sampled`` is a list of ``n_chosen`` indices drawn
+    without replacement, of which the first is passed on; ``forward_path(index, *inputs)``. ``export``
+    gives the ``n_chosen`` most probable inputs (NNI 3.0's draws them at random).
+    """
+
+    _arch_parameter_names = ['_arch_alpha', '_binary_gates']
+
+    def __init__(self, n_candidates: int, n_chosen: int | None, alpha: torch.Tensor, softmax: nn.Module, label: str,
+                 mode: str = 'full'):
+        if len(alpha) != n_candidates:
+            raise ValueError(f'{type(self).__name__} {label!r}: alpha has {len(alpha)} entries, '
+                             f'but there are {n_candidates} candidates.')
+        super().__init__(n_candidates, n_chosen, alpha, softmax, label)
+        self._sampled: list[int] | None = None
+        self._init_context(alpha, softmax, mode)
+
+    @property
+    def active_index(self) -> int | None:
+        """The index of the input the next forwards pass on (None before the first ``resample``)."""
+        return None if self._sampled is None else self._sampled[0]
+
+    def forward(self, inputs):
+        """Return the (first) sampled input."""
+        if self._sampled is not None and len(inputs) != self.n_candidates:
+            raise ValueError(f'{self._name()}: expected {self.n_candidates} inputs, got {len(inputs)}.')
+        return self._forward_call(tuple(inputs), {}, None if self._sampled is None else self._sampled[0])
+
+    def forward_path(self, index: int, *inputs):
+        """Input ``index``."""
+        return inputs[index]
+
+    def forward_candidate(self, index: int, inputs, **kwargs):
+        """Input ``index`` of the list a call of the layer takes."""
+        return inputs[index]
+
+    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
+        """Take the indices from ``memo`` if it names this label, else draw ``n_chosen`` from ``softmax(alpha)``."""
+        if self.label in memo:
+            chosen = memo[self.label]
+            chosen = [chosen] if isinstance(chosen, int) and not isinstance(chosen, bool) else chosen
+            if not isinstance(chosen, (list, tuple)) or not chosen or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and 0 <= c < self.n_candidates for c in chosen):
+                raise ValueError(f'{self._name()}: memo chose {memo[self.label]!r}, but the choices are the input '
+                                 f'indices {list(range(self.n_candidates))} (or a list of them, NNI 3.0\'s form).')
+            self.ctx.resample(chosen[0])
+            self._sampled = list(chosen)
+        elif (self.n_chosen or 1) == 1:
+            self._sampled = [self.ctx.resample()]
+        else:
+            # Several inputs without replacement, as NNI 3.0 draws them; the first is passed on.
+            with torch.no_grad():
+                drawn = torch.multinomial(self._softmax(self._arch_alpha), self.n_chosen).cpu().tolist()
+            self.ctx.resample(drawn[0])
+            self._sampled = drawn
+        return {self.label: self._sampled}
+
+
+def suppress_already_mutated(module, name, memo, mutate_kwargs) -> bool | None:
+    """The first mutation hook: the layers a depth choice builds are not mutated again."""
+    if isinstance(module, (ProxylessLayer, ProxylessMixedRepeat)):
+        return True
+    return None
+
+
+class ProxylessMixedRepeat(Repeat, BaseSuperNetModule):
+    """A depth choice (``Repeat`` with a categorical depth) as a chain of skip-or-block choices.
+
+    Drop-in for NNI 3.0's ``ProxylessMixedRepeat``: block ``i`` beyond ``min_depth`` becomes a
+    :class:`ProxylessMixedLayer` labelled ``<depth label>/in_repeat_<i>`` between ``'0'`` (identity) and
+    ``'1'`` (the block); the sampled depth is ``min_depth`` plus the number of blocks chosen.
+
+    Why a chain of independent choices: each gets its binary-gate gradient from one extra forward. The
+    depth's distribution is then the distribution of a sum of independent Bernoulli variables, which
+    :func:`depth_distribution` computes in closed form (O(n^2), differentiable): ``export`` returns the
+    most probable depth among the depth choice's values exactly, where NNI 3.0 samples up to 1000 times.
+    """
+
+    depth_choice: Categorical[int]
+
+    def __init__(self, blocks: list[nn.Module], depth: Categorical[int]):
+        super().__init__(blocks, depth)
+        if not isinstance(depth, Categorical):
+            raise TypeError(f'{type(self).__name__}: the depth must be a categorical choice, got {depth!r}')
+        for d in range(self.min_depth, self.max_depth):
+            block = blocks[d]
+            if not isinstance(block, ProxylessMixedLayer) or len(block._arch_alpha) != 2:
+                raise TypeError(f'{type(self).__name__} {self.depth_choice.label!r}: block {d} must be a '
+                                f'two-candidate ProxylessMixedLayer (skip or block), got {type(block).__name__}')
+
+    def _choices(self) -> list[ProxylessMixedLayer]:
+        return [cast(ProxylessMixedLayer, self.blocks[d]) for d in range(self.min_depth, self.max_depth)]
+
+    def resample(self, memo):
+        """Resample each skip-or-block choice; the depth is their sum (nothing if memo fixes the depth)."""
+        if self.depth_choice.label in memo:
+            return {}
+        depth = self.min_depth
+        for layer in self._choices():
+            # The depth-related choices must be sampled here.
+            memo.pop(layer.label, None)
+            memo.update(layer.resample(memo))
+            depth += int(memo[layer.label])
+        return {self.depth_choice.label: depth}
+
+    def depth_probs(self) -> torch.Tensor:
+        """``P(depth = min_depth + k)`` for ``k = 0 .. max_depth - min_depth``, differentiable in the alphas."""
+        return depth_distribution([layer._softmax(layer._arch_alpha)[1] for layer in self._choices()])
+
+    def export(self, memo):
+        """The most probable depth among the depth choice's values, computed exactly."""
+        if self.depth_choice.label in memo:
+            return {}
+        with torch.no_grad():
+            probs = self.depth_probs().cpu().tolist()
+        values = [v for v in self.depth_choice.values if self.min_depth <= v <= self.max_depth]
+        best = max(values, key=lambda v: (probs[v - self.min_depth], -v))
+        return {self.depth_choice.label: best}
+
+    def export_probs(self, memo):
+        """The probability of each depth (as NNI 3.0 reports it: every depth from min to max)."""
+        if self.depth_choice.label in memo:
+            return {}
+        with torch.no_grad():
+            probs = self.depth_probs().cpu().tolist()
+        return {self.depth_choice.label: {self.min_depth + k: p for k, p in enumerate(probs)}}
+
+    def check_contains(self, sample: Sample) -> SampleValidationError | None:
+        exception = self.depth_choice.check_contains(sample)
+        if exception is not None:
+            return exception
+        depth = self.depth_choice.freeze(sample)
+        for i, block in enumerate(self.blocks):
+            if i >= depth:
+                break
+            inner = block if i < self.min_depth else cast(ProxylessMixedLayer, block)['1']
+            exception = self._check_any_module_contains(inner, sample, str(i))
+            if exception is not None:
+                return exception
+        return None
+
+    def freeze(self, sample: Sample) -> nn.Sequential:
+        self.validate(sample)
+        depth = self.depth_choice.freeze(sample)
+        blocks = []
+        for i, block in enumerate(self.blocks):
+            if i >= depth:
+                break
+            inner = block if i < self.min_depth else cast(ProxylessMixedLayer, block)['1']
+            blocks.append(recursive_freeze(inner, sample)[0])
+        return nn.Sequential(*blocks)
+
+    @classmethod
+    def mutate(cls, module, name, memo, mutate_kwargs):
+        if type(module) is Repeat and isinstance(module.depth_choice, Mutable):  # noqa: E721 (exactly Repeat)
+            module = cast(Repeat, module)
+            if not isinstance(module.depth_choice, Categorical):
+                raise ValueError(f'Repeat {name!r}: the depth choice must be a plain categorical, got '
+                                 f'{module.depth_choice!r}')
+            blocks: list[nn.Module] = []
+            softmax = mutate_kwargs.get('softmax', nn.Softmax(-1))
+            mode = mutate_kwargs.get('proxyless_mode', 'full')
+            with label_scope(module.depth_choice.label):
+                for i, block in enumerate(module.blocks):
+                    if i < module.min_depth:
+                        blocks.append(block)
+                        continue
+                    label = auto_label(f'in_repeat_{i}')
+                    if label in memo:
+                        alpha = memo[label]
+                    else:
+                        alpha = memo[label] = nn.Parameter(torch.randn(2) * 1E-3)
+                    # Candidate names are strings: a layer choice's dict keys must be.
+                    blocks.append(ProxylessMixedLayer({'0': nn.Identity(), '1': block}, alpha, softmax, label, mode))
+            return cls(blocks, module.depth_choice)
+        return None
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x

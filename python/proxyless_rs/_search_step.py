@@ -1,0 +1,137 @@
+"""The training step of proxyless_rs's one-shot Lightning modules, shared by the NNI 2.10 and NNI 3.0
+glue (``_nni2_lightning``, ``_nni3_lightning``), which say where the inner module and the mixed
+modules are.
+
+One step is NNI's: an architecture step on the validation batch (resample, forward, backward,
+architecture optimizer), then a weight step on the training batch. What differs from NNI, and why:
+
+- the weight step runs under :func:`proxyless_rs.no_arch_grad`: NNI evaluates every unsampled
+  candidate there to compute alpha gradients that the next architecture step's ``zero_grad``
+  discards (NNI 3.0's ``_ProxylessFunction`` does so even in every step, warm-up included);
+- during the first ``warmup_epochs`` epochs there is no architecture step and no alpha work at all
+  (the paper's code warms up the weights for 40 of 120 epochs);
+- with ``arch_update_every`` = k > 1 (the paper code's ``grad_update_arch_step``), the architecture
+  step runs every k-th step only;
+- a cost term (latency table) or NNI 3.0's profiler penalty enters the architecture loss with a
+  gradient in alpha;
+- ``exact=True`` runs NNI's own step instead, to reproduce NNI's sampled architectures and alphas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.optim as optim
+
+from ._layer import no_arch_grad, rescale_two_path
+from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency
+
+
+class ProxylessSearchStep:
+    """Mixin for a one-shot Lightning module of NNI's: the step described in the module doc."""
+
+    exact: bool
+    mode: str
+    warmup_epochs: int
+    arch_update_every: int
+    latency_table: LatencyTable | None
+    gradient_clip_val: float | None
+
+    def _init_search(self, *, exact: bool, mode: str, warmup_epochs: int, arch_update_every: int,
+                     latency_table: LatencyTable | dict | None, latency_weight: float, latency_form: str,
+                     latency_target: float | None) -> None:
+        # An unknown mode is refused by the layers as the mutation hooks build them.
+        if exact and (mode != 'full' or latency_weight or arch_update_every != 1):
+            raise ValueError('exact=True reproduces NNI step for step; NNI has no two-path mode, latency loss or '
+                             'arch_update_every')
+        if warmup_epochs < 0 or arch_update_every < 1:
+            raise ValueError(f'warmup_epochs must be >= 0 and arch_update_every >= 1, got {warmup_epochs} and '
+                             f'{arch_update_every}')
+        self.exact = exact
+        self.mode = mode
+        self.warmup_epochs = warmup_epochs
+        self.arch_update_every = arch_update_every
+        self.latency_table = None if latency_table is None else LatencyTable(latency_table)
+        self.latency_weight = latency_weight
+        self.latency_form = latency_form
+        self.latency_target = latency_target
+        if self.latency_table is not None:
+            # Refuse a bad form, weight or target now rather than at the first step.
+            latency_loss(torch.zeros(()), torch.ones(()), latency_form, latency_weight, latency_target)
+        elif latency_weight:
+            raise ValueError('latency_weight is set but no latency_table was given')
+
+    # What the version glue provides.
+    def _mixed_modules(self) -> list[Any]:
+        raise NotImplementedError
+
+    def _inner_training_step(self, batch: Any, batch_idx: int) -> Any:
+        raise NotImplementedError
+
+    def _log_this_step(self, batch_idx: int) -> bool:
+        raise NotImplementedError
+
+    def _penalized(self, loss: torch.Tensor) -> torch.Tensor:
+        """Hook for NNI 3.0's profiler penalty (the glue adds it); the identity by default."""
+        return loss
+
+    def _check_latency_table(self) -> None:
+        if self.latency_table is not None:
+            self.latency_table.check(*self._mixed_modules())
+
+    def export_latency(self) -> float:
+        """The latency (ms) that ``latency_table`` predicts for :meth:`export`'s architecture."""
+        if self.latency_table is None:
+            raise ValueError('export_latency needs a latency_table')
+        return predicted_latency(self.export(), self._model_root(), self.latency_table)  # type: ignore[attr-defined]
+
+    def _model_root(self) -> Any:
+        raise NotImplementedError
+
+    def _in_warmup(self) -> bool:
+        return self.trainer.current_epoch < self.warmup_epochs  # type: ignore[attr-defined]
+
+    def training_step(self, batch, batch_idx):
+        if self.exact:
+            return super().training_step(batch, batch_idx)  # type: ignore[misc]
+        arc_optim = self.architecture_optimizers()  # type: ignore[attr-defined]
+        if not isinstance(arc_optim, optim.Optimizer):
+            raise TypeError(f'Expect arc_optim to be a single Optimizer, but found: {arc_optim}')
+        trn_batch, val_batch = batch['train'], batch['val']
+        mixed = self._mixed_modules()
+
+        # Architecture step, on a validation batch: after the warm-up, every arch_update_every steps.
+        expected = None
+        if not self._in_warmup() and batch_idx % self.arch_update_every == 0:
+            self.resample()  # type: ignore[attr-defined]
+            arc_optim.zero_grad()
+            arc_step_loss = self._inner_training_step(val_batch, 2 * batch_idx)
+            if isinstance(arc_step_loss, dict):
+                arc_step_loss = arc_step_loss['loss']
+            if self.latency_table is not None and self.latency_weight:
+                expected = expected_latency(self._model_root(), self.latency_table)
+                arc_step_loss = latency_loss(arc_step_loss, expected, self.latency_form, self.latency_weight,
+                                             self.latency_target)
+            arc_step_loss = self._penalized(arc_step_loss)
+            self.manual_backward(arc_step_loss)  # type: ignore[attr-defined]
+            arc_optim.step()
+            if self.mode == 'two':
+                rescale_two_path(*mixed)
+
+        # Weight step, on a training batch: no alpha-gradient work.
+        self.resample()  # type: ignore[attr-defined]
+        with no_arch_grad(*mixed):
+            loss_and_metrics = self._inner_training_step(trn_batch, 2 * batch_idx + 1)
+            w_step_loss = loss_and_metrics['loss'] if isinstance(loss_and_metrics, dict) else loss_and_metrics
+            self.advance_optimization(w_step_loss, batch_idx, self.gradient_clip_val)  # type: ignore[attr-defined]
+
+        self.advance_lr_schedulers(batch_idx)  # type: ignore[attr-defined]
+        if self._log_this_step(batch_idx):
+            self._log_probabilities()
+            if expected is not None:
+                self.log('latency/expected_ms', expected.item())  # type: ignore[attr-defined]
+        return loss_and_metrics
+
+    def _log_probabilities(self) -> None:
+        raise NotImplementedError
