@@ -212,14 +212,18 @@ class ProxylessMixedRepeat(Repeat, BaseSuperNetModule):
         return depth_distribution([layer._softmax(layer._arch_alpha)[1] for layer in self._choices()])
 
     def export(self, memo):
-        """The most probable depth among the depth choice's values, computed exactly."""
+        """The most probable depth among the depth choice's values, computed exactly, and the choices of
+        the chain that build it (its first blocks taken, the rest skipped, as ``freeze`` builds it)."""
         if self.depth_choice.label in memo:
             return {}
         with torch.no_grad():
             probs = self.depth_probs().cpu().tolist()
         values = [v for v in self.depth_choice.values if self.min_depth <= v <= self.max_depth]
-        best = max(values, key=lambda v: (probs[v - self.min_depth], -v))
-        return {self.depth_choice.label: best}
+        depth = max(values, key=lambda v: (probs[v - self.min_depth], -v))
+        result: dict[str, Any] = {self.depth_choice.label: depth}
+        for i, layer in enumerate(self._choices()):
+            result[layer.label] = '1' if self.min_depth + i < depth else '0'
+        return result
 
     def export_probs(self, memo):
         """The probability of each depth (as NNI 3.0 reports it: every depth from min to max)."""
