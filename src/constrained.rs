@@ -11,20 +11,28 @@
 //! by the spread of their values. At a node that fixed the first `d` groups with value `V` and
 //! costs `C`, the subtree is pruned when no completion fits (`C_k + sum of the remaining groups'
 //! least cost k > limit_k` for some `k`) or when an admissible upper bound on its best value is
-//! no better than the incumbent. The bound is the least of:
+//! no better than the incumbent. The bound is the least of LP relaxations of surrogate problems,
+//! each replacing the limits by one weighted sum `w . C <= w . limit` (`w >= 0`):
 //!
-//! - for each limited cost `k` alone, the LP relaxation of the remaining single-constraint
-//!   knapsack (each group's upper concave hull in the (cost k, value) plane; segments of all
-//!   remaining groups sorted by slope and prefix-summed per depth, so a bound is a binary
-//!   search: O(log S));
-//! - a Lagrangian bound for all costs together, `sum over remaining groups of max_i (v - l.c) +
-//!   l.(limit - C)`, with multipliers `l >= 0` fitted once at the root (coordinate-wise convex
-//!   line searches); its per-depth sums are precomputed, so it costs O(K).
+//! - one per limited cost `k` (`w` its unit vector: that cost alone);
+//! - with several limits, one along Lagrange multipliers fitted once at the root (coordinate-wise
+//!   convex line searches on the dual `sum_g max_i (v - l.c) + l.limit`): at the root its bound
+//!   approaches the LP relaxation of all limits together (equals it at the optimal multipliers),
+//!   and below the root it adapts to the capacity left.
 //!
-//! Every relaxation only drops constraints, so each bound is at least the subtree's true best and
-//! the result is exact. The problem is NP-hard (weakly for one cost, strongly for several): the
-//! worst case is exponential in the number of groups, O(prod n_g) nodes; the bounds make random
-//! 30-group, 10-candidate instances take milliseconds (`benchmarks/constrained_export.py`).
+//! Items are tried in decreasing order of `v - l.c`, the value less its priced costs, so that
+//! good feasible incumbents come early.
+//!
+//! Each single-constraint LP is solved from each group's upper concave hull in the (surrogate
+//! cost, value) plane; the hull segments of all groups from a depth on are sorted by slope and
+//! prefix-summed once, so a node's bound is a binary search per direction: O(K log S) for S
+//! segments. A surrogate whose least costs exceed its capacity proves the node infeasible.
+//!
+//! Every surrogate relaxes the constraints (any choice within the limits is within the weighted
+//! sum), so each bound is at least the subtree's true best and the result is exact. The problem
+//! is NP-hard (weakly for one cost, strongly for several): the worst case is exponential in the
+//! number of groups, O(prod n_g) nodes; the bounds make random 30-group, 10-candidate instances
+//! take milliseconds (`benchmarks/constrained_export.py`).
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
