@@ -70,6 +70,7 @@ $(DEVELOP): $(DEPS) $(RUST_INPUTS)
 demo: $(DEVELOP)
 	$(PY) examples/digits_search.py
 	$(PY) examples/digits_nni.py
+	$(PY) examples/digits_constrained.py
 
 pytest: $(DEVELOP)
 	@$(call start,pytest (about 1 min on 2 cores))

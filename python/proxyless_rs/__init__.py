@@ -30,7 +30,7 @@ from ._core import ProxylessContext, alpha_grad, sample_index
 __version__ = "0.1.0"
 
 # Submodules loaded on first attribute access (``proxyless_rs.strategy``).
-_LAZY_MODULES = ("strategy", "lightning", "distributed", "supermodule", "latency", "patch")
+_LAZY_MODULES = ("strategy", "lightning", "distributed", "supermodule", "latency", "costs", "patch")
 
 # Names loaded on first access (``proxyless_rs.ProxylessMixedLayer``, ``from proxyless_rs import ...``),
 # with the submodule that defines each.
@@ -47,13 +47,41 @@ _LAZY_NAMES = {
     "expected_latency": "latency",
     "latency_loss": "latency",
     "predicted_latency": "latency",
+    "CandidateTable": "latency",
+    "CostTable": "costs",
+    "CostSpec": "costs",
+    "count_costs": "costs",
+    "expected_costs": "costs",
+    "predicted_costs": "costs",
+    "constrained_export": "costs",
+    "limit_penalty": "costs",
+    "LagrangeMultiplier": "costs",
+    "cost_loss": "costs",
     "ProxylessLightningModule": "lightning",
     "patch_nni": "patch",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load lazily
-    from . import distributed, lightning, strategy
-    from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency, profile_latency
+    from . import costs, distributed, lightning, strategy
+    from .costs import (
+        CostSpec,
+        CostTable,
+        LagrangeMultiplier,
+        constrained_export,
+        cost_loss,
+        count_costs,
+        expected_costs,
+        limit_penalty,
+        predicted_costs,
+    )
+    from .latency import (
+        CandidateTable,
+        LatencyTable,
+        expected_latency,
+        latency_loss,
+        predicted_latency,
+        profile_latency,
+    )
     from .lightning import ProxylessLightningModule
     from .patch import patch_nni
     from .supermodule import (
@@ -99,6 +127,17 @@ __all__ = [
     "expected_latency",
     "latency_loss",
     "predicted_latency",
+    "CandidateTable",
+    "CostTable",
+    "CostSpec",
+    "count_costs",
+    "expected_costs",
+    "predicted_costs",
+    "constrained_export",
+    "limit_penalty",
+    "LagrangeMultiplier",
+    "cost_loss",
+    "costs",
     "ProxylessContext",
     "alpha_grad",
     "sample_index",

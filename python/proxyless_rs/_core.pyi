@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 __all__ = ["TORCH_VERSION", "ArchParameter", "ProxylessContext", "OutputGradHook", "sample_index", "alpha_grad",
-           "rescale_two_path"]
+           "rescale_two_path", "constrained_choice"]
 
 TORCH_VERSION: str
 """``torch.__version__`` of the torch this core was built against (its release is checked at import)."""
@@ -75,3 +75,13 @@ def alpha_grad(probs: torch.Tensor, binary_grads: torch.Tensor) -> torch.Tensor:
 
 def rescale_two_path(alpha: torch.Tensor, indices: list[int], before: torch.Tensor) -> None:
     """After a two-path optimizer step: restore the other logits, shift ``alpha[indices]`` to keep their mass."""
+
+def constrained_choice(values: list[list[float]], costs: list[list[list[float]]],
+                       limits: list[float]) -> Optional[tuple[list[int], float, int]]:
+    """The exact most valuable choice of one item per group under limits on summed costs.
+
+    ``values[g][i]``: log-probability of candidate ``i`` of group ``g`` (``-inf`` for zero);
+    ``costs[g][i][k]``: its cost ``k``; ``limits[k]``: the limit of cost ``k`` (``inf``: none).
+    Returns ``(choice, value, nodes)`` (candidate index per group, summed value, search nodes
+    visited), or None when no choice meets every limit (up to a relative 1e-9). Branch and bound
+    (``src/constrained.rs``)."""
