@@ -30,7 +30,9 @@ from .latency import (
     expected_latency,
     latency_loss,
 )
-from .supermodule import ProxylessMixedLayer, _proxyless_layers
+from ._layer import _proxyless_layers
+from ._nni_version import NNI3
+from .supermodule import ProxylessMixedLayer
 
 __all__ = ['CostTable', 'CostSpec', 'count_costs', 'expected_costs', 'predicted_costs', 'constrained_export',
            'limit_penalty', 'LagrangeMultiplier', 'cost_loss', 'COUNTED_COSTS']
@@ -166,7 +168,7 @@ def _count_candidate(layer: nn.Module, k: int, args: tuple, kwargs: dict, costs:
     from torch.utils.flop_counter import FlopCounterMode
 
     result: dict[str, float] = {}
-    module = layer._modules[layer.op_names[k]] if isinstance(layer, ProxylessMixedLayer) else None
+    module = layer._modules[str(layer.op_names[k])] if isinstance(layer, ProxylessMixedLayer) else None
     if 'params' in costs:
         unique = {} if module is None else {id(p): p for p in module.parameters()}
         result['params'] = float(sum(p.numel() for p in unique.values()))
@@ -269,7 +271,8 @@ def _options(layer: nn.Module) -> list[tuple[Any, list[str]]]:
     if k is None or k >= n:
         return [(list(range(n)) if n > 1 else 0, [str(i) for i in range(n)])]
     if k == 1:
-        return [(i, [str(i)]) for i in range(n)]
+        # NNI 2.10 exports one input as its index, NNI 3.0 as a one-element list.
+        return [([i] if NNI3 else i, [str(i)]) for i in range(n)]
     # NNI exports n_chosen > 1 as the sorted list of indices: every such subset is one option.
     return [(list(subset), [str(i) for i in subset]) for subset in itertools.combinations(range(n), k)]
 
