@@ -170,3 +170,23 @@ def test_strategy_refuses_a_table_that_does_not_fit():
                                             latency_weight=1.0), space_cls=LatencySpace)
     with pytest.raises(ValueError, match='latency_weight is set but no latency_table'):
         run(proxyless_rs.strategy.Proxyless(latency_weight=1.0), space_cls=LatencySpace)
+
+
+@requires_nni2
+def test_search_under_a_latency_limit_exports_within_it():
+    from test_strategy import run
+
+    # The candidates' latencies are such that the unconstrained favourite ('0' of both, 18 ms) is over it.
+    table = {'a': {'0': 9.0, '1': 1.0, '2': 6.0}, 'b': {'0': 9.0, '1': 4.0}}
+    strategy = proxyless_rs.strategy.Proxyless(arc_learning_rate=0.05, latency_table=table, latency_limit=8.0)
+    run(strategy, space_cls=LatencySpace, max_epochs=2)
+    (architecture,) = strategy.export_top_models()
+    assert strategy.export_latency() <= 8.0
+    assert predicted_latency(architecture, strategy.model.model, LatencyTable(table)) <= 8.0
+    expected = expected_latency(strategy.model.model, LatencyTable(table)).item()
+    assert expected < sum(sum(row.values()) / len(row) for row in table.values())  # the penalty pulled it down
+    with pytest.raises(ValueError, match='latency_limit is set but no latency_table'):
+        run(proxyless_rs.strategy.Proxyless(latency_limit=8.0), space_cls=LatencySpace)
+    with pytest.raises(ValueError, match='exact=True reproduces NNI'):
+        run(proxyless_rs.strategy.Proxyless(exact=True, latency_table=table, latency_limit=8.0),
+            space_cls=LatencySpace)

@@ -22,7 +22,8 @@ class Proxyless(NNIProxyless):
 
     Keyword arguments go to that module: ``mutation_hooks``, ``arc_learning_rate``,
     ``gradient_clip_val`` as in NNI, and ``exact``, ``mode``, ``warmup_epochs``, ``arch_update_every``,
-    ``latency_table``, ``latency_weight``, ``latency_form``, ``latency_target`` (see the module).
+    ``latency_table``, ``latency_weight``, ``latency_form``, ``latency_target``, ``latency_limit``,
+    ``latency_limit_weight`` (see the module).
     """
 
     def __init__(self, **kwargs: Any):

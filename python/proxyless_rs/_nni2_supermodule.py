@@ -197,6 +197,10 @@ class ProxylessMixedRepeat(BaseSuperNetModule):
                 raise TypeError(f'{type(self).__name__} {label!r}: blocks beyond the minimum depth must be '
                                 f'two-candidate ProxylessMixedLayers (skip or block), got {type(layer).__name__}')
 
+    @property
+    def depth_label(self) -> str:
+        return self.label
+
     def _choices(self) -> list[ProxylessMixedLayer]:
         return [self.blocks[d] for d in range(self.min_depth, self.max_depth)]  # type: ignore[misc]
 

@@ -53,12 +53,14 @@ class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10, warmup_epochs: int = 0,
                  penalty: ExpectationProfilerPenalty | None = None, exact: bool = False, mode: str = 'full',
                  latency_table: LatencyTable | dict | None = None, latency_weight: float = 0.0,
-                 latency_form: str = 'log', latency_target: float | None = None, arch_update_every: int = 1):
+                 latency_form: str = 'log', latency_target: float | None = None, arch_update_every: int = 1,
+                 latency_limit: float | None = None, latency_limit_weight: float = 5.0):
         super().__init__(training_module, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, penalty=penalty)
         self._init_search(exact=exact, mode=mode, warmup_epochs=warmup_epochs, arch_update_every=arch_update_every,
                           latency_table=latency_table, latency_weight=latency_weight, latency_form=latency_form,
-                          latency_target=latency_target)
+                          latency_target=latency_target, latency_limit=latency_limit,
+                          latency_limit_weight=latency_limit_weight)
 
     def on_fit_start(self):
         self._check_latency_table()

@@ -22,18 +22,21 @@ class Proxyless(NNIProxyless):
     ``warmup_epochs``, ``penalty`` (a dict or an ``ExpectationProfilerPenalty``; here it has a gradient in
     alpha), ``mutation_hooks``; and proxyless_rs's: ``exact``, ``mode``, ``arch_update_every``,
     ``latency_table``, ``latency_weight``, ``latency_form``, ``latency_target``. ``LayerChoice``,
-    ``InputChoice`` and ``Repeat`` with a categorical depth are searched, as by NNI 3.0.
+    ``InputChoice`` and ``Repeat`` with a categorical depth are searched, as by NNI 3.0. With
+    ``latency_limit``, the export is the most probable architecture within the limit.
     ``export_top_models()`` / ``list_models()`` freeze the model space with the most probable choices
     (NNI 3.0's layers export a random draw).
     """
 
     def __init__(self, *, exact: bool = False, mode: str = 'full', arch_update_every: int = 1,
                  latency_table: LatencyTable | dict | None = None, latency_weight: float = 0.0,
-                 latency_form: str = 'log', latency_target: float | None = None, **kwargs: Any):
+                 latency_form: str = 'log', latency_target: float | None = None, latency_limit: float | None = None,
+                 latency_limit_weight: float = 5.0, **kwargs: Any):
         super().__init__(**kwargs)
         self.proxyless_kwargs = dict(exact=exact, mode=mode, arch_update_every=arch_update_every,
                                      latency_table=latency_table, latency_weight=latency_weight,
-                                     latency_form=latency_form, latency_target=latency_target)
+                                     latency_form=latency_form, latency_target=latency_target,
+                                     latency_limit=latency_limit, latency_limit_weight=latency_limit_weight)
 
     def configure_oneshot_module(self, training_module) -> ProxylessLightningModule:
         return ProxylessLightningModule(

@@ -192,6 +192,10 @@ class ProxylessMixedRepeat(Repeat, BaseSuperNetModule):
                 raise TypeError(f'{type(self).__name__} {self.depth_choice.label!r}: block {d} must be a '
                                 f'two-candidate ProxylessMixedLayer (skip or block), got {type(block).__name__}')
 
+    @property
+    def depth_label(self) -> str:
+        return self.depth_choice.label
+
     def _choices(self) -> list[ProxylessMixedLayer]:
         return [cast(ProxylessMixedLayer, self.blocks[d]) for d in range(self.min_depth, self.max_depth)]
 

@@ -13,7 +13,9 @@ architecture optimizer), then a weight step on the training batch. What differs 
 - with ``arch_update_every`` = k > 1 (the paper code's ``grad_update_arch_step``), the architecture
   step runs every k-th step only;
 - a cost term (latency table) or NNI 3.0's profiler penalty enters the architecture loss with a
-  gradient in alpha;
+  gradient in alpha; with ``latency_limit``, a penalty that is zero below the limit pushes the
+  expected latency under it, and :meth:`export` returns the exact most probable architecture within
+  the limit (:func:`proxyless_rs.constrained_export`);
 - ``exact=True`` runs NNI's own step instead, to reproduce NNI's sampled architectures and alphas.
 """
 
@@ -25,6 +27,8 @@ import torch
 import torch.optim as optim
 
 from ._layer import no_arch_grad, rescale_two_path
+from .costs import constrained_export, limit_penalty
+from .supermodule import ProxylessMixedRepeat
 from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency
 
 
@@ -40,11 +44,12 @@ class ProxylessSearchStep:
 
     def _init_search(self, *, exact: bool, mode: str, warmup_epochs: int, arch_update_every: int,
                      latency_table: LatencyTable | dict | None, latency_weight: float, latency_form: str,
-                     latency_target: float | None) -> None:
+                     latency_target: float | None, latency_limit: float | None = None,
+                     latency_limit_weight: float = 5.0) -> None:
         # An unknown mode is refused by the layers as the mutation hooks build them.
-        if exact and (mode != 'full' or latency_weight or arch_update_every != 1):
-            raise ValueError('exact=True reproduces NNI step for step; NNI has no two-path mode, latency loss or '
-                             'arch_update_every')
+        if exact and (mode != 'full' or latency_weight or arch_update_every != 1 or latency_limit is not None):
+            raise ValueError('exact=True reproduces NNI step for step; NNI has no two-path mode, latency loss, '
+                             'latency limit or arch_update_every')
         if warmup_epochs < 0 or arch_update_every < 1:
             raise ValueError(f'warmup_epochs must be >= 0 and arch_update_every >= 1, got {warmup_epochs} and '
                              f'{arch_update_every}')
@@ -56,6 +61,12 @@ class ProxylessSearchStep:
         self.latency_weight = latency_weight
         self.latency_form = latency_form
         self.latency_target = latency_target
+        self.latency_limit = latency_limit
+        self.latency_limit_weight = latency_limit_weight
+        if latency_limit is not None:
+            if self.latency_table is None:
+                raise ValueError('latency_limit is set but no latency_table was given')
+            limit_penalty(torch.zeros(()), latency_limit, latency_limit_weight)  # refuse nonsense now
         if self.latency_table is not None:
             # Refuse a bad form, weight or target now rather than at the first step.
             latency_loss(torch.zeros(()), torch.ones(()), latency_form, latency_weight, latency_target)
@@ -79,6 +90,19 @@ class ProxylessSearchStep:
     def _check_latency_table(self) -> None:
         if self.latency_table is not None:
             self.latency_table.check(*self._mixed_modules())
+
+    def export(self):
+        """NNI's export, or under ``latency_limit`` the most probable architecture whose predicted latency
+        is within the limit (exact; a depth choice follows the skip-or-block choices it is built from)."""
+        architecture = super().export()  # type: ignore[misc]
+        if getattr(self, 'latency_limit', None) is None:
+            return architecture
+        architecture.update(constrained_export(self._model_root(), self.latency_table, self.latency_limit))
+        for module in self._mixed_modules():
+            if isinstance(module, ProxylessMixedRepeat):
+                taken = sum(architecture[layer.label] == '1' for layer in module._choices())
+                architecture[module.depth_label] = module.min_depth + taken
+        return architecture
 
     def export_latency(self) -> float:
         """The latency (ms) that ``latency_table`` predicts for :meth:`export`'s architecture."""
@@ -109,10 +133,14 @@ class ProxylessSearchStep:
             arc_step_loss = self._inner_training_step(val_batch, 2 * batch_idx)
             if isinstance(arc_step_loss, dict):
                 arc_step_loss = arc_step_loss['loss']
-            if self.latency_table is not None and self.latency_weight:
+            if self.latency_table is not None and (self.latency_weight or self.latency_limit is not None):
                 expected = expected_latency(self._model_root(), self.latency_table)
-                arc_step_loss = latency_loss(arc_step_loss, expected, self.latency_form, self.latency_weight,
-                                             self.latency_target)
+                if self.latency_weight:
+                    arc_step_loss = latency_loss(arc_step_loss, expected, self.latency_form, self.latency_weight,
+                                                 self.latency_target)
+                if self.latency_limit is not None:
+                    arc_step_loss = arc_step_loss + limit_penalty(expected, self.latency_limit,
+                                                                  self.latency_limit_weight)
             arc_step_loss = self._penalized(arc_step_loss)
             self.manual_backward(arc_step_loss)  # type: ignore[attr-defined]
             arc_optim.step()
