@@ -28,8 +28,8 @@ import torch.optim as optim
 
 from ._layer import no_arch_grad, rescale_two_path
 from .costs import constrained_export, limit_penalty
-from .supermodule import ProxylessMixedRepeat
 from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency
+from .supermodule import ProxylessMixedRepeat
 
 
 class ProxylessSearchStep:

@@ -20,6 +20,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ._core import constrained_choice
+from ._layer import _proxyless_layers
+from ._nni_version import NNI3
 from .latency import (
     DEFAULT_WEIGHTS,
     LOSS_FORMS,
@@ -30,8 +32,6 @@ from .latency import (
     expected_latency,
     latency_loss,
 )
-from ._layer import _proxyless_layers
-from ._nni_version import NNI3
 from .supermodule import ProxylessMixedLayer
 
 __all__ = ['CostTable', 'CostSpec', 'count_costs', 'expected_costs', 'predicted_costs', 'constrained_export',
