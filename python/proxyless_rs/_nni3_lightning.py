@@ -88,6 +88,20 @@ class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
         self.log_dict({f'penalty/{k}': float(v) for k, v in details.items()})
         return loss
 
+    def manual_backward(self, loss, *args, **kwargs):
+        layers = [m for m in self.supernet_modules() if isinstance(m, ProxylessLayer)]
+        super().manual_backward(loss, *args, **kwargs)
+        if self.exact:
+            # NNI 3.0's autograd Function is in the graph of every layer that ran (an input choice's
+            # Function takes all its inputs), runs with zero output gradients where none reached it, and
+            # gives its alpha a zero gradient, which Adam's momentum and weight decay then act on; our
+            # hooks run only where a gradient arrives. Give the alpha of a layer that ran NNI 3.0's zero.
+            for module in layers:
+                if module._grad_forwards and module._arch_alpha.grad is None:
+                    module._arch_alpha.grad = torch.zeros_like(module._arch_alpha)
+        for module in layers:
+            module._grad_forwards = 0
+
     def on_train_epoch_start(self):
         if self.exact:
             return super().on_train_epoch_start()

@@ -266,7 +266,7 @@ def _log_probs(layer: nn.Module) -> torch.Tensor:
 def _options(layer: nn.Module) -> list[tuple[Any, list[str]]]:
     """``(exported value, table keys)`` for every choice the layer can export."""
     if isinstance(layer, ProxylessMixedLayer):
-        return [(name, [name]) for name in layer.op_names]
+        return [(name, [str(name)]) for name in layer.op_names]
     n, k = layer.n_candidates, layer.n_chosen
     if k is None or k >= n:
         return [(list(range(n)) if n > 1 else 0, [str(i) for i in range(n)])]

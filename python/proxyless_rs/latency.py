@@ -25,7 +25,7 @@ LOSS_FORMS = ('log', 'mul', 'mul#log', 'add#linear')
 def _choices(layer: nn.Module) -> list[str]:
     """A layer's candidate names as a table (and NNI's ``export_probs``) spells them."""
     if isinstance(layer, ProxylessMixedLayer):
-        return list(layer.op_names)
+        return [str(name) for name in layer.op_names]  # NNI 3.0 names a list's candidates 0, 1, ...
     return [str(i) for i in range(layer.n_candidates)]
 
 
