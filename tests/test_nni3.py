@@ -395,3 +395,13 @@ def test_search_under_a_latency_limit_exports_within_it():
     assert strategy.export_latency() <= 2.0
     architecture = strategy.oneshot_module.export()
     assert architecture['first'] == 2 and architecture['depth'] == 1  # NNI 3.0 names a list's candidates 0, 1, 2
+
+
+def test_patch_nni_makes_nni3s_strategy_build_our_layers():
+    original = nni_proxyless.ProxylessMixedLayer
+    with proxyless_rs.patch_nni():
+        strategy = NNIProxyless()
+        run(strategy)
+        kinds = {type(m) for m in strategy.oneshot_module.supernet_modules()}
+        assert kinds == {ProxylessMixedLayer, ProxylessMixedInput, ProxylessMixedRepeat}
+    assert nni_proxyless.ProxylessMixedLayer is original
