@@ -184,75 +184,6 @@ impl ProxylessContext {
         self.partner.store(inactive, Ordering::Relaxed);
         Ok(active)
     }
-
-    /// The layer's forward call: runs `module.forward_path(index, *args, **kwargs)` and, when a
-    /// backward can follow, hooks its output with this call's saved state.
-    fn forward_call(
-        slf: &Bound<'_, Self>,
-        module: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        kwargs: Option<&Bound<'_, PyDict>>,
-        index: i64,
-    ) -> PyResult<PyObject> {
-        let py = module.py();
-        let ctx = slf.get();
-        let kwargs = kwargs.filter(|kwargs| !kwargs.is_empty());
-        let saving = ctx.enabled.load(Ordering::Relaxed) && grad_mode_enabled();
-        // Detached before the candidate runs, so that a candidate modifying its input in place
-        // (ReLU(inplace=True) first) is caught: the other candidates would see the modified input.
-        let mut inputs = Vec::new();
-        let saved_input = if saving {
-            let args = tree::detach_tree(args.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyTuple>()?;
-            let kwargs = match kwargs {
-                Some(kwargs) => {
-                    Some(tree::detach_tree(kwargs.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyDict>()?)
-                }
-                None => None,
-            };
-            Some((args, kwargs))
-        } else {
-            None
-        };
-        let input_versions =
-            inputs.iter().map(|(_, input)| tree::version(input.bind(py))).collect::<PyResult<Vec<_>>>()?;
-
-        let forward_path = module.getattr(intern!(py, "forward_path"))?;
-        let layer_output = hook::call_forward_path(&forward_path, index, args, kwargs)?;
-        let output = tree::output_tensors(&layer_output, &|| {
-            format!("{}: the sampled {}", ctx.name, ctx.describe_candidate(module, index))
-        })?;
-        let Some((saved_args, saved_kwargs)) = saved_input else { return Ok(layer_output.unbind()) };
-        if !output.tensors.iter().flatten().any(Tensor::requires_grad) {
-            return Ok(layer_output.unbind());
-        }
-        let mut watched = Vec::with_capacity(inputs.len() + output.tensors.len());
-        for ((_, input), before) in inputs.iter().zip(input_versions) {
-            if tree::version(input.bind(py))? != before {
-                return Err(PyRuntimeError::new_err(format!(
-                    "{}: the sampled {} modified its input in place (an in-place op such as ReLU(inplace=True) \
-                     applied to the layer's input); the binary-gate backward evaluates the other candidates on \
-                     that input, which no longer holds its value. Make the candidate's first op out of place.",
-                    ctx.name,
-                    ctx.describe_candidate(module, index)
-                )));
-            }
-            watched.push(Watched::input(input.clone_ref(py), before));
-        }
-        let partner = match ctx.partner.load(Ordering::Relaxed) {
-            NO_PARTNER => None,
-            partner => Some(partner),
-        };
-        let saved = SavedCall::new(
-            saved_args.unbind(),
-            saved_kwargs.map(Bound::unbind),
-            index,
-            partner,
-            watched,
-            LiveCall::new(&ctx.live),
-        );
-        let input_ids: Vec<usize> = inputs.iter().map(|(id, _)| *id).collect();
-        hook::attach(slf, module, &layer_output, output, saved, &input_ids)
-    }
 }
 
 #[pymethods]
@@ -378,7 +309,64 @@ impl ProxylessContext {
         kwargs: Option<&Bound<'_, PyDict>>,
         index: i64,
     ) -> PyResult<PyObject> {
-        Self::forward_call(slf, module, args, kwargs, index)
+        let py = module.py();
+        let ctx = slf.get();
+        let kwargs = kwargs.filter(|kwargs| !kwargs.is_empty());
+        let saving = ctx.enabled.load(Ordering::Relaxed) && grad_mode_enabled();
+        // Detached before the candidate runs, so that a candidate modifying its input in place
+        // (ReLU(inplace=True) first) is caught: the other candidates would see the modified input.
+        let mut inputs = Vec::new();
+        let saved_input = if saving {
+            let args = tree::detach_tree(args.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyTuple>()?;
+            let kwargs = match kwargs {
+                Some(kwargs) => {
+                    Some(tree::detach_tree(kwargs.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyDict>()?)
+                }
+                None => None,
+            };
+            Some((args, kwargs))
+        } else {
+            None
+        };
+        let input_versions =
+            inputs.iter().map(|(_, input)| tree::version(input.bind(py))).collect::<PyResult<Vec<_>>>()?;
+
+        let forward_path = module.getattr(intern!(py, "forward_path"))?;
+        let layer_output = hook::call_forward_path(&forward_path, index, args, kwargs)?;
+        let output = tree::output_tensors(&layer_output, &|| {
+            format!("{}: the sampled {}", ctx.name, ctx.describe_candidate(module, index))
+        })?;
+        let Some((saved_args, saved_kwargs)) = saved_input else { return Ok(layer_output.unbind()) };
+        if !output.tensors.iter().flatten().any(Tensor::requires_grad) {
+            return Ok(layer_output.unbind());
+        }
+        let mut watched = Vec::with_capacity(inputs.len() + output.tensors.len());
+        for ((_, input), before) in inputs.iter().zip(input_versions) {
+            if tree::version(input.bind(py))? != before {
+                return Err(PyRuntimeError::new_err(format!(
+                    "{}: the sampled {} modified its input in place (an in-place op such as ReLU(inplace=True) \
+                     applied to the layer's input); the binary-gate backward evaluates the other candidates on \
+                     that input, which no longer holds its value. Make the candidate's first op out of place.",
+                    ctx.name,
+                    ctx.describe_candidate(module, index)
+                )));
+            }
+            watched.push(Watched::input(input.clone_ref(py), before));
+        }
+        let partner = match ctx.partner.load(Ordering::Relaxed) {
+            NO_PARTNER => None,
+            partner => Some(partner),
+        };
+        let saved = SavedCall::new(
+            saved_args.unbind(),
+            saved_kwargs.map(Bound::unbind),
+            index,
+            partner,
+            watched,
+            LiveCall::new(&ctx.live),
+        );
+        let input_ids: Vec<usize> = inputs.iter().map(|(id, _)| *id).collect();
+        hook::attach(slf, module, &layer_output, output, saved, &input_ids)
     }
 
     /// The number of this layer's forward calls whose saved state is alive (hooked outputs whose

@@ -183,3 +183,34 @@ class ProxylessLayer:
         raise RuntimeError(_NOT_TRACEABLE.format(self._name(), 'script', 'scripted module'))
 
 
+class ProxylessLayerChoice(ProxylessLayer):
+    """What the layer choices of both NNI versions share: drawing (or taking from a memo) a candidate
+    by its name in ``names``."""
+
+    names: list
+    _sampled: Any
+    _sample_idx: int | None
+
+    @property
+    def active_index(self) -> int | None:
+        """The index of the path the next forwards run (None before the first ``resample``)."""
+        return self._sample_idx
+
+    def forward(self, *args, **kwargs):
+        """Forward pass of the sampled path only."""
+        return self._forward_call(args, kwargs, self._sample_idx)
+
+    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
+        """Take the path from ``memo`` if it names this label, else draw one from ``softmax(alpha)``."""
+        names = self.names
+        if self.label in memo:
+            sampled = memo[self.label]
+            if sampled not in names:
+                raise ValueError(f'{self._name()}: memo chose {sampled!r}, which is not one of its candidates '
+                                 f'{names}.')
+            self._sample_idx = self.ctx.resample(names.index(sampled))
+        else:
+            self._sample_idx = self.ctx.resample()
+        self._sampled = names[self._sample_idx]
+        return {self.label: self._sampled}
+

@@ -14,12 +14,12 @@ from nni.nas.nn.pytorch.choice import ValueChoiceX
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
 
-from ._layer import ProxylessLayer, depth_distribution
+from ._layer import ProxylessLayer, ProxylessLayerChoice, depth_distribution
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'register_repeat_layers']
 
 
-class ProxylessMixedLayer(ProxylessLayer, DifferentiableMixedLayer):
+class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
     """A layer choice that runs one sampled candidate per step (ProxylessNAS).
 
     ``forward`` runs only the sampled path. In backward, a gradient hook on that call's output
@@ -84,33 +84,12 @@ class ProxylessMixedLayer(ProxylessLayer, DifferentiableMixedLayer):
         """The candidates' names (NNI 3.0's name for NNI 2.10's ``op_names``)."""
         return self.op_names
 
-    @property
-    def active_index(self) -> int | None:
-        """The index of the path the next forwards run (None before the first ``resample``)."""
-        return self._sample_idx
-
-    def forward(self, *args, **kwargs):
-        """Forward pass of the sampled path only."""
-        return self._forward_call(args, kwargs, self._sample_idx)
-
     def forward_path(self, index: int, *args, **kwargs):
         """Output of candidate ``index``."""
         # NNI writes getattr(self, name), which reaches the submodule only after an AttributeError
         # has been raised and formatted inside nn.Module (~0.7 us a call, n calls a layer-backward).
         return self._modules[self.op_names[index]](*args, **kwargs)
 
-    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
-        """Take the path from ``memo`` if it names this label, else draw one from ``softmax(alpha)``."""
-        if self.label in memo:
-            sampled = memo[self.label]
-            if sampled not in self.op_names:
-                raise ValueError(f'{self._name()}: memo chose {sampled!r}, which is not one of its candidates '
-                                 f'{self.op_names}.')
-            self._sample_idx = self.ctx.resample(self.op_names.index(sampled))
-        else:
-            self._sample_idx = self.ctx.resample()
-        self._sampled = self.op_names[self._sample_idx]
-        return {self.label: self._sampled}
 
 
 class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):

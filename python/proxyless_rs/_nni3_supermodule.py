@@ -20,7 +20,7 @@ from nni.nas.nn.pytorch import Repeat, recursive_freeze
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
 
-from ._layer import ProxylessLayer, depth_distribution
+from ._layer import ProxylessLayer, ProxylessLayerChoice, depth_distribution
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'suppress_already_mutated']
 
@@ -33,7 +33,7 @@ def _as_dict(paths: Any) -> Any:
     return paths
 
 
-class ProxylessMixedLayer(ProxylessLayer, DifferentiableMixedLayer):
+class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
     """A layer choice that runs one sampled candidate per step (ProxylessNAS), for NNI 3.0.
 
     Drop-in for ``nni.nas.oneshot.pytorch.supermodule.proxyless.ProxylessMixedLayer`` of NNI 3.0;
@@ -73,31 +73,10 @@ class ProxylessMixedLayer(ProxylessLayer, DifferentiableMixedLayer):
         """The candidates' names (NNI 2.10's name for NNI 3.0's ``names``)."""
         return list(self.names)
 
-    @property
-    def active_index(self) -> int | None:
-        """The index of the path the next forwards run (None before the first ``resample``)."""
-        return self._sample_idx
-
-    def forward(self, *args, **kwargs):
-        """Forward pass of the sampled path only."""
-        return self._forward_call(args, kwargs, self._sample_idx)
-
     def forward_path(self, index: int, *args, **kwargs):
         """Output of candidate ``index``."""
         return self._modules[str(self.names[index])](*args, **kwargs)
 
-    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
-        """Take the path from ``memo`` if it names this label, else draw one from ``softmax(alpha)``."""
-        if self.label in memo:
-            sampled = memo[self.label]
-            if sampled not in self.names:
-                raise ValueError(f'{self._name()}: memo chose {sampled!r}, which is not one of its candidates '
-                                 f'{self.names}.')
-            self._sample_idx = self.ctx.resample(self.names.index(sampled))
-        else:
-            self._sample_idx = self.ctx.resample()
-        self._sampled = self.names[self._sample_idx]
-        return {self.label: self._sampled}
 
 
 class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
