@@ -89,6 +89,8 @@ pub struct ProxylessContext {
     /// the index came from a memo that no two-path draw of this parameter made).
     partner: AtomicI64,
     live: Arc<AtomicUsize>,
+    /// Forwards run with grad mode on since it was last set to 0 (a one-shot module's bookkeeping).
+    grad_forwards: AtomicUsize,
 }
 
 impl ProxylessContext {
@@ -221,6 +223,7 @@ impl ProxylessContext {
             two_path: AtomicBool::new(false),
             partner: AtomicI64::new(NO_PARTNER),
             live: Arc::new(AtomicUsize::new(0)),
+            grad_forwards: AtomicUsize::new(0),
         };
         ctx.two_path.store(ctx.check_mode(py, mode)?, Ordering::Relaxed);
         Ok(ctx)
@@ -269,6 +272,17 @@ impl ProxylessContext {
         self.enabled.store(value, Ordering::Relaxed);
     }
 
+    /// The number of forwards run with grad mode on since this was last set (to 0).
+    #[getter]
+    fn grad_forwards(&self) -> usize {
+        self.grad_forwards.load(Ordering::Relaxed)
+    }
+
+    #[setter]
+    fn set_grad_forwards(&self, value: usize) {
+        self.grad_forwards.store(value, Ordering::Relaxed);
+    }
+
     /// Two-path mode: the other candidate of the current draw, or None.
     #[getter]
     fn partner(&self) -> Option<i64> {
@@ -312,7 +326,11 @@ impl ProxylessContext {
         let py = module.py();
         let ctx = slf.get();
         let kwargs = kwargs.filter(|kwargs| !kwargs.is_empty());
-        let saving = ctx.enabled.load(Ordering::Relaxed) && grad_mode_enabled();
+        let grad_mode = grad_mode_enabled();
+        if grad_mode {
+            ctx.grad_forwards.fetch_add(1, Ordering::Relaxed);
+        }
+        let saving = ctx.enabled.load(Ordering::Relaxed) && grad_mode;
         // Detached before the candidate runs, so that a candidate modifying its input in place
         // (ReLU(inplace=True) first) is caught: the other candidates would see the modified input.
         let mut inputs = Vec::new();

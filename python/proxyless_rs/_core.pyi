@@ -53,6 +53,7 @@ class ProxylessContext:
     def partner(self) -> Optional[int]: ...
     mode: str
     enabled: bool
+    grad_forwards: int
     def resample(self, chosen: Optional[int] = None) -> int:
         """Take ``chosen`` (from a memo) or draw from ``softmax(alpha)``; returns the path index."""
     def forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: Optional[dict[str, Any]],

@@ -160,12 +160,7 @@ class ProxylessLayer:
         """Two-path mode: the other candidate of the current draw (None in full mode)."""
         return self.ctx.partner
 
-    # Forwards run with grad enabled since the one-shot module last reset it (NNI 3.0's exact mode).
-    _grad_forwards = 0
-
     def _forward_call(self, args: tuple, kwargs: dict, index: int | None) -> Any:
-        if torch.is_grad_enabled():
-            self._grad_forwards += 1
         if index is None:
             raise RuntimeError(f'{self._name()}: resample() needs to be called before forward.')
         if torch.jit.is_tracing():

@@ -97,10 +97,10 @@ class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
             # gives its alpha a zero gradient, which Adam's momentum and weight decay then act on; our
             # hooks run only where a gradient arrives. Give the alpha of a layer that ran NNI 3.0's zero.
             for module in layers:
-                if module._grad_forwards and module._arch_alpha.grad is None:
+                if module.ctx.grad_forwards and module._arch_alpha.grad is None:
                     module._arch_alpha.grad = torch.zeros_like(module._arch_alpha)
         for module in layers:
-            module._grad_forwards = 0
+            module.ctx.grad_forwards = 0
 
     def on_train_epoch_start(self):
         if self.exact:
