@@ -32,7 +32,7 @@ export PYTHONUNBUFFERED := 1
 PY := $(VIRTUAL_ENV)/bin/python
 # torch-sys's build script finds libtorch through this interpreter (LIBTORCH_USE_PYTORCH=1 is
 # set in .cargo/config.toml); the Rust test binary loads libtorch from the same place.
-TORCH_DIR = $(shell $(PY) -c "import importlib.util as u; print(u.find_spec('torch').submodule_search_locations[0])")
+TORCH_DIR = $(shell $(PY) -c "import importlib.util as u; print(u.find_spec('torch').submodule_search_locations[0])" 2>/dev/null)
 TORCH_LIB = $(TORCH_DIR)/lib
 # torch-sys reads LIBTORCH_USE_PYTORCH as a flag but reruns its build script when its value
 # changes: the torch directory as its value relinks against the right torch when a shared

@@ -31,7 +31,7 @@ fi
 # PATH: a folder with links to the system tools needed here (no cc, c++, gcc, g++, clang, ld,
 # cargo, rustc), then the venv's bin/.
 mkdir -p "$WORK/tools"
-for tool in sh bash env uname ls cat rm mkdir readlink dirname basename grep sed; do
+for tool in sh bash env uname ls cat cp rm mkdir readlink dirname basename grep sed tr cut paste head tail; do
     if path=$(command -v "$tool"); then ln -s "$path" "$WORK/tools/$tool"; fi
 done
 "$BASE_PYTHON" -m venv "$WORK/venv"
