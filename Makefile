@@ -65,7 +65,7 @@ start = echo "==> $(1)"; SECONDS=0
 done = echo "    $(1): done in $$((SECONDS / 60)) min $$((SECONDS % 60)) s"
 
 .PHONY: demo test pytest cargo-test lint fmt-check clippy ruff stubtest bench bench-smoke gpu develop deps wheel \
-	wheel-check test-nni3 nni3-env test-regression regression-env clean
+	wheel-check test-nni3 demo-nni3 nni3-env test-regression regression-env clean
 
 deps: $(DEPS)
 develop: $(DEVELOP)
@@ -185,6 +185,9 @@ $(NNI3_VENV)/.installed: $(NNI3_VENV)/.deps $(WHEEL_STAMP)
 	$(NNI3_VENV)/bin/python -m pip install --disable-pip-version-check --no-deps --force-reinstall dist/proxyless_rs-*.whl
 	touch $@
 	$(call done,wheel into $(NNI3_VENV))
+
+demo-nni3: $(NNI3_VENV)/.installed
+	$(NNI3_VENV)/bin/python examples/digits_nni3.py
 
 test-nni3: $(NNI3_VENV)/.installed
 	@$(call start,pytest under NNI 3.0 ($(NNI3_VENV)))
