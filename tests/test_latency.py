@@ -190,3 +190,23 @@ def test_search_under_a_latency_limit_exports_within_it():
     with pytest.raises(ValueError, match='exact=True reproduces NNI'):
         run(proxyless_rs.strategy.Proxyless(exact=True, latency_table=table, latency_limit=8.0),
             space_cls=LatencySpace)
+
+
+@requires_nni2
+def test_search_with_several_costs_exports_within_every_limit():
+    from test_strategy import run
+
+    from proxyless_rs.costs import predicted_costs
+
+    costs = {'latency': {'a': {'0': 9.0, '1': 1.0, '2': 6.0}, 'b': {'0': 9.0, '1': 4.0}},
+             'params': {'a': {'0': 1.0, '1': 5.0, '2': 1.0}, 'b': {'0': 2.0, '1': 2.0}}}
+    spec = {'latency': {'form': 'log', 'weight': 0.1, 'limit': 10.0}, 'params': {'limit': 4.0}}
+    strategy = proxyless_rs.strategy.Proxyless(arc_learning_rate=0.05, costs=costs, cost_spec=spec)
+    run(strategy, space_cls=LatencySpace, max_epochs=1)
+    (architecture,) = strategy.export_top_models()
+    predicted = predicted_costs(architecture, strategy.model.model, costs)
+    assert predicted['latency'] <= 10.0 and predicted['params'] <= 4.0
+    with pytest.raises(ValueError, match='costs and cost_spec go together'):
+        run(proxyless_rs.strategy.Proxyless(costs=costs), space_cls=LatencySpace)
+    with pytest.raises(ValueError, match=r"cost_spec names costs \['energy'\]"):
+        run(proxyless_rs.strategy.Proxyless(costs=costs, cost_spec={'energy': {'limit': 1.0}}), space_cls=LatencySpace)

@@ -23,7 +23,8 @@ class Proxyless(NNIProxyless):
     Keyword arguments go to that module: ``mutation_hooks``, ``arc_learning_rate``,
     ``gradient_clip_val`` as in NNI, and ``exact``, ``mode``, ``warmup_epochs``, ``arch_update_every``,
     ``latency_table``, ``latency_weight``, ``latency_form``, ``latency_target``, ``latency_limit``,
-    ``latency_limit_weight`` (see the module).
+    ``latency_limit_weight``, ``costs`` with ``cost_spec`` (several costs, each with its loss form,
+    weight or hard limit; see :func:`proxyless_rs.costs.cost_loss`) (see the module).
     """
 
     def __init__(self, **kwargs: Any):

@@ -54,13 +54,14 @@ class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
                  penalty: ExpectationProfilerPenalty | None = None, exact: bool = False, mode: str = 'full',
                  latency_table: LatencyTable | dict | None = None, latency_weight: float = 0.0,
                  latency_form: str = 'log', latency_target: float | None = None, arch_update_every: int = 1,
-                 latency_limit: float | None = None, latency_limit_weight: float = 5.0):
+                 latency_limit: float | None = None, latency_limit_weight: float = 5.0, costs: Any = None,
+                 cost_spec: dict | None = None):
         super().__init__(training_module, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, penalty=penalty)
         self._init_search(exact=exact, mode=mode, warmup_epochs=warmup_epochs, arch_update_every=arch_update_every,
                           latency_table=latency_table, latency_weight=latency_weight, latency_form=latency_form,
                           latency_target=latency_target, latency_limit=latency_limit,
-                          latency_limit_weight=latency_limit_weight)
+                          latency_limit_weight=latency_limit_weight, costs=costs, cost_spec=cost_spec)
 
     def on_fit_start(self):
         self._check_latency_table()

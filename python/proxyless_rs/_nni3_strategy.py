@@ -31,12 +31,13 @@ class Proxyless(NNIProxyless):
     def __init__(self, *, exact: bool = False, mode: str = 'full', arch_update_every: int = 1,
                  latency_table: LatencyTable | dict | None = None, latency_weight: float = 0.0,
                  latency_form: str = 'log', latency_target: float | None = None, latency_limit: float | None = None,
-                 latency_limit_weight: float = 5.0, **kwargs: Any):
+                 latency_limit_weight: float = 5.0, costs: Any = None, cost_spec: dict | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.proxyless_kwargs = dict(exact=exact, mode=mode, arch_update_every=arch_update_every,
                                      latency_table=latency_table, latency_weight=latency_weight,
                                      latency_form=latency_form, latency_target=latency_target,
-                                     latency_limit=latency_limit, latency_limit_weight=latency_limit_weight)
+                                     latency_limit=latency_limit, latency_limit_weight=latency_limit_weight,
+                                     costs=costs, cost_spec=cost_spec)
 
     def configure_oneshot_module(self, training_module) -> ProxylessLightningModule:
         return ProxylessLightningModule(

@@ -27,7 +27,7 @@ import torch
 import torch.optim as optim
 
 from ._layer import no_arch_grad, rescale_two_path
-from .costs import constrained_export, limit_penalty
+from .costs import CostSpec, CostTable, constrained_export, cost_loss, limit_penalty
 from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency
 from .supermodule import ProxylessMixedRepeat
 
@@ -45,9 +45,11 @@ class ProxylessSearchStep:
     def _init_search(self, *, exact: bool, mode: str, warmup_epochs: int, arch_update_every: int,
                      latency_table: LatencyTable | dict | None, latency_weight: float, latency_form: str,
                      latency_target: float | None, latency_limit: float | None = None,
-                     latency_limit_weight: float = 5.0) -> None:
+                     latency_limit_weight: float = 5.0, costs: Any = None,
+                     cost_spec: dict[str, CostSpec | dict] | None = None) -> None:
         # An unknown mode is refused by the layers as the mutation hooks build them.
-        if exact and (mode != 'full' or latency_weight or arch_update_every != 1 or latency_limit is not None):
+        if exact and (mode != 'full' or latency_weight or arch_update_every != 1 or latency_limit is not None
+                      or costs is not None):
             raise ValueError('exact=True reproduces NNI step for step; NNI has no two-path mode, latency loss, '
                              'latency limit or arch_update_every')
         if warmup_epochs < 0 or arch_update_every < 1:
@@ -63,6 +65,15 @@ class ProxylessSearchStep:
         self.latency_target = latency_target
         self.latency_limit = latency_limit
         self.latency_limit_weight = latency_limit_weight
+        # Several costs (cost_loss, CostSpec): each its loss form, weight or hard limit.
+        self.costs = None if costs is None else CostTable.of(costs)
+        self.cost_spec = {name: s if isinstance(s, CostSpec) else CostSpec(**s) for name, s in (cost_spec or {}).items()}
+        if (self.costs is None) != (not self.cost_spec):
+            raise ValueError('costs and cost_spec go together: a table of costs and what each adds to the loss')
+        if self.costs is not None:
+            unknown = set(self.cost_spec) - set(self.costs)
+            if unknown:
+                raise ValueError(f'cost_spec names costs {sorted(unknown)} that the table lacks (it has {list(self.costs)})')
         if latency_limit is not None:
             if self.latency_table is None:
                 raise ValueError('latency_limit is set but no latency_table was given')
@@ -90,14 +101,22 @@ class ProxylessSearchStep:
     def _check_latency_table(self) -> None:
         if self.latency_table is not None:
             self.latency_table.check(*self._mixed_modules())
+        if self.costs is not None:
+            self.costs.check(*self._mixed_modules())
+
+    def _cost_limits(self) -> dict[str, float]:
+        return {name: spec.limit for name, spec in self.cost_spec.items() if spec.limit is not None}
 
     def export(self):
         """NNI's export, or under ``latency_limit`` the most probable architecture whose predicted latency
         is within the limit (exact; a depth choice follows the skip-or-block choices it is built from)."""
         architecture = super().export()  # type: ignore[misc]
-        if getattr(self, 'latency_limit', None) is None:
+        if getattr(self, 'latency_limit', None) is not None:
+            architecture.update(constrained_export(self._model_root(), self.latency_table, self.latency_limit))
+        elif getattr(self, 'costs', None) is not None and self._cost_limits():
+            architecture.update(constrained_export(self._model_root(), self.costs, self._cost_limits()))
+        else:
             return architecture
-        architecture.update(constrained_export(self._model_root(), self.latency_table, self.latency_limit))
         for module in self._mixed_modules():
             if isinstance(module, ProxylessMixedRepeat):
                 taken = sum(architecture[layer.label] == '1' for layer in module._choices())
@@ -141,11 +160,19 @@ class ProxylessSearchStep:
                 if self.latency_limit is not None:
                     arc_step_loss = arc_step_loss + limit_penalty(expected, self.latency_limit,
                                                                   self.latency_limit_weight)
+            if self.costs is not None:
+                arc_step_loss, expected_costs = cost_loss(arc_step_loss, self._model_root(), self.costs, self.cost_spec)
+                for name, value in expected_costs.items():
+                    self.log(f'cost/expected_{name}', float(value))  # type: ignore[attr-defined]
             arc_step_loss = self._penalized(arc_step_loss)
             self.manual_backward(arc_step_loss)  # type: ignore[attr-defined]
             arc_optim.step()
             if self.mode == 'two':
                 rescale_two_path(*mixed)
+            if self.costs is not None:
+                for name, spec in self.cost_spec.items():
+                    if spec.multiplier is not None:
+                        spec.multiplier.step(expected_costs[name])
 
         # Weight step, on a training batch: no alpha-gradient work.
         self.resample()  # type: ignore[attr-defined]
