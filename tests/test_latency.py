@@ -194,9 +194,8 @@ def test_search_under_a_latency_limit_exports_within_it():
 
 @requires_nni2
 def test_search_with_several_costs_exports_within_every_limit():
-    from test_strategy import run
-
     from proxyless_rs.costs import predicted_costs
+    from test_strategy import run
 
     costs = {'latency': {'a': {'0': 9.0, '1': 1.0, '2': 6.0}, 'b': {'0': 9.0, '1': 4.0}},
              'params': {'a': {'0': 1.0, '1': 5.0, '2': 1.0}, 'b': {'0': 2.0, '1': 2.0}}}
