@@ -67,13 +67,15 @@ class ProxylessSearchStep:
         self.latency_limit_weight = latency_limit_weight
         # Several costs (cost_loss, CostSpec): each its loss form, weight or hard limit.
         self.costs = None if costs is None else CostTable.of(costs)
-        self.cost_spec = {name: s if isinstance(s, CostSpec) else CostSpec(**s) for name, s in (cost_spec or {}).items()}
+        self.cost_spec = {name: spec if isinstance(spec, CostSpec) else CostSpec(**spec)
+                          for name, spec in (cost_spec or {}).items()}
         if (self.costs is None) != (not self.cost_spec):
             raise ValueError('costs and cost_spec go together: a table of costs and what each adds to the loss')
         if self.costs is not None:
             unknown = set(self.cost_spec) - set(self.costs)
             if unknown:
-                raise ValueError(f'cost_spec names costs {sorted(unknown)} that the table lacks (it has {list(self.costs)})')
+                raise ValueError(f'cost_spec names costs {sorted(unknown)} that the table lacks '
+                                 f'(it has {list(self.costs)})')
         if latency_limit is not None:
             if self.latency_table is None:
                 raise ValueError('latency_limit is set but no latency_table was given')
