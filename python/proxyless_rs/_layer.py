@@ -209,3 +209,65 @@ class ProxylessLayerChoice(ProxylessLayer):
         self._sampled = names[self._sample_idx]
         return {self.label: self._sampled}
 
+
+class DepthChain:
+    """What the depth choices of both NNI versions share: a ``Repeat`` whose blocks beyond
+    ``min_depth`` are two-candidate layer choices between ``'0'`` (skip) and ``'1'`` (the block).
+
+    The subclass provides ``blocks``, ``min_depth``, ``max_depth``, ``depth_label`` and
+    ``depth_values`` (the depths the choice allows).
+    """
+
+    blocks: Any
+    min_depth: int
+    max_depth: int
+    depth_label: str
+    depth_values: list[int]
+
+    def _choices(self) -> list[Any]:
+        return [self.blocks[d] for d in range(self.min_depth, self.max_depth)]
+
+    def _check_chain(self, name: str) -> None:
+        for layer in self._choices():
+            if not isinstance(layer, ProxylessLayerChoice) or len(layer._arch_alpha) != 2:
+                raise TypeError(f'{name}: blocks beyond the minimum depth must be two-candidate '
+                                f'ProxylessMixedLayers (skip or block), got {type(layer).__name__}')
+
+    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
+        """Resample each skip-or-block choice; the depth is their sum (nothing if memo fixes the depth)."""
+        if self.depth_label in memo:
+            return {}
+        depth = self.min_depth
+        for layer in self._choices():
+            memo.pop(layer.label, None)  # the chain's choices are drawn here, whatever the memo held
+            memo.update(layer.resample(memo))
+            depth += int(memo[layer.label])
+        return {self.depth_label: depth}
+
+    def depth_probs(self) -> torch.Tensor:
+        """``P(depth = min_depth + k)`` for ``k = 0 .. max_depth - min_depth``, differentiable in the alphas."""
+        return depth_distribution([layer._softmax(layer._arch_alpha)[1] for layer in self._choices()])
+
+    def export(self, memo: dict[str, Any]) -> dict[str, Any]:
+        """The most probable depth among the depth choice's values, computed exactly, and the choices of
+        the chain that build it (its first blocks taken, the rest skipped, as ``Repeat`` builds it)."""
+        if self.depth_label in memo:
+            return {}
+        with torch.no_grad():
+            probs = self.depth_probs().cpu().tolist()
+        values = [v for v in self.depth_values if self.min_depth <= v <= self.max_depth]
+        depth = max(values, key=lambda v: (probs[v - self.min_depth], -v))
+        result: dict[str, Any] = {self.depth_label: depth}
+        for i, layer in enumerate(self._choices()):
+            result[layer.label] = '1' if self.min_depth + i < depth else '0'
+        return result
+
+    def _depth_probs_by_depth(self) -> dict[int, float]:
+        with torch.no_grad():
+            return {self.min_depth + k: p for k, p in enumerate(self.depth_probs().cpu().tolist())}
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+

@@ -14,7 +14,7 @@ from nni.nas.nn.pytorch.choice import ValueChoiceX
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
 
-from ._layer import ProxylessLayer, ProxylessLayerChoice, depth_distribution
+from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'register_repeat_layers']
 
@@ -154,7 +154,7 @@ class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
         return {self.label: self._sampled}
 
 
-class ProxylessMixedRepeat(BaseSuperNetModule):
+class ProxylessMixedRepeat(DepthChain, BaseSuperNetModule):
     """A depth choice (``Repeat`` with a ``ValueChoice`` depth) as a chain of skip-or-block choices, for
     NNI 2.10, whose own one-shot strategies refuse ``Repeat``.
 
@@ -169,59 +169,22 @@ class ProxylessMixedRepeat(BaseSuperNetModule):
     def __init__(self, blocks: list[nn.Module], label: str, values: list[int], min_depth: int, max_depth: int):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
-        self.label, self.values = label, list(values)
+        self.label, self.depth_values = label, list(values)
         self.min_depth, self.max_depth = min_depth, max_depth
-        for layer in self._choices():
-            if not isinstance(layer, ProxylessMixedLayer) or len(layer._arch_alpha) != 2:
-                raise TypeError(f'{type(self).__name__} {label!r}: blocks beyond the minimum depth must be '
-                                f'two-candidate ProxylessMixedLayers (skip or block), got {type(layer).__name__}')
+        self._check_chain(f'{type(self).__name__} {label!r}')
 
     @property
     def depth_label(self) -> str:
         return self.label
 
-    def _choices(self) -> list[ProxylessMixedLayer]:
-        return [self.blocks[d] for d in range(self.min_depth, self.max_depth)]  # type: ignore[misc]
-
-    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
-        """Resample each skip-or-block choice; the depth is their sum (nothing if memo fixes the depth)."""
-        if self.label in memo:
-            return {}
-        depth = self.min_depth
-        for layer in self._choices():
-            memo.pop(layer.label, None)
-            memo.update(layer.resample(memo))
-            depth += int(memo[layer.label])
-        return {self.label: depth}
-
-    def depth_probs(self) -> torch.Tensor:
-        """``P(depth = min_depth + k)``, differentiable in the alphas."""
-        return depth_distribution([layer._softmax(layer._arch_alpha)[1] for layer in self._choices()])
-
-    def export(self, memo: dict[str, Any]) -> dict[str, Any]:
-        """The most probable depth among the depth choice's values, computed exactly, and the choices of
-        the chain that build it (the first blocks taken, the rest skipped)."""
-        if self.label in memo:
-            return {}
-        with torch.no_grad():
-            probs = self.depth_probs().cpu().tolist()
-        values = [v for v in self.values if self.min_depth <= v <= self.max_depth]
-        depth = max(values, key=lambda v: (probs[v - self.min_depth], -v))
-        result: dict[str, Any] = {self.label: depth}
-        for i, layer in enumerate(self._choices()):
-            result[layer.label] = '1' if self.min_depth + i < depth else '0'
-        return result
-
     def export_probs(self, memo: dict[str, Any]) -> dict[str, Any]:
         if self.label in memo:
             return {}
-        with torch.no_grad():
-            probs = self.depth_probs().cpu().tolist()
-        return {f'{self.label}/{self.min_depth + k}': p for k, p in enumerate(probs)}
+        return {f'{self.label}/{depth}': p for depth, p in self._depth_probs_by_depth().items()}
 
     def search_space_spec(self) -> dict[str, ParameterSpec]:
-        return {self.label: ParameterSpec(self.label, 'choice', self.values, (self.label,), True,
-                                          size=len(self.values))}
+        return {self.label: ParameterSpec(self.label, 'choice', self.depth_values, (self.label,), True,
+                                          size=len(self.depth_values))}
 
     def parameters(self, *args, **kwargs):
         """Like ``nn.Module.parameters``; ``arch=True`` gives nothing: the chain's layers hold the alphas."""
@@ -252,11 +215,6 @@ class ProxylessMixedRepeat(BaseSuperNetModule):
             layer._in_repeat = True
             blocks.append(layer)
         return cls(blocks, label, values, module.min_depth, module.max_depth)
-
-    def forward(self, x):
-        for block in self.blocks:
-            x = block(x)
-        return x
 
 
 def register_repeat_layers(module, name, memo, mutate_kwargs) -> nn.Module | None:

@@ -20,7 +20,7 @@ from nni.nas.nn.pytorch import Repeat, recursive_freeze
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
 
-from ._layer import ProxylessLayer, ProxylessLayerChoice, depth_distribution
+from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'suppress_already_mutated']
 
@@ -146,7 +146,7 @@ def suppress_already_mutated(module, name, memo, mutate_kwargs) -> bool | None:
     return None
 
 
-class ProxylessMixedRepeat(Repeat, BaseSuperNetModule):
+class ProxylessMixedRepeat(DepthChain, Repeat, BaseSuperNetModule):
     """A depth choice (``Repeat`` with a categorical depth) as a chain of skip-or-block choices.
 
     Drop-in for NNI 3.0's ``ProxylessMixedRepeat``: block ``i`` beyond ``min_depth`` becomes a
@@ -165,56 +165,21 @@ class ProxylessMixedRepeat(Repeat, BaseSuperNetModule):
         super().__init__(blocks, depth)
         if not isinstance(depth, Categorical):
             raise TypeError(f'{type(self).__name__}: the depth must be a categorical choice, got {depth!r}')
-        for d in range(self.min_depth, self.max_depth):
-            block = blocks[d]
-            if not isinstance(block, ProxylessMixedLayer) or len(block._arch_alpha) != 2:
-                raise TypeError(f'{type(self).__name__} {self.depth_choice.label!r}: block {d} must be a '
-                                f'two-candidate ProxylessMixedLayer (skip or block), got {type(block).__name__}')
+        self._check_chain(f'{type(self).__name__} {self.depth_choice.label!r}')
 
     @property
     def depth_label(self) -> str:
         return self.depth_choice.label
 
-    def _choices(self) -> list[ProxylessMixedLayer]:
-        return [cast(ProxylessMixedLayer, self.blocks[d]) for d in range(self.min_depth, self.max_depth)]
-
-    def resample(self, memo):
-        """Resample each skip-or-block choice; the depth is their sum (nothing if memo fixes the depth)."""
-        if self.depth_choice.label in memo:
-            return {}
-        depth = self.min_depth
-        for layer in self._choices():
-            # The depth-related choices must be sampled here.
-            memo.pop(layer.label, None)
-            memo.update(layer.resample(memo))
-            depth += int(memo[layer.label])
-        return {self.depth_choice.label: depth}
-
-    def depth_probs(self) -> torch.Tensor:
-        """``P(depth = min_depth + k)`` for ``k = 0 .. max_depth - min_depth``, differentiable in the alphas."""
-        return depth_distribution([layer._softmax(layer._arch_alpha)[1] for layer in self._choices()])
-
-    def export(self, memo):
-        """The most probable depth among the depth choice's values, computed exactly, and the choices of
-        the chain that build it (its first blocks taken, the rest skipped, as ``freeze`` builds it)."""
-        if self.depth_choice.label in memo:
-            return {}
-        with torch.no_grad():
-            probs = self.depth_probs().cpu().tolist()
-        values = [v for v in self.depth_choice.values if self.min_depth <= v <= self.max_depth]
-        depth = max(values, key=lambda v: (probs[v - self.min_depth], -v))
-        result: dict[str, Any] = {self.depth_choice.label: depth}
-        for i, layer in enumerate(self._choices()):
-            result[layer.label] = '1' if self.min_depth + i < depth else '0'
-        return result
+    @property
+    def depth_values(self) -> list[int]:
+        return list(self.depth_choice.values)
 
     def export_probs(self, memo):
         """The probability of each depth (as NNI 3.0 reports it: every depth from min to max)."""
         if self.depth_choice.label in memo:
             return {}
-        with torch.no_grad():
-            probs = self.depth_probs().cpu().tolist()
-        return {self.depth_choice.label: {self.min_depth + k: p for k, p in enumerate(probs)}}
+        return {self.depth_choice.label: self._depth_probs_by_depth()}
 
     def check_contains(self, sample: Sample) -> SampleValidationError | None:
         exception = self.depth_choice.check_contains(sample)
@@ -265,8 +230,3 @@ class ProxylessMixedRepeat(Repeat, BaseSuperNetModule):
                     blocks.append(ProxylessMixedLayer({'0': nn.Identity(), '1': block}, alpha, softmax, label, mode))
             return cls(blocks, module.depth_choice)
         return None
-
-    def forward(self, x):
-        for block in self.blocks:
-            x = block(x)
-        return x
