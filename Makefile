@@ -95,10 +95,12 @@ $(DEVELOP): $(DEPS) $(RUST_INPUTS)
 	touch $@
 	$(call done,Rust extension)
 
-demo: $(DEVELOP)
+# The NNI 3.0 demo runs in .venv-nni3 (made on first use: requirements-nni3.txt and the wheel).
+demo: $(DEVELOP) $(NNI3_VENV)/.installed
 	$(PY) examples/digits_search.py
 	$(PY) examples/digits_nni.py
 	$(PY) examples/digits_constrained.py
+	$(NNI3_VENV)/bin/python examples/digits_nni3.py
 
 pytest: $(DEVELOP)
 	@$(call start,pytest (about 1 min on 2 cores))
