@@ -78,7 +78,7 @@ def search(strategy, epochs: int, seed: int = 0):
         train_dataloaders=DataLoader(TensorDataset(xt, yt), batch_size=32, shuffle=True),
         val_dataloaders=DataLoader(TensorDataset(xv, yv), batch_size=32, shuffle=True),
         learning_rate=3e-3, max_epochs=epochs, enable_progress_bar=False, logger=False,
-        enable_checkpointing=False, enable_model_summary=False)
+        enable_checkpointing=False, enable_model_summary=False, num_classes=10)
     experiment = NasExperiment(DigitsSpace(), evaluator, strategy)
     start = time.perf_counter()
     experiment.run()

@@ -256,7 +256,7 @@ def evaluator(max_epochs=1, **kwargs):
         train_dataloaders=DataLoader(TensorDataset(x[:320], y[:320]), batch_size=32, shuffle=True),
         val_dataloaders=DataLoader(TensorDataset(x[320:480], y[320:480]), batch_size=32, shuffle=True),
         max_epochs=max_epochs, enable_progress_bar=False, logger=False, enable_checkpointing=False,
-        enable_model_summary=False)
+        enable_model_summary=False, num_classes=10)
 
 
 def run(strategy, max_epochs=1, seed=0, **evaluator_kwargs):
