@@ -12,10 +12,12 @@ architecture optimizer), then a weight step on the training batch. What differs 
   (the paper's code warms up the weights for 40 of 120 epochs);
 - with ``arch_update_every`` = k > 1 (the paper code's ``grad_update_arch_step``), the architecture
   step runs every k-th step only;
-- a cost term (latency table) or NNI 3.0's profiler penalty enters the architecture loss with a
-  gradient in alpha; with ``latency_limit``, a penalty that is zero below the limit pushes the
-  expected latency under it, and :meth:`export` returns the exact most probable architecture within
-  the limit (:func:`proxyless_rs.constrained_export`);
+- cost terms enter the architecture loss with a gradient in alpha, through one
+  :func:`proxyless_rs.costs.cost_loss` call: the latency table's (``latency_weight``,
+  ``latency_limit``) as the ``'latency'`` cost, and those of ``costs`` / ``cost_spec``; a limit adds a
+  penalty that is zero below it, and :meth:`export` returns the exact most probable architecture
+  within every limit (:func:`proxyless_rs.constrained_export`); NNI 3.0's profiler penalty gets
+  probabilities that carry alpha's gradient;
 - ``exact=True`` runs NNI's own step instead, to reproduce NNI's sampled architectures and alphas.
 """
 
@@ -27,8 +29,8 @@ import torch
 import torch.optim as optim
 
 from ._layer import no_arch_grad, rescale_two_path
-from .costs import CostSpec, CostTable, constrained_export, cost_loss, limit_penalty
-from .latency import LatencyTable, expected_latency, latency_loss, predicted_latency
+from .costs import CostSpec, CostTable, constrained_export, cost_loss
+from .latency import LatencyTable, latency_loss, predicted_latency
 from .supermodule import ProxylessMixedRepeat
 
 
@@ -60,31 +62,30 @@ class ProxylessSearchStep:
         self.warmup_epochs = warmup_epochs
         self.arch_update_every = arch_update_every
         self.latency_table = None if latency_table is None else LatencyTable(latency_table)
-        self.latency_weight = latency_weight
-        self.latency_form = latency_form
-        self.latency_target = latency_target
-        self.latency_limit = latency_limit
-        self.latency_limit_weight = latency_limit_weight
         # Several costs (cost_loss, CostSpec): each its loss form, weight or hard limit.
-        self.costs = None if costs is None else CostTable.of(costs)
+        tables = {} if costs is None else dict(CostTable.of(costs))
         self.cost_spec = {name: spec if isinstance(spec, CostSpec) else CostSpec(**spec)
                           for name, spec in (cost_spec or {}).items()}
-        if (self.costs is None) != (not self.cost_spec):
+        if (costs is None) != (not self.cost_spec):
             raise ValueError('costs and cost_spec go together: a table of costs and what each adds to the loss')
-        if self.costs is not None:
-            unknown = set(self.cost_spec) - set(self.costs)
-            if unknown:
-                raise ValueError(f'cost_spec names costs {sorted(unknown)} that the table lacks '
-                                 f'(it has {list(self.costs)})')
-        if latency_limit is not None:
-            if self.latency_table is None:
-                raise ValueError('latency_limit is set but no latency_table was given')
-            limit_penalty(torch.zeros(()), latency_limit, latency_limit_weight)  # refuse nonsense now
+        unknown = set(self.cost_spec) - set(tables)
+        if unknown:
+            raise ValueError(f'cost_spec names costs {sorted(unknown)} that the table lacks (it has {list(tables)})')
+        if latency_limit is not None and self.latency_table is None:
+            raise ValueError('latency_limit is set but no latency_table was given')
         if self.latency_table is not None:
             # Refuse a bad form, weight or target now rather than at the first step.
             latency_loss(torch.zeros(()), torch.ones(()), latency_form, latency_weight, latency_target)
+            if latency_weight or latency_limit is not None:
+                # The latency term and limit are the 'latency' cost of the one cost_loss call.
+                if 'latency' in tables:
+                    raise ValueError("latency_table and a 'latency' cost in costs: give latency one way")
+                tables['latency'] = self.latency_table
+                self.cost_spec['latency'] = CostSpec(form=latency_form, weight=latency_weight, target=latency_target,
+                                                     limit=latency_limit, penalty=latency_limit_weight)
         elif latency_weight:
             raise ValueError('latency_weight is set but no latency_table was given')
+        self.costs = CostTable(tables) if tables else None
 
     # What the version glue provides.
     def _mixed_modules(self) -> list[Any]:
@@ -107,18 +108,17 @@ class ProxylessSearchStep:
             self.costs.check(*self._mixed_modules())
 
     def _cost_limits(self) -> dict[str, float]:
-        return {name: spec.limit for name, spec in self.cost_spec.items() if spec.limit is not None}
+        return {name: spec.limit for name, spec in getattr(self, 'cost_spec', {}).items() if spec.limit is not None}
 
     def export(self):
-        """NNI's export, or under ``latency_limit`` the most probable architecture whose predicted latency
-        is within the limit (exact; a depth choice follows the skip-or-block choices it is built from)."""
+        """NNI's export, or under cost limits (``latency_limit``, a ``limit`` in ``cost_spec``) the most
+        probable architecture whose predicted costs are within them (exact; a depth choice follows the
+        skip-or-block choices it is built from)."""
         architecture = super().export()  # type: ignore[misc]
-        if getattr(self, 'latency_limit', None) is not None:
-            architecture.update(constrained_export(self._model_root(), self.latency_table, self.latency_limit))
-        elif getattr(self, 'costs', None) is not None and self._cost_limits():
-            architecture.update(constrained_export(self._model_root(), self.costs, self._cost_limits()))
-        else:
+        limits = self._cost_limits()
+        if not limits:
             return architecture
+        architecture.update(constrained_export(self._model_root(), self.costs, limits))
         for module in self._mixed_modules():
             if isinstance(module, ProxylessMixedRepeat):
                 taken = sum(architecture[layer.label] == '1' for layer in module._choices())
@@ -147,34 +147,23 @@ class ProxylessSearchStep:
         mixed = self._mixed_modules()
 
         # Architecture step, on a validation batch: after the warm-up, every arch_update_every steps.
-        expected = None
+        expected: dict[str, torch.Tensor] | None = None
         if not self._in_warmup() and batch_idx % self.arch_update_every == 0:
             self.resample()  # type: ignore[attr-defined]
             arc_optim.zero_grad()
             arc_step_loss = self._inner_training_step(val_batch, 2 * batch_idx)
             if isinstance(arc_step_loss, dict):
                 arc_step_loss = arc_step_loss['loss']
-            if self.latency_table is not None and (self.latency_weight or self.latency_limit is not None):
-                expected = expected_latency(self._model_root(), self.latency_table)
-                if self.latency_weight:
-                    arc_step_loss = latency_loss(arc_step_loss, expected, self.latency_form, self.latency_weight,
-                                                 self.latency_target)
-                if self.latency_limit is not None:
-                    arc_step_loss = arc_step_loss + limit_penalty(expected, self.latency_limit,
-                                                                  self.latency_limit_weight)
             if self.costs is not None:
-                arc_step_loss, expected_costs = cost_loss(arc_step_loss, self._model_root(), self.costs, self.cost_spec)
-                for name, value in expected_costs.items():
-                    self.log(f'cost/expected_{name}', float(value))  # type: ignore[attr-defined]
+                arc_step_loss, expected = cost_loss(arc_step_loss, self._model_root(), self.costs, self.cost_spec)
             arc_step_loss = self._penalized(arc_step_loss)
             self.manual_backward(arc_step_loss)  # type: ignore[attr-defined]
             arc_optim.step()
             if self.mode == 'two':
                 rescale_two_path(*mixed)
-            if self.costs is not None:
-                for name, spec in self.cost_spec.items():
-                    if spec.multiplier is not None:
-                        spec.multiplier.step(expected_costs[name])
+            for name, spec in self.cost_spec.items():
+                if spec.multiplier is not None:
+                    spec.multiplier.step(expected[name])
 
         # Weight step, on a training batch: no alpha-gradient work.
         self.resample()  # type: ignore[attr-defined]
@@ -186,8 +175,9 @@ class ProxylessSearchStep:
         self.advance_lr_schedulers(batch_idx)  # type: ignore[attr-defined]
         if self._log_this_step(batch_idx):
             self._log_probabilities()
-            if expected is not None:
-                self.log('latency/expected_ms', expected.item())  # type: ignore[attr-defined]
+            for name, value in (expected or {}).items():
+                self.log('latency/expected_ms' if name == 'latency' else f'cost/expected_{name}',
+                         float(value))  # type: ignore[attr-defined]
         return loss_and_metrics
 
     def _log_probabilities(self) -> None:
