@@ -124,6 +124,13 @@ _forward_under_dynamo._torchdynamo_disable_msg = (  # type: ignore[attr-defined]
 )
 
 
+def check_alpha_length(cls: type, label: Any, alpha: torch.Tensor, names: list) -> None:
+    """Refuses an alpha whose length is not the number of candidates, naming the layer and them."""
+    if len(alpha) != len(names):
+        raise ValueError(f'{cls.__name__} {label!r}: alpha has {len(alpha)} entries, but there are {len(names)} '
+                         f'candidates ({", ".join(map(str, names))}).')
+
+
 class ProxylessLayer:
     """What every proxyless_rs mixed layer has: the context, the mode, the draw and the forward call."""
 

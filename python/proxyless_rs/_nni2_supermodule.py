@@ -14,7 +14,7 @@ from nni.nas.nn.pytorch.choice import ValueChoiceX
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
 
-from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice
+from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, check_alpha_length
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'register_repeat_layers']
 
@@ -71,9 +71,7 @@ class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
                  softmax: nn.Module, label: str, mode: str = 'full'):
         if isinstance(paths, dict):  # NNI 3.0's form
             paths = list(paths.items())
-        if len(alpha) != len(paths):
-            raise ValueError(f'{type(self).__name__} {label!r}: alpha has {len(alpha)} entries, '
-                             f'but there are {len(paths)} candidates ({", ".join(name for name, _ in paths)}).')
+        check_alpha_length(type(self), label, alpha, [name for name, _ in paths])
         super().__init__(paths, alpha, softmax, label)
         self._sampled: str | None = None
         self._sample_idx: int | None = None
@@ -119,9 +117,7 @@ class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
 
     def __init__(self, n_candidates: int, n_chosen: int | None, alpha: torch.Tensor, softmax: nn.Module, label: str,
                  mode: str = 'full'):
-        if len(alpha) != n_candidates:
-            raise ValueError(f'{type(self).__name__} {label!r}: alpha has {len(alpha)} entries, '
-                             f'but there are {n_candidates} candidates.')
+        check_alpha_length(type(self), label, alpha, list(range(n_candidates)))
         super().__init__(n_candidates, n_chosen, alpha, softmax, label)
         self._sampled: int | None = None
         self._init_context(alpha, softmax, mode)

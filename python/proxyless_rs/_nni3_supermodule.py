@@ -20,7 +20,7 @@ from nni.nas.nn.pytorch import Repeat, recursive_freeze
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
 
-from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice
+from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, check_alpha_length
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'suppress_already_mutated']
 
@@ -59,10 +59,8 @@ class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
     def __init__(self, paths: dict[str, nn.Module] | list[nn.Module], alpha: torch.Tensor, softmax: nn.Module,
                  label: str, mode: str = 'full'):
         paths = _as_dict(paths)
-        if len(alpha) != len(paths):
-            names = paths.keys() if isinstance(paths, dict) else range(len(paths))
-            raise ValueError(f'{type(self).__name__} {label!r}: alpha has {len(alpha)} entries, '
-                             f'but there are {len(paths)} candidates ({", ".join(map(str, names))}).')
+        names = list(paths) if isinstance(paths, dict) else list(range(len(paths)))
+        check_alpha_length(type(self), label, alpha, names)
         super().__init__(paths, alpha, softmax, label)
         self._sampled: str | int | None = None
         self._sample_idx: int | None = None
@@ -91,9 +89,7 @@ class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
 
     def __init__(self, n_candidates: int, n_chosen: int | None, alpha: torch.Tensor, softmax: nn.Module, label: str,
                  mode: str = 'full'):
-        if len(alpha) != n_candidates:
-            raise ValueError(f'{type(self).__name__} {label!r}: alpha has {len(alpha)} entries, '
-                             f'but there are {n_candidates} candidates.')
+        check_alpha_length(type(self), label, alpha, list(range(n_candidates)))
         super().__init__(n_candidates, n_chosen, alpha, softmax, label)
         self._sampled: list[int] | None = None
         self._init_context(alpha, softmax, mode)
