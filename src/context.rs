@@ -102,6 +102,14 @@ impl ProxylessContext {
         &self.name
     }
 
+    /// Two-path mode: the other candidate of the current draw, or None.
+    fn current_partner(&self) -> Option<i64> {
+        match self.partner.load(Ordering::Relaxed) {
+            NO_PARTNER => None,
+            partner => Some(partner),
+        }
+    }
+
     /// `softmax(arch_alpha)`, the path probabilities.
     pub fn probs(&self, py: Python<'_>) -> PyResult<Tensor> {
         self.probs_of(py, &self.arch.get().tensor(py)?)
@@ -286,10 +294,7 @@ impl ProxylessContext {
     /// Two-path mode: the other candidate of the current draw, or None.
     #[getter]
     fn partner(&self) -> Option<i64> {
-        match self.partner.load(Ordering::Relaxed) {
-            NO_PARTNER => None,
-            partner => Some(partner),
-        }
+        self.current_partner()
     }
 
     /// Sets the path for the next forwards and returns its index: `chosen` (taken from a memo; in
@@ -371,10 +376,7 @@ impl ProxylessContext {
             }
             watched.push(Watched::input(input.clone_ref(py), before));
         }
-        let partner = match ctx.partner.load(Ordering::Relaxed) {
-            NO_PARTNER => None,
-            partner => Some(partner),
-        };
+        let partner = ctx.current_partner();
         let saved = SavedCall::new(
             saved_args.unbind(),
             saved_kwargs.map(Bound::unbind),
