@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from digits_search import DigitsSupernet, batches, digits, quiet_known_warnings
+from digits_search import DigitsSupernet, accuracy, digits, paired_batches, quiet_known_warnings
 
 quiet_known_warnings()
 
@@ -59,13 +59,7 @@ def search(table: LatencyTable, epochs: int, limit: float | None, penalty: float
     trace = []
     start = time.perf_counter()
     for _ in range(epochs):
-        val_iter = batches(xv, yv, batch, loader_gen)
-        for xb, yb in batches(xt, yt, batch, loader_gen):
-            try:
-                xa, ya = next(val_iter)
-            except StopIteration:
-                val_iter = batches(xv, yv, batch, loader_gen)
-                xa, ya = next(val_iter)
+        for (xb, yb), (xa, ya) in paired_batches((xt, yt), (xv, yv), batch, loader_gen):
             # Architecture step: the task loss, plus the penalty while E[LAT] is above the limit.
             net.resample()
             a_opt.zero_grad()
@@ -85,12 +79,10 @@ def search(table: LatencyTable, epochs: int, limit: float | None, penalty: float
     return net, trace, time.perf_counter() - start
 
 
-def accuracy(net: DigitsSupernet, arch: dict, seed: int = 0) -> float:
+def test_accuracy(net: DigitsSupernet, arch: dict, seed: int = 0) -> float:
     """Test accuracy of the supernet with ``arch`` fixed (no retraining), as in digits_search.py."""
     _, _, (xs, ys) = digits(seed)
-    net.resample(arch)
-    with torch.no_grad():
-        return (net(xs).argmax(-1) == ys).float().mean().item()
+    return accuracy(net, arch, xs, ys)
 
 
 def main():
@@ -128,7 +120,7 @@ def main():
     print(f'{"search, export":<38} {"time":>6} {"latency us":>11} {"<= limit":>9} {"test acc":>9}  architecture')
     for name, arch, net, seconds in rows:
         ms = predicted_latency(arch, net, table)
-        acc = accuracy(net, arch, args.seed)
+        acc = test_accuracy(net, arch, args.seed)
         print(f'{name:<38} {seconds:>5.2f}s {ms * 1e3:>11.2f} {str(ms <= limit):>9} {acc:>9.3f}  {arch}')
 
     import matplotlib

@@ -126,6 +126,27 @@ def batches(x, y, size, generator):
         yield x[idx], y[idx]
 
 
+def paired_batches(train, val, size: int, generator):
+    """One epoch of (training batch, validation batch) pairs, NNI's one-shot loop: the validation
+    batches cycle while the training batches last."""
+    (xt, yt), (xv, yv) = train, val
+    val_iter = batches(xv, yv, size, generator)
+    for xb, yb in batches(xt, yt, size, generator):
+        try:
+            xa, ya = next(val_iter)
+        except StopIteration:
+            val_iter = batches(xv, yv, size, generator)
+            xa, ya = next(val_iter)
+        yield (xb, yb), (xa, ya)
+
+
+def accuracy(net: DigitsSupernet, arch: dict, xs, ys) -> float:
+    """Test accuracy of the supernet with ``arch`` fixed (its weights as searched, no retraining)."""
+    net.resample(arch)
+    with torch.no_grad():
+        return (net(xs).argmax(-1) == ys).float().mean().item()
+
+
 def search(layer_cls, input_cls, epochs: int, batch: int = 32, seed: int = 0, desc: str = '', progress=True):
     """Runs the search; returns (exported architecture, test accuracy, seconds, sampled archs)."""
     (xt, yt), (xv, yv), (xs, ys) = digits(seed)
@@ -139,14 +160,8 @@ def search(layer_cls, input_cls, epochs: int, batch: int = 32, seed: int = 0, de
     start = time.perf_counter()
     with tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=True) as bar:
         for _ in range(epochs):
-            val_iter = batches(xv, yv, batch, loader_gen)
-            for xb, yb in batches(xt, yt, batch, loader_gen):
+            for (xb, yb), (xa, ya) in paired_batches((xt, yt), (xv, yv), batch, loader_gen):
                 # Architecture step on a validation batch.
-                try:
-                    xa, ya = next(val_iter)
-                except StopIteration:
-                    val_iter = batches(xv, yv, batch, loader_gen)
-                    xa, ya = next(val_iter)
                 sampled.append(net.resample())
                 a_opt.zero_grad()
                 F.cross_entropy(net(xa), ya).backward()
@@ -165,10 +180,7 @@ def search(layer_cls, input_cls, epochs: int, batch: int = 32, seed: int = 0, de
                     bar.set_postfix(loss=f'{loss.item():.3f}', refresh=False)
     seconds = time.perf_counter() - start
     arch = net.export()
-    net.resample(arch)
-    with torch.no_grad():
-        accuracy = (net(xs).argmax(-1) == ys).float().mean().item()
-    return arch, accuracy, seconds, sampled
+    return arch, accuracy(net, arch, xs, ys), seconds, sampled
 
 
 def main():
