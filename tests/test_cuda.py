@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import requires_cuda
+from conftest import Pair, requires_cuda
 from proxyless_rs import ProxylessMixedInput, ProxylessMixedLayer
 
 pytestmark = requires_cuda
@@ -39,15 +39,6 @@ def test_the_check_catches_a_host_round_trip():
         x.sum().item()
     with sync_debug_mode('error'), pytest.raises(RuntimeError, match='synchroniz'):
         x + torch.ones(3).to('cuda')  # a copy from pageable host memory waits too
-
-
-class Pair(nn.Module):
-    def __init__(self, dim: int, sign: float):
-        super().__init__()
-        self.a, self.b, self.sign = nn.Linear(dim, dim), nn.Linear(dim, dim), sign
-
-    def forward(self, x):
-        return self.a(x), torch.tanh(self.b(x)) * self.sign
 
 
 class Named(Pair):

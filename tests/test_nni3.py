@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import NNI3, assert_alpha_close
+from conftest import NNI3, Pair, assert_alpha_close
 
 if not NNI3:
     pytest.skip('NNI 3.0 regression; runs in the NNI 3.0 environment (make test-nni3)', allow_module_level=True)
@@ -42,15 +42,6 @@ from proxyless_rs import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixe
 
 OURS = (ProxylessMixedLayer, ProxylessMixedInput)
 THEIRS = (nni_proxyless.ProxylessMixedLayer, nni_proxyless.ProxylessMixedInput)
-
-
-class Pair(nn.Module):
-    def __init__(self, dim: int, sign: float):
-        super().__init__()
-        self.a, self.b, self.sign = nn.Linear(dim, dim), nn.Linear(dim, dim), sign
-
-    def forward(self, x):
-        return self.a(x), torch.tanh(self.b(x)) * self.sign
 
 
 def candidates(dim: int) -> dict[str, nn.Module]:
