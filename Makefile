@@ -7,12 +7,17 @@
 #   make bench    set up, build, run the benchmark harness
 #   make gpu      set up, build, run everything that needs a GPU (scripts/gpu_check.sh)
 #   make wheel    build a wheel into dist/ against the torch of .venv (2.13), the way
-#                 `pip install --no-build-isolation .` builds (build_backend/proxyless_build.py)
+#                 `pip install --no-build-isolation .` builds (build_backend/proxyless_build/)
 #   make wheel-check      install that wheel into a fresh venv with no Rust or C++ on PATH, run tests
-#   make test-nni3        the test suite under NNI 3.0 (.venv-nni3, requirements-nni3.txt, the wheel)
+#   make test-nni3        the test suite under NNI 3.0's own stack (.venv-nni3: requirements-nni3.txt,
+#                 torch 2.0.0, proxyless-rs built against it by `pip install --no-build-isolation .`)
 #   make test-regression TORCH=2.7.1   the NNI 2.10 regression tests on another torch of the span:
 #                 .venv-torch2.7 gets torch==2.7.1 and requirements-nni2.txt, then proxyless-rs
 #                 through `pip install --no-build-isolation .` (which leaves that torch in place)
+#   make span     every release of torch-span.toml, one after another: build, regression tests, its
+#                 wheel and the wheel's tests without a compiler (scripts/span.py; the table in
+#                 docs/torch-span.md). About 6-8 min a release on 2 cores. SPAN_ARGS="2.0 2.15" for some.
+#   make wheels   the wheel of every release into dist/wheels/ (scripts/span.py wheels)
 #
 # Set-up is two stamped phases, each printing what it does and how long it took:
 #   .venv/.deps     the Python packages of requirements-dev.txt (redone when that file changes)
@@ -49,23 +54,27 @@ export CARGO_TARGET_DIR ?= $(TARGET_ROOT)
 TORCH ?= 2.7.1
 TORCH_RELEASE = $(word 1,$(subst ., ,$(TORCH))).$(word 2,$(subst ., ,$(TORCH)))
 REG_VENV = .venv-torch$(TORCH_RELEASE)
-REGRESSION_TESTS := tests/test_regression.py tests/test_contract.py tests/test_two_path.py
+# The same list as scripts/span.py's REGRESSION_TESTS.
+REGRESSION_TESTS := tests/test_regression.py tests/test_contract.py tests/test_two_path.py tests/test_torch_span.py
 NNI3_VENV = .venv-nni3
+# NNI 3.0's own stack pins torch 2.0.0 (requirements-nni3.txt).
+NNI3_TORCH := $(shell sed -n 's/^torch==//p' requirements-nni3.txt)
+NNI3_RELEASE = $(word 1,$(subst ., ,$(NNI3_TORCH))).$(word 2,$(subst ., ,$(NNI3_TORCH)))
 WHEEL_STAMP := dist/.wheel
 
 DEPS := $(VENV)/.deps
 DEVELOP := $(VENV)/.develop
-RUST_INPUTS := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock pyproject.toml .cargo/config.toml
+RUST_INPUTS := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock pyproject.toml torch-span.toml .cargo/config.toml
 # What a wheel (or a pip install) is built from.
-PACKAGE_INPUTS := $(RUST_INPUTS) $(wildcard build_backend/*.py) $(shell find python -name '*.py' -o -name '*.pyi' -o -name py.typed)
-LINT_PATHS := python tests benchmarks examples build_backend
+PACKAGE_INPUTS := $(RUST_INPUTS) $(wildcard build_backend/*/*.py) $(shell find python -name '*.py' -o -name '*.pyi' -o -name py.typed)
+LINT_PATHS := python tests benchmarks examples build_backend scripts
 
 # $(call start,WHAT) / $(call done,WHAT): a phase's first and last lines, the last with its duration.
 start = echo "==> $(1)"; SECONDS=0
 done = echo "    $(1): done in $$((SECONDS / 60)) min $$((SECONDS % 60)) s"
 
 .PHONY: demo test pytest cargo-test lint fmt-check clippy ruff stubtest bench bench-smoke gpu develop deps wheel \
-	wheel-check test-nni3 demo-nni3 nni3-env test-regression regression-env clean
+	wheel-check test-nni3 demo-nni3 nni3-env test-regression regression-env span wheels clean
 
 deps: $(DEPS)
 develop: $(DEVELOP)
@@ -174,19 +183,23 @@ wheel-check: $(WHEEL_STAMP)
 	$(call done,wheel check)
 
 # --- NNI 3.0 --------------------------------------------------------------------------------------
-# .venv-nni3: requirements-nni3.txt (torch 2.13.0, NNI 3.0) and the wheel above (same torch).
+# .venv-nni3: NNI 3.0's own stack (requirements-nni3.txt: torch 2.0.0, pytorch-lightning 2.0, NNI 3.0)
+# and proxyless-rs built against that torch, as its users install it.
 nni3-env: $(NNI3_VENV)/.installed
 $(NNI3_VENV)/.deps: requirements-nni3.txt
-	@$(call start,[nni3 1/2] Python packages into $(NNI3_VENV): requirements-nni3.txt)
+	@$(call start,[nni3 1/2] Python packages into $(NNI3_VENV): requirements-nni3.txt (torch $(NNI3_TORCH), NNI 3.0))
 	test -x $(NNI3_VENV)/bin/python || $(PYTHON) -m venv $(NNI3_VENV)
 	$(NNI3_VENV)/bin/python -m pip install --disable-pip-version-check -r requirements-nni3.txt
 	touch $@
 	$(call done,NNI 3.0 packages)
-$(NNI3_VENV)/.installed: $(NNI3_VENV)/.deps $(WHEEL_STAMP)
-	@$(call start,[nni3 2/2] the wheel into $(NNI3_VENV))
-	$(NNI3_VENV)/bin/python -m pip install --disable-pip-version-check --no-deps --force-reinstall dist/proxyless_rs-*.whl
+$(NNI3_VENV)/.installed: $(NNI3_VENV)/.deps $(PACKAGE_INPUTS)
+	@$(call start,[nni3 2/2] pip install --no-build-isolation . into $(NNI3_VENV) (first build: 2-3 min))
+	CARGO_TARGET_DIR=$(TARGET_ROOT)/pep517/torch-$(NNI3_RELEASE) \
+	    $(NNI3_VENV)/bin/python -m pip install --disable-pip-version-check --no-build-isolation --no-deps -v . 2>&1 \
+	    | grep -vE "^ *(Requirement already satisfied|Link requires|Skipping link|Found link)"
+	$(NNI3_VENV)/bin/python scripts/check_install.py $(NNI3_TORCH)
 	touch $@
-	$(call done,wheel into $(NNI3_VENV))
+	$(call done,proxyless-rs built against torch $(NNI3_TORCH))
 
 demo-nni3: $(NNI3_VENV)/.installed
 	$(NNI3_VENV)/bin/python examples/digits_nni3.py
@@ -198,7 +211,7 @@ test-nni3: $(NNI3_VENV)/.installed
 
 # --- other torch releases -------------------------------------------------------------------------
 # $(REG_VENV): torch==$(TORCH) and the NNI 2.10 stack, then proxyless-rs the way a user with that
-# torch installs it: `pip install --no-build-isolation .` (build_backend/proxyless_build.py picks
+# torch installs it: `pip install --no-build-isolation .` (build_backend/proxyless_build/ picks
 # the tch release; the build prints how long it took). Checks that torch is still $(TORCH) and
 # that the installed package records it.
 regression-env: $(REG_VENV)/.installed
@@ -220,8 +233,16 @@ $(REG_VENV)/.installed: $(REG_VENV)/.deps-$(TORCH) $(PACKAGE_INPUTS)
 
 test-regression: $(REG_VENV)/.installed
 	@$(call start,NNI 2.10 regression tests on torch $(TORCH) ($(REG_VENV)))
-	$(REG_VENV)/bin/python -m pytest -rs $(REGRESSION_TESTS) tests/test_torch_span.py
+	$(REG_VENV)/bin/python -m pytest -rs $(REGRESSION_TESTS)
 	$(call done,regression tests on torch $(TORCH))
 
+# Every release of torch-span.toml (scripts/span.py: one venv at a time, removed after its run).
+SPAN_ARGS ?=
+span: $(DEPS)
+	$(PY) scripts/span.py run --target-root $(TARGET_ROOT) $(SPAN_ARGS)
+
+wheels: $(DEPS)
+	$(PY) scripts/span.py wheels --target-root $(TARGET_ROOT) $(SPAN_ARGS)
+
 clean:
-	rm -rf $(VENV) $(NNI3_VENV) .venv-torch* target dist
+	rm -rf $(VENV) $(NNI3_VENV) .venv-torch* .venv-span-* target dist

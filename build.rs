@@ -1,4 +1,5 @@
-//! Records the torch release the extension is built against, for the import-time check.
+//! Records the torch release the extension is built against, and the span of releases
+//! proxyless-rs builds against (torch-span.toml), for the import-time check and its messages.
 //!
 //! torch-sys links the libtorch of the Python `torch` package (LIBTORCH_USE_PYTORCH=1); this asks
 //! the same interpreter for its version, so a wheel knows which torch it needs at run time.
@@ -9,7 +10,38 @@
 
 use std::process::Command;
 
+/// The torch minors of torch-span.toml (`torch = "2.0"` lines), as ranges of consecutive minors:
+/// "2.0 to 2.15". Read line by line: the file is ours and flat, and a TOML parser would be a
+/// build dependency for one list.
+fn span_text() -> String {
+    println!("cargo:rerun-if-changed=torch-span.toml");
+    let text = std::fs::read_to_string("torch-span.toml").expect("proxyless-rs: torch-span.toml is missing");
+    let mut minors: Vec<(u32, u32)> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("torch = \"")?.strip_suffix('"').map(str::to_owned))
+        .map(|v| {
+            let (major, minor) = v.split_once('.').expect("torch = \"major.minor\"");
+            (major.parse().expect("major"), minor.parse().expect("minor"))
+        })
+        .collect();
+    minors.sort();
+    assert!(!minors.is_empty(), "proxyless-rs: torch-span.toml lists no release");
+    let mut ranges: Vec<((u32, u32), (u32, u32))> = Vec::new();
+    for m in minors {
+        match ranges.last_mut() {
+            Some((_, last)) if last.0 == m.0 && last.1 + 1 == m.1 => *last = m,
+            _ => ranges.push((m, m)),
+        }
+    }
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|(a, b)| if a == b { format!("{}.{}", a.0, a.1) } else { format!("{}.{} to {}.{}", a.0, a.1, b.0, b.1) })
+        .collect();
+    parts.join(", ")
+}
+
 fn main() {
+    println!("cargo:rustc-env=PROXYLESS_TORCH_SPAN={}", span_text());
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg-cdylib=-Wl,-rpath,$ORIGIN/../torch/lib");
     }

@@ -1,6 +1,6 @@
 """After `pip install --no-build-isolation .`: torch is still the release asked for, and the
-installed proxyless-rs records it (version +torch<release>, Requires-Dist pinned to that release,
-the compiled core's marker) and imports.
+installed proxyless-rs records it (version +torch<release>, no torch requirement but its `torch`
+extra pinned to that release, the compiled core's marker) and imports.
 
     python scripts/check_install.py 2.7.1
 """
@@ -21,10 +21,11 @@ def main(expected_torch: str) -> int:
     version = metadata.version('proxyless-rs')
     if not version.endswith(f'+torch{release}'):
         problems.append(f'proxyless-rs {version} does not record torch {release}')
-    requires = [r for r in metadata.requires('proxyless-rs') or [] if re.match(r'torch\s*[<>=!~]', r)]
+    requires = [r for r in metadata.requires('proxyless-rs') or [] if re.match(r'torch\b', r)]
     major, minor = release.split('.')
-    if requires != [f'torch>={release},<{major}.{int(minor) + 1}']:
-        problems.append(f'proxyless-rs requires {requires}, expected torch {release} only')
+    wanted = rf'torch\s*>={re.escape(release)},<{major}\.{int(minor) + 1}\s*;\s*extra\s*==\s*["\']torch["\']'
+    if len(requires) != 1 or not re.fullmatch(wanted, requires[0]):
+        problems.append(f'proxyless-rs requires {requires}, expected torch {release} in its `torch` extra only')
 
     import torch
 

@@ -6,11 +6,11 @@
 //! `p_i (b_i - <b, p>)`, a handful of vector ops that stay on the tensors' device.
 
 use pyo3::prelude::*;
-use pyo3_tch::PyTensor;
 use tch::kind::Element;
 use tch::{Kind, TchError, Tensor};
 
 use crate::errors::in_context;
+use crate::tree::PyTensor;
 
 /// `b = sum over tensor pairs of sum(out * grad)`: the gradient of one binary gate.
 ///

@@ -19,6 +19,7 @@ fn _core(py: Python<'_>, m: &Bound<'_, PyModule>) -> PyResult<()> {
     // they must be the ones this module was built against.
     torch_version::check(py)?;
     m.add("TORCH_VERSION", torch_version::BUILT_AGAINST)?;
+    m.add("TORCH_SPAN", torch_version::SUPPORTED)?;
     m.add_class::<arch::ArchParameter>()?;
     m.add_class::<context::ProxylessContext>()?;
     m.add_class::<hook::OutputGradHook>()?;

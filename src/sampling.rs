@@ -2,10 +2,10 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3_tch::PyTensor;
 use tch::{TchError, Tensor};
 
 use crate::errors::in_context;
+use crate::tree::PyTensor;
 
 /// Draws one index from the categorical distribution `probs` (1-d, non-negative).
 ///

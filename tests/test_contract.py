@@ -454,7 +454,8 @@ def test_import_under_another_torch_release_fails_with_how_to_rebuild():
     message = result.stdout.strip()
     assert message.startswith(f'proxyless_rs was built against torch {torch.__version__}'), message
     assert f'torch {OTHER_TORCH} is installed' in message
-    assert 'pip install --no-build-isolation --force-reinstall .' in message
+    assert 'pip install --no-build-isolation --force-reinstall --no-deps .' in message
+    assert f'+torch{torch.__version__.split(".")[0]}.{torch.__version__.split(".")[1]}' in message
 
 
 def test_a_core_that_cannot_load_is_explained(monkeypatch):

@@ -27,7 +27,19 @@ except ImportError as err:
 
 from ._core import ProxylessContext, alpha_grad, sample_index
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    # The installed distribution's version, with the torch release a wheel was built for
+    # (0.1.0+torch2.10); pyproject.toml's where the package runs from a checkout.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("proxyless-rs")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
 
 # Submodules loaded on first attribute access (``proxyless_rs.strategy``).
 _LAZY_MODULES = ("strategy", "lightning", "distributed", "supermodule", "latency", "costs", "patch")
