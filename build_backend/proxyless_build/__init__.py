@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping
 
 from .environment import build_environment, installed_torch, target_environment_torch
 from .span import NEWEST, SPAN, BuildError, Release, describe, pinned_requirement, release, release_for
-from .stage import locked, pin_lock, stage, target_dir
+from .stage import locked, make_stage, pin_lock, target_dir
 from .wheel import retag
 
 __all__ = [
@@ -89,7 +89,7 @@ def _in_stage() -> Iterator[None]:
     target = target_dir(source, entry.torch)
     stage_dir = target / 'proxyless-rs-stage'
     with locked(target / 'proxyless-rs-stage.lock'):
-        stage(source, stage_dir, entry, target)
+        make_stage(source, stage_dir, entry, target)
         patch = f', torch-sys patched ({entry.patch})' if entry.patch else ''
         print(
             f'proxyless-rs: building against torch {torch[0]} ({torch[1]}) with tch {entry.tch}{patch}, in {stage_dir}',

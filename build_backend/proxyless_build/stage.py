@@ -93,7 +93,7 @@ def patch_manifest(text: str, torch_sys: Path) -> str:
     return text + f'\n[patch.crates-io]\ntorch-sys = {{ path = "{torch_sys.as_posix()}" }}\n'
 
 
-def stage(source: Path, dest: Path, entry: Release, target: Path) -> None:
+def make_stage(source: Path, dest: Path, entry: Release, target: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for name in STAGED:
         if name not in ('Cargo.toml', 'Cargo.lock', 'pyproject.toml') and (source / name).exists():

@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ._core import ArchParameter, ProxylessContext
+from ._torch_compat import is_compiling, mark_dynamo_disabled
 
 MODES = ('full', 'two')
 """``'full'``: every candidate's binary gate gets a gradient (NNI's behaviour). ``'two'``: the
@@ -113,14 +114,13 @@ def _forward_under_dynamo(layer: nn.Module, args: tuple, kwargs: dict, index: in
     return layer.ctx.forward(layer, args, kwargs, index)
 
 
-# Marked the way torch.compiler.disable marks a function (set as attributes, because importing
-# torch._dynamo to decorate it costs about a second at import): Dynamo does not inline it but runs it
-# eagerly, and under fullgraph=True it refuses with this reason instead of failing inside the core.
-_forward_under_dynamo._torchdynamo_disable = True  # type: ignore[attr-defined]
-_forward_under_dynamo._torchdynamo_disable_msg = (  # type: ignore[attr-defined]
+# Dynamo does not inline it but runs it eagerly, and under fullgraph=True it refuses with this reason
+# instead of failing inside the core.
+mark_dynamo_disabled(
+    _forward_under_dynamo,
     'proxyless_rs: a ProxylessNAS layer runs one sampled candidate and hooks its output for the binary-gate '
     'backward, which Dynamo cannot capture in a graph; compile without fullgraph=True (the layer then runs '
-    'eagerly between compiled graphs), or compile the candidates themselves'
+    'eagerly between compiled graphs), or compile the candidates themselves',
 )
 
 
@@ -172,7 +172,7 @@ class ProxylessLayer:
             raise RuntimeError(f'{self._name()}: resample() needs to be called before forward.')
         if torch.jit.is_tracing():
             raise RuntimeError(_NOT_TRACEABLE.format(self._name(), 'trace', 'trace'))
-        if torch.compiler.is_compiling():
+        if is_compiling():
             return _forward_under_dynamo(self, args, kwargs, index)  # type: ignore[arg-type]
         return self.ctx.forward(self, args, kwargs, index)
 

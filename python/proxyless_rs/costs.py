@@ -16,12 +16,11 @@ from typing import Any, Iterator, Mapping, Union
 
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from ._core import constrained_choice
 from ._layer import _proxyless_layers
 from ._nni_version import NNI3
+from ._torch_compat import TorchDispatchMode, tree_leaves
 from .latency import (
     DEFAULT_WEIGHTS,
     LOSS_FORMS,

@@ -1,0 +1,46 @@
+"""The one module that touches torch's private or release-dependent API.
+
+proxyless_rs runs on every torch release from 2.0 to 2.15 (torch-span.toml); where torch's API
+differs between them, or is private, the difference is handled here, so that a torch release that
+changes it breaks in one place.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import torch
+import torch.utils._pytree as _pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = ['TorchDispatchMode', 'is_compiling', 'mark_dynamo_disabled', 'tree_leaves']
+
+_compiler_is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling', None)
+
+
+def is_compiling() -> bool:
+    """Whether Dynamo (torch.compile) is tracing the caller.
+
+    ``torch.compiler.is_compiling`` from torch 2.3 on; before, Dynamo's own, and only once Dynamo
+    is imported (importing it costs about a second, and nothing compiles before it is).
+    """
+    if _compiler_is_compiling is not None:
+        return _compiler_is_compiling()
+    dynamo = sys.modules.get('torch._dynamo')
+    return bool(dynamo is not None and dynamo.is_compiling())
+
+
+def mark_dynamo_disabled(fn: Callable[..., Any], reason: str) -> None:
+    """Marks ``fn`` the way ``torch.compiler.disable`` does, without importing Dynamo: Dynamo runs
+    it eagerly behind a graph break, and under ``fullgraph=True`` refuses with ``reason`` (Dynamo
+    reads the reason from torch 2.9 on; before, it names the disabled function)."""
+    fn._torchdynamo_disable = True  # type: ignore[attr-defined]
+    fn._torchdynamo_disable_msg = reason  # type: ignore[attr-defined]
+
+
+def tree_leaves(tree: Any) -> list[Any]:
+    """The leaves of a pytree (tuples, lists, dicts, namedtuples): ``torch.utils._pytree``'s, which
+    has ``tree_leaves`` from torch 2.1 on and ``tree_flatten`` in every release."""
+    leaves = getattr(_pytree, 'tree_leaves', None)
+    return leaves(tree) if leaves is not None else _pytree.tree_flatten(tree)[0]
