@@ -31,7 +31,7 @@ fn plain_softmax_dim(softmax: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
 }
 
 /// Whether autograd is recording on this thread (the state `torch.no_grad()` switches).
-fn grad_mode_enabled() -> bool {
+pub fn grad_mode_enabled() -> bool {
     // libtorch only offers a setter that returns the previous state: set, then restore.
     // SAFETY: plain thread-local flag accesses that cannot fail.
     unsafe {
@@ -66,8 +66,9 @@ impl Drop for LiveCall {
 /// layers of the same label), the softmax that turns it into path probabilities, the mode, and
 /// the layer's forward, which hands each call's saved state to a hook on that call's output.
 ///
-/// Nothing is saved when no backward can follow (grad mode off, no output tensor requires grad,
-/// or `enabled` is off), so validation under `torch.no_grad()` leaves nothing behind.
+/// Nothing is saved when no backward can give alpha a gradient (grad mode off, alpha does not
+/// require grad, the output holds no floating-point tensor, or `enabled` is off), so validation
+/// under `torch.no_grad()` or a frozen architecture leaves nothing behind.
 #[pyclass(frozen, module = "proxyless_rs._core")]
 pub struct ProxylessContext {
     arch: Py<ArchParameter>,
@@ -335,7 +336,15 @@ impl ProxylessContext {
         if grad_mode {
             ctx.grad_forwards.fetch_add(1, Ordering::Relaxed);
         }
-        let saving = ctx.enabled.load(Ordering::Relaxed) && grad_mode;
+        // The tensor autograd sees as the layer's alpha in this call: the module's `_arch_alpha`
+        // (which torch.func.functional_call may substitute), else the shared parameter's.
+        let alpha = match module.getattr(intern!(py, "_arch_alpha")) {
+            Ok(alpha) => alpha,
+            Err(_) => ctx.arch.get().alpha_object(py).clone(),
+        };
+        let saving = ctx.enabled.load(Ordering::Relaxed)
+            && grad_mode
+            && tree::expect_tensor(&alpha, "arch_alpha")?.requires_grad();
         // Detached before the candidate runs, so that a candidate modifying its input in place
         // (ReLU(inplace=True) first) is caught: the other candidates would see the modified input.
         let mut inputs = Vec::new();
@@ -360,7 +369,7 @@ impl ProxylessContext {
             format!("{}: the sampled {}", ctx.name, ctx.describe_candidate(module, index))
         })?;
         let Some((saved_args, saved_kwargs)) = saved_input else { return Ok(layer_output.unbind()) };
-        if !output.tensors.iter().flatten().any(Tensor::requires_grad) {
+        if !output.tensors.iter().flatten().any(Tensor::is_floating_point) {
             return Ok(layer_output.unbind());
         }
         let mut watched = Vec::with_capacity(inputs.len() + output.tensors.len());
@@ -382,6 +391,7 @@ impl ProxylessContext {
             saved_kwargs.map(Bound::unbind),
             index,
             partner,
+            alpha.unbind(),
             watched,
             LiveCall::new(&ctx.live),
         );

@@ -1,5 +1,12 @@
-//! The binary-gate backward that turns a mixed layer's output gradient into `arch_alpha.grad`,
-//! run by a hook on that call's output tensors, which owns that call's saved forward.
+//! The binary-gate backward that turns a mixed layer's output gradient into alpha's gradient, run
+//! by the autograd node that each call's output passes through (the gradient tap), which takes
+//! alpha as an input and owns that call's saved forward.
+//!
+//! Alpha is an input of that node, as of any op that uses a parameter, so autograd decides when
+//! its gradient is computed and where it goes: only when the running backward needs it (not under
+//! `torch.autograd.grad` for other inputs, not when alpha does not require grad: then not one extra
+//! candidate forward runs), accumulated by autograd (alpha's hooks fire, DDP's reducer sees it), and
+//! into whichever tensor was the layer's alpha at forward (`torch.func.functional_call`).
 
 use std::sync::Mutex;
 
@@ -12,6 +19,7 @@ use tch::Tensor;
 
 use crate::context::{LiveCall, ProxylessContext};
 use crate::errors::in_context;
+use crate::torch_private::{backward_keeps_graph, engine_will_execute};
 use crate::{kernel, tree};
 
 /// A tensor of a saved call whose value the backward relies on, with its version at save time.
@@ -39,6 +47,9 @@ pub struct SavedCall {
     sample_idx: i64,
     /// Two-path mode: the one unsampled candidate whose gate takes part.
     partner: Option<i64>,
+    /// The layer's alpha at forward (what the gradient tap took as its input): the probabilities
+    /// of the backward are its softmax, and autograd hands it the gradient.
+    alpha: PyObject,
     watched: Vec<Watched>,
     _live: LiveCall,
 }
@@ -49,11 +60,12 @@ impl SavedCall {
         kwargs: Option<Py<PyDict>>,
         sample_idx: i64,
         partner: Option<i64>,
+        alpha: PyObject,
         watched: Vec<Watched>,
         live: LiveCall,
     ) -> Self {
         let output = tree::OutputTensors { tensors: Vec::new(), others: Vec::new(), keys: None };
-        Self { args, kwargs, output, sample_idx, partner, watched, _live: live }
+        Self { args, kwargs, output, sample_idx, partner, alpha, watched, _live: live }
     }
 }
 
@@ -145,25 +157,23 @@ fn candidate_output(
     Ok(output.tensors)
 }
 
-/// Adds the binary-gate gradient of one call into `arch_alpha.grad`.
+/// The binary-gate gradient of alpha for one call.
 ///
 /// `grads` holds one entry per output element of the layer (`None` where no gradient flowed).
 /// The other candidates are evaluated on the saved inputs through `module.forward_path` (under
 /// `no_grad`, in index order, so random ops draw what NNI's hook draws), each gate's gradient is
-/// `sum(out_k * grad_output)`, and the closed-form alpha gradient is added into `alpha.grad` in
-/// place: it is created if missing and never replaced, so gradients from other losses on alpha add
-/// up. Everything stays on alpha's device: no host round trip.
+/// `sum(out_k * grad_output)`, and the closed form gives alpha's gradient, in alpha's dtype and on
+/// its device: no host round trip. Autograd adds it into `alpha.grad`, so gradients from other
+/// losses on alpha add up.
 fn run_backward(
     ctx: &ProxylessContext,
     module: &Bound<'_, PyAny>,
     call: &SavedCall,
     grads: &[Option<Tensor>],
-) -> PyResult<()> {
+) -> PyResult<Tensor> {
     let py = module.py();
     check_versions(ctx, py, call)?;
-    let arch = ctx.arch(py).get();
-    let alpha_obj = arch.alpha_object(py);
-    let alpha = arch.tensor(py)?;
+    let alpha = tree::expect_tensor(call.alpha.bind(py), "arch_alpha")?;
     let options = (alpha.kind(), alpha.device());
     let n_candidates = alpha.size().first().copied().unwrap_or(0);
     let in_layer = in_context(ctx.name());
@@ -210,42 +220,20 @@ fn run_backward(
 
     // The softmax runs after the candidates, as in NNI, so a stochastic one (GumbelSoftmax)
     // draws the same random numbers.
-    let probs = match call.partner {
-        Some(_) => ctx.probs_of(py, &ctx.alpha_at(py, &involved)?)?,
-        None => ctx.probs(py)?,
-    };
-    let mut alpha_grad = alpha.grad();
-    if !alpha_grad.defined() {
-        alpha_grad = alpha.f_zeros_like().map_err(&in_layer)?;
-        alpha_obj.setattr(intern!(py, "grad"), tree::to_python(py, &alpha_grad)?)?;
-    }
-    match call.partner {
-        Some(_) => kernel::accumulate_subset_alpha_grad(&mut alpha_grad, &involved, &probs, &gate_grads),
-        None => kernel::accumulate_alpha_grad(&mut alpha_grad, &probs, &gate_grads),
+    let delta = match call.partner {
+        Some(_) => {
+            let probs = ctx.probs_of(py, &kernel::gather(&alpha, &involved).map_err(&in_layer)?)?;
+            kernel::subset_alpha_grad_like(&alpha, &involved, &probs, &gate_grads)
+        }
+        None => kernel::alpha_grad_like(&alpha, &ctx.probs_of(py, &alpha)?, &gate_grads),
     }
     .map_err(&in_layer)?;
-    arch.run_after_backward(py)
+    ctx.arch(py).get().run_after_backward(py)?;
+    Ok(delta)
 }
 
-/// Whether the running backward keeps its graph (`retain_graph=True`): then this call may be
-/// back-propagated again and keeps its saved state; otherwise the state is freed right away.
-fn backward_keeps_graph(py: Python<'_>) -> bool {
-    static KEEP_GRAPH: GILOnceCell<Option<PyObject>> = GILOnceCell::new();
-    let query = KEEP_GRAPH.get_or_init(py, || {
-        py.import("torch._C._autograd")
-            .and_then(|m| m.getattr("_get_current_graph_task_keep_graph"))
-            .map(Bound::unbind)
-            .ok()
-    });
-    match query {
-        Some(query) => query.call0(py).and_then(|keep| keep.extract::<bool>(py)).unwrap_or(true),
-        // Without the query (older torch), keep the state: it is freed with the graph.
-        None => true,
-    }
-}
-
-/// The gradient hook on one call's output tensors (see [`attach`]): it owns that call's saved
-/// forward and lives in the autograd graph only, so it is released with the graph.
+/// The backward of one call (see [`attach`]): it owns that call's saved forward and lives in the
+/// autograd graph only (in the gradient tap's node), so it is released with the graph.
 #[pyclass(frozen, module = "proxyless_rs._core")]
 pub struct OutputGradHook {
     ctx: Py<ProxylessContext>,
@@ -258,9 +246,10 @@ pub struct OutputGradHook {
 
 #[pymethods]
 impl OutputGradHook {
-    /// Called by autograd with the gradient of the hooked tensor, or (several hooked tensors,
-    /// through the gradient tap) with the tuple of their gradients.
-    fn __call__(&self, grads: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Called by the gradient tap's backward with the tuple of the tapped tensors' gradients;
+    /// returns alpha's gradient, or None when `alpha_needed` is false (the running backward does
+    /// not compute alpha's gradient: nothing is evaluated).
+    fn __call__(&self, grads: &Bound<'_, PyAny>, alpha_needed: bool) -> PyResult<PyObject> {
         let py = grads.py();
         let ctx = self.ctx.get();
         let hooked = tree::optional_tensors(grads)?;
@@ -268,17 +257,33 @@ impl OutputGradHook {
         for (position, grad) in self.positions.iter().zip(hooked) {
             all[*position] = grad;
         }
+        let keep = backward_keeps_graph(py)?;
         // Taken out for the run (which calls Python code) rather than run under the lock.
         let taken = self.call.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         let Some(call) = taken else {
+            if !alpha_needed {
+                return Ok(py.None());
+            }
             return Err(PyRuntimeError::new_err(format!(
                 "{}: backward reached this call of the layer a second time, but the first backward freed its saved \
                  forward; to back-propagate twice through a graph, run the first backward with retain_graph=True",
                 ctx.name()
             )));
         };
-        let result = run_backward(ctx, self.module.bind(py), &call, &all);
-        if backward_keeps_graph(py) {
+        let result = if !alpha_needed {
+            Ok(py.None())
+        } else if crate::context::grad_mode_enabled() {
+            // In a backward, grad mode is on exactly when it runs with create_graph=True.
+            Err(PyRuntimeError::new_err(format!(
+                "{}: proxyless_rs computes alpha's binary-gate gradient outside autograd's graph, so it cannot be \
+                 differentiated again (a backward with create_graph=True that reaches alpha); take the gradient of \
+                 the inputs or weights only, or leave create_graph off",
+                ctx.name()
+            )))
+        } else {
+            run_backward(ctx, self.module.bind(py), &call, &all).and_then(|delta| tree::to_python(py, &delta))
+        };
+        if keep {
             *self.call.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(call);
         }
         result
@@ -299,13 +304,12 @@ impl OutputGradHook {
     }
 }
 
-/// The identity autograd Function that hands all its outputs' gradients to one hook at once
-/// (`GradientTap.apply(hook, *tensors)`), built once from Rust functions so that the core needs
-/// nothing from the Python package above it. A plain tensor hook sees one gradient at a time, and
-/// `torch.autograd.graph.register_multi_grad_hook` keeps the graph in a reference cycle (its
-/// closures hold the grad_fns) until the garbage collector runs. Its outputs are views of its
-/// inputs made inside a custom Function, so autograd refuses in-place ops on them (as it does on
-/// the outputs of NNI's module full backward hook).
+/// The autograd Function every hooked call's output passes through
+/// (`GradientTap.apply(hook, alpha, *tensors)`): identity on the tensors, and alpha's gradient from
+/// the call's binary-gate backward. Built once from Rust functions, so that the core needs nothing
+/// from the Python package above it. Its outputs are aliases of its inputs (detached, so not
+/// views: an in-place op on them is allowed, and caught by the version check if it changes values
+/// the backward needs).
 fn gradient_tap(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static TAP: GILOnceCell<PyObject> = GILOnceCell::new();
     let tap = TAP.get_or_try_init(py, || -> PyResult<PyObject> {
@@ -315,32 +319,42 @@ fn gradient_tap(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         namespace.set_item("forward", staticmethod.call1((wrap_pyfunction!(tap_forward, py)?,))?)?;
         namespace.set_item("backward", staticmethod.call1((wrap_pyfunction!(tap_backward, py)?,))?)?;
         namespace.set_item("__module__", "proxyless_rs._core")?;
-        namespace.set_item("__doc__", "Identity on tensors; backward hands all their gradients to one hook.")?;
+        namespace.set_item(
+            "__doc__",
+            "Identity on a mixed layer's output tensors; its backward gives alpha the binary-gate gradient.",
+        )?;
         Ok(function.get_type().call1(("GradientTap", (function,), namespace))?.unbind())
     })?;
     Ok(tap.bind(py))
 }
 
 #[pyfunction]
-#[pyo3(signature = (ctx, hook, *tensors))]
+#[pyo3(signature = (ctx, hook, _alpha, *tensors))]
 fn tap_forward<'py>(
     ctx: &Bound<'py, PyAny>,
     hook: &Bound<'py, PyAny>,
+    _alpha: &Bound<'py, PyAny>,
     tensors: Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let py = ctx.py();
     ctx.setattr(intern!(py, "hook"), hook)?;
     // Unused outputs give None, as in a full backward hook, not zeros.
     ctx.call_method1(intern!(py, "set_materialize_grads"), (false,))?;
-    Ok(tensors)
+    let aliases = tensors.iter().map(|t| t.call_method0(intern!(py, "detach"))).collect::<PyResult<Vec<_>>>()?;
+    PyTuple::new(py, aliases)
 }
 
 #[pyfunction]
 #[pyo3(signature = (ctx, *grads))]
 fn tap_backward<'py>(ctx: &Bound<'py, PyAny>, grads: Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyTuple>> {
     let py = ctx.py();
-    ctx.getattr(intern!(py, "hook"))?.call1((&grads,))?;
-    let mut passed = vec![py.None().into_bound(py)];
+    // Alpha gets a gradient only where it requires one and this backward reaches it. Its view is
+    // input 1 of `apply`, and the first tensor input: `next_functions` lists the tensor inputs only.
+    let needs: bool = ctx.getattr(intern!(py, "needs_input_grad"))?.get_item(1)?.extract()?;
+    let alpha_needed =
+        needs && engine_will_execute(&ctx.getattr(intern!(py, "next_functions"))?.get_item(0)?.get_item(0)?)?;
+    let alpha_grad = ctx.getattr(intern!(py, "hook"))?.call1((&grads, alpha_needed))?;
+    let mut passed = vec![py.None().into_bound(py), alpha_grad];
     passed.extend(grads.iter());
     PyTuple::new(py, passed)
 }
@@ -355,19 +369,17 @@ fn reachable_otherwise(item: &Bound<'_, PyAny>, tensor: &Tensor, input_ids: &[us
     item.call_method0(intern!(item.py(), "_is_view"))?.extract()
 }
 
-/// Hooks the tensors of `layer_output` that require grad so that backward through them runs the
-/// binary-gate backward of this call, hands the hook the call's saved state, and returns what
-/// the layer's forward should return.
+/// Passes the floating-point tensors of `layer_output` through the gradient tap, with `alpha`,
+/// so that backward through them runs the binary-gate backward of this call; hands the tap's hook
+/// the call's saved state, and returns what the layer's forward should return.
 ///
-/// A single output tensor gets a tensor hook (a few microseconds; a module full backward hook,
-/// the mechanism NNI uses, wraps inputs and outputs in a Python autograd Function, ~80 us a
-/// call). The hook must see exactly the gradient of this call's output, so a tensor that is also
-/// reachable another way (see [`reachable_otherwise`]: an identity candidate or a mixed input
-/// returns one of the inputs) is returned as a copy of itself, with a node of its own; an in-place
-/// op on that copy then leaves the saved values alone, and the hook still sees the gradient of
-/// the values the layer computed. An in-place op on any other hooked output is refused in the
-/// backward (the saved output is an alias of it). Several output tensors go through one identity
-/// autograd Function (see [`gradient_tap`]), so that the hook gets all their gradients at once.
+/// Every floating-point output tensor is tapped, whether or not it requires grad: alpha does, so
+/// the output carries alpha's gradient path whatever the input and the weights require. The tap
+/// must see exactly the gradient of this call's output, so a tensor that is also reachable another
+/// way (see [`reachable_otherwise`]: an identity candidate or a mixed input returns one of the
+/// inputs) enters it as a copy of itself; an in-place op on what the layer returns then leaves the
+/// saved values alone. An in-place op on any other tapped output is refused in the backward (the
+/// saved output is an alias of it).
 pub fn attach(
     ctx: &Bound<'_, ProxylessContext>,
     module: &Bound<'_, PyAny>,
@@ -377,8 +389,9 @@ pub fn attach(
     input_ids: &[usize],
 ) -> PyResult<PyObject> {
     let py = module.py();
-    let positions: Vec<usize> =
-        (0..output.tensors.len()).filter(|&i| output.tensors[i].as_ref().is_some_and(Tensor::requires_grad)).collect();
+    let positions: Vec<usize> = (0..output.tensors.len())
+        .filter(|&i| output.tensors[i].as_ref().is_some_and(Tensor::is_floating_point))
+        .collect();
     let in_layer = in_context(ctx.get().name());
     let mut saved = Vec::with_capacity(output.tensors.len());
     for (i, tensor) in output.tensors.iter().enumerate() {
@@ -397,6 +410,13 @@ pub fn attach(
     call.output = tree::OutputTensors { tensors: saved, others: output.others, keys: output.keys };
     let parts =
         tree::output_parts(layer_output)?.ok_or_else(|| PyTypeError::new_err("the output was checked at save"))?;
+    // A view of alpha, not alpha itself, enters the tap: its backward node is an inner one, which
+    // autograd can say whether it will execute under `torch.autograd.grad` (for a leaf's
+    // accumulator it refuses to, when the leaf is one of the inputs).
+    let alpha = {
+        let alpha = tree::expect_tensor(call.alpha.bind(py), "arch_alpha")?;
+        tree::to_python(py, &alpha.f_view_as(&alpha).map_err(&in_layer)?)?
+    };
     let hook = Py::new(
         py,
         OutputGradHook {
@@ -407,22 +427,16 @@ pub fn attach(
             call: Mutex::new(Some(call)),
         },
     )?;
-    if let [position] = positions.as_slice() {
-        let item = &parts.items[*position];
-        let tensor = output.tensors[*position].as_ref().expect("a hooked position holds a tensor");
+    let mut tap_args = vec![hook.into_any(), alpha];
+    for &position in &positions {
+        let item = &parts.items[position];
+        let tensor = output.tensors[position].as_ref().expect("a tapped position holds a tensor");
         let copied = reachable_otherwise(item, tensor, input_ids)?;
-        let hooked = if copied { item.call_method0(intern!(py, "clone"))? } else { item.clone() };
-        hooked.call_method1(intern!(py, "register_hook"), (hook,))?;
-        if !copied {
-            return Ok(layer_output.clone().unbind());
-        }
-        return replace_items(layer_output, parts, &[*position], vec![hooked.unbind()]);
+        tap_args.push(if copied { item.call_method0(intern!(py, "clone"))?.unbind() } else { item.clone().unbind() });
     }
-    let mut tap_args = vec![hook.into_any()];
-    tap_args.extend(positions.iter().map(|&i| parts.items[i].clone().unbind()));
     let tapped = gradient_tap(py)?.call_method1(intern!(py, "apply"), PyTuple::new(py, tap_args)?)?;
-    let views = tapped.try_iter()?.map(|view| view.map(Bound::unbind)).collect::<PyResult<Vec<_>>>()?;
-    replace_items(layer_output, parts, &positions, views)
+    let outs = tapped.try_iter()?.map(|out| out.map(Bound::unbind)).collect::<PyResult<Vec<_>>>()?;
+    replace_items(layer_output, parts, &positions, outs)
 }
 
 /// `layer_output` with the elements at `positions` replaced (a tensor output is replaced whole),

@@ -176,25 +176,29 @@ fn host_values(t: &Tensor) -> Option<Vec<f64>> {
     }
 }
 
-/// Adds `alpha_grad(probs, binary_grads)` into `grad` in place.
+/// `alpha_grad(probs, binary_grads)` in `like`'s dtype and on its device (`like`: alpha).
 ///
-/// On the host the n-element closed form is a scalar loop (in f64) and one `add_`: for the
-/// handful of candidates of a mixed layer that is cheaper than five tensor dispatches. On any
-/// other device it stays in tensor ops on that device, with no synchronisation.
-pub fn accumulate_alpha_grad(grad: &mut Tensor, probs: &Tensor, binary_grads: &Tensor) -> Result<(), TchError> {
-    if let (Some(p), Some(b), tch::Device::Cpu) = (host_values(probs), host_values(binary_grads), grad.device()) {
-        if p.len() == b.len() && grad.size() == [p.len() as i64] {
+/// On the host the n-element closed form is a scalar loop (in f64) and one tensor from the
+/// values: for the handful of candidates of a mixed layer that is cheaper than five tensor
+/// dispatches. On any other device it stays in tensor ops on that device, with no synchronisation.
+pub fn alpha_grad_like(like: &Tensor, probs: &Tensor, binary_grads: &Tensor) -> Result<Tensor, TchError> {
+    if let (Some(p), Some(b), tch::Device::Cpu) = (host_values(probs), host_values(binary_grads), like.device()) {
+        if p.len() == b.len() && like.size() == [p.len() as i64] {
             let expected: f64 = p.iter().zip(&b).map(|(p, b)| p * b).sum();
             let delta: Vec<f64> = p.iter().zip(&b).map(|(p, b)| p * (b - expected)).collect();
-            let delta = match grad.kind() {
-                Kind::Float => Tensor::f_from_slice(&delta.iter().map(|&v| v as f32).collect::<Vec<_>>())?,
-                _ => Tensor::f_from_slice(&delta)?.f_to_kind(grad.kind())?,
+            return match like.kind() {
+                Kind::Float => Tensor::f_from_slice(&delta.iter().map(|&v| v as f32).collect::<Vec<_>>()),
+                Kind::Double => Tensor::f_from_slice(&delta),
+                kind => Tensor::f_from_slice(&delta)?.f_to_kind(kind),
             };
-            return grad.f_add_(&delta).map(drop);
         }
     }
     let delta = alpha_grad(probs, binary_grads)?;
-    grad.f_add_(&delta).map(drop)
+    if delta.kind() == like.kind() {
+        Ok(delta)
+    } else {
+        delta.f_to_kind(like.kind())
+    }
 }
 
 /// `t[indices]` of a 1-d tensor, gathered with narrow: no index tensor to copy to `t`'s device.
@@ -203,19 +207,20 @@ pub fn gather(t: &Tensor, indices: &[i64]) -> Result<Tensor, TchError> {
     Tensor::f_cat(&parts, 0)
 }
 
-/// Two-path mode: adds `alpha_grad(probs, binary_grads)` of the involved candidates (`probs` is
-/// the softmax of their logits alone) into `grad` at `indices`; the other entries are untouched.
-pub fn accumulate_subset_alpha_grad(
-    grad: &mut Tensor,
+/// Two-path mode: `alpha_grad(probs, binary_grads)` of the involved candidates (`probs` is the
+/// softmax of their logits alone) at `indices` of a tensor like alpha (`like`), zero elsewhere.
+pub fn subset_alpha_grad_like(
+    like: &Tensor,
     indices: &[i64],
     probs: &Tensor,
     binary_grads: &Tensor,
-) -> Result<(), TchError> {
+) -> Result<Tensor, TchError> {
     let delta = alpha_grad(probs, binary_grads)?;
+    let full = like.f_zeros_like()?;
     for (k, &i) in indices.iter().enumerate() {
-        drop(grad.f_narrow(0, i, 1)?.f_add_(&delta.f_narrow(0, k as i64, 1)?)?);
+        full.f_narrow(0, i, 1)?.f_copy_(&delta.f_narrow(0, k as i64, 1)?)?;
     }
-    Ok(())
+    Ok(full)
 }
 
 /// Two-path mode, after the optimizer step: `alpha[indices]` (the involved logits) are shifted by
@@ -291,18 +296,26 @@ mod tests {
     }
 
     #[test]
-    fn gradient_sums_to_zero_and_accumulates() {
+    fn gradient_sums_to_zero() {
         // softmax is invariant to a constant shift of alpha, so its gradient sums to zero.
         let probs = Tensor::from_slice(&[0.1f32, 0.2, 0.3, 0.4]);
         let b = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 3.0]);
-        let mut grad = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 1.0]);
-        accumulate_alpha_grad(&mut grad, &probs, &b).unwrap();
-        let g = to_vec(&grad);
-        assert!((g.iter().sum::<f64>() - 4.0).abs() < 1e-6, "{g:?}");
+        let g = to_vec(&alpha_grad_like(&probs, &probs, &b).unwrap());
+        assert!(g.iter().sum::<f64>().abs() < 1e-6, "{g:?}");
         let want = alpha_grad_quadratic(&to_vec(&probs), &to_vec(&b));
         for (g, w) in g.iter().zip(&want) {
-            assert!((g - 1.0 - w).abs() < 1e-6);
+            assert!((g - w).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn subset_gradient_is_zero_outside_the_subset() {
+        let like = Tensor::zeros([5], (Kind::Float, Device::Cpu));
+        let probs = Tensor::from_slice(&[0.25f32, 0.75]);
+        let b = Tensor::from_slice(&[2.0f32, -1.0]);
+        let g = to_vec(&subset_alpha_grad_like(&like, &[3, 1], &probs, &b).unwrap());
+        let want = to_vec(&alpha_grad(&probs, &b).unwrap());
+        assert_eq!(g, vec![0.0, want[1], 0.0, want[0], 0.0]);
     }
 
     #[test]
@@ -322,8 +335,8 @@ mod tests {
         for kind in [Kind::Float, Kind::Double] {
             let probs = Tensor::randn([7], (kind, Device::Cpu)).softmax(0, None::<Kind>);
             let b = Tensor::randn([7], (kind, Device::Cpu));
-            let mut grad = Tensor::zeros([7], (kind, Device::Cpu));
-            accumulate_alpha_grad(&mut grad, &probs, &b).unwrap();
+            let grad = alpha_grad_like(&Tensor::zeros([7], (kind, Device::Cpu)), &probs, &b).unwrap();
+            assert_eq!(grad.kind(), kind);
             let want = alpha_grad(&probs, &b).unwrap();
             for (g, w) in to_vec(&grad).iter().zip(to_vec(&want)) {
                 assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{kind:?}: {g} vs {w}");

@@ -10,6 +10,7 @@ pub mod errors;
 pub mod hook;
 pub mod kernel;
 pub mod sampling;
+pub mod torch_private;
 pub mod torch_version;
 pub mod tree;
 

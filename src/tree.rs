@@ -50,7 +50,10 @@ impl std::ops::Deref for PyTensor {
 
 impl<'py> FromPyObject<'py> for PyTensor {
     fn extract_bound(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
-        expect_tensor(obj, "the argument").map(PyTensor)
+        // pyo3 prefixes the argument's name: "argument 'probs': expected a torch.Tensor, got list".
+        as_tensor(obj)?
+            .map(PyTensor)
+            .ok_or_else(|| PyTypeError::new_err(format!("expected a torch.Tensor, got {}", type_name(obj))))
     }
 }
 

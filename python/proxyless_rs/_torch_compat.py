@@ -7,7 +7,6 @@ changes it breaks in one place.
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable
 
 import torch
@@ -16,19 +15,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ['TorchDispatchMode', 'is_compiling', 'mark_dynamo_disabled', 'tree_leaves']
 
-_compiler_is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling', None)
-
-
-def is_compiling() -> bool:
-    """Whether Dynamo (torch.compile) is tracing the caller.
-
-    ``torch.compiler.is_compiling`` from torch 2.3 on; before, Dynamo's own, and only once Dynamo
-    is imported (importing it costs about a second, and nothing compiles before it is).
-    """
-    if _compiler_is_compiling is not None:
-        return _compiler_is_compiling()
-    dynamo = sys.modules.get('torch._dynamo')
-    return bool(dynamo is not None and dynamo.is_compiling())
+# Whether Dynamo (torch.compile) is tracing the caller: torch.compiler.is_compiling from torch 2.3
+# on, torch._utils.is_compiling before (which Dynamo folds to True while tracing). The function
+# itself, not a wrapper: Dynamo recognises these functions, and fails inside a wrapper's logic.
+_compiler = getattr(torch, 'compiler', None)
+is_compiling: Callable[[], bool] = getattr(_compiler, 'is_compiling', None) or torch._utils.is_compiling
 
 
 def mark_dynamo_disabled(fn: Callable[..., Any], reason: str) -> None:
