@@ -111,18 +111,24 @@ demo: $(DEVELOP) $(NNI3_VENV)/.installed
 	$(PY) examples/digits_constrained.py
 	$(NNI3_VENV)/bin/python examples/digits_nni3.py
 
+# Each writes its output to target/ as well, for the one summary line of `make test`.
 pytest: $(DEVELOP)
-	@$(call start,pytest (about 1 min on 2 cores))
-	$(PY) -m pytest -rs --durations=5
+	@$(call start,pytest (about 2-3 min on 2 cores))
+	mkdir -p target
+	$(PY) -m pytest -rs --durations=5 2>&1 | tee target/pytest.log
 	$(call done,pytest)
 
 # The first run compiles the crate's unit-test binary (about 1-2 min); later runs only run it.
 cargo-test: $(DEPS)
 	@$(call start,Rust unit tests: cargo test --release --lib)
-	LD_LIBRARY_PATH=$(TORCH_LIB) cargo test --release --lib
+	mkdir -p target
+	LD_LIBRARY_PATH=$(TORCH_LIB) cargo test --release --lib 2>&1 | tee target/cargo-test.log
 	$(call done,Rust unit tests)
 
 test: pytest cargo-test
+	@py=$$(grep -E '^=+ .*(passed|failed).* in ' target/pytest.log | tail -1 | sed -E 's/^=+ //; s/ in [0-9.]+s.*//'); \
+	rs=$$(grep -E '^test result:' target/cargo-test.log | tail -1 | sed -E 's/^test result: [a-zA-Z]+\. //; s/;.*measured.*//'); \
+	echo "==> make test: pytest $$py; cargo test $$rs"
 
 # The gates. Each runs even if an earlier one failed; the target fails if any did.
 lint: $(DEVELOP)

@@ -13,9 +13,10 @@ Latencies are a fixed table shipped here (``TABLE_MS``): medians of ``profile_la
 2-core AMD EPYC machine, batch 32, one thread, three runs agreeing within 3%. Timing noise would
 otherwise change the limit and the search from one run to the next; ``--profile`` measures this
 machine instead. Prints a table and saves the expected latency over both searches against the
-limit to ``docs/digits_latency_limit.png``.
+limit to ``digits_latency_limit.png`` in the current folder (the docs' figure:
+``--plot docs/digits_latency_limit.png``).
 
-    python examples/digits_constrained.py [--epochs 15] [--limit-fraction 0.6] [--profile]
+    python examples/digits_constrained.py [--epochs 15] [--limit-fraction 0.6] [--profile] [--plot PATH]
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from proxyless_rs import (  # noqa: E402
 
 # ms per batch of 32 on this machine (see the docstring): the MLP candidates of digits_search.py.
 ROW = {'relu': 0.0101, 'tanh': 0.0140, 'bottleneck': 0.0127, 'wide': 0.0322, 'skip': 0.0012}
-DOCS = Path(__file__).resolve().parents[1] / 'docs'
 TABLE_MS = {**{f'layer{i}': dict(ROW) for i in range(3)}, 'readout': {'0': 0.0005, '1': 0.0005, '2': 0.0005}}
 
 
@@ -93,7 +93,7 @@ def main():
     parser.add_argument('--penalty', type=float, default=5.0, help='limit_penalty weight during the search')
     parser.add_argument('--profile', action='store_true', help='measure the latency table on this machine')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--plot', default=str(DOCS / 'digits_latency_limit.png'))
+    parser.add_argument('--plot', default='digits_latency_limit.png', help='where to write the plot')
     args = parser.parse_args()
     torch.set_num_threads(1)
 

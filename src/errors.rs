@@ -12,8 +12,7 @@ pub fn message(err: &TchError) -> String {
         TchError::Torch(msg) | TchError::Shape(msg) | TchError::Kind(msg) | TchError::Convert(msg) => msg.clone(),
         other => other.to_string(),
     };
-    let text = text.split("Exception raised from").next().unwrap_or_default().trim();
-    text.lines().next().unwrap_or_default().trim().to_owned()
+    text.split("Exception raised from").next().unwrap_or_default().trim().to_owned()
 }
 
 /// `err` as the Python exception torch raises for it, its message prefixed with `prefix: `.
@@ -50,6 +49,6 @@ mod tests {
                 .to_owned(),
         );
         assert_eq!(message(&err), "probability tensor contains either `inf`, `nan` or element < 0");
-        assert_eq!(message(&TchError::Shape("a\nb".to_owned())), "a");
+        assert_eq!(message(&TchError::Shape("a\nb".to_owned())), "a\nb");
     }
 }

@@ -96,11 +96,20 @@ pub fn call_forward_path<'py>(
     }
 }
 
-/// Adds a note (Python 3.11+) saying where an exception raised by a candidate came from.
+/// Says where an exception raised by a candidate came from: a note (Python 3.11+), or, where
+/// exceptions have no notes (3.9, 3.10), the same text appended to a one-string message.
 fn with_note(py: Python<'_>, err: PyErr, note: String) -> PyErr {
     let value = err.value(py);
     if value.hasattr(intern!(py, "add_note")).unwrap_or(false) {
-        let _ = value.call_method1(intern!(py, "add_note"), (note,));
+        if value.call_method1(intern!(py, "add_note"), (&note,)).is_ok() {
+            return err;
+        }
+    }
+    if let Ok(args) = value.getattr(intern!(py, "args")).and_then(|args| args.extract::<(String,)>()) {
+        let extended = PyTuple::new(py, [format!("{}\n{note}", args.0)]);
+        if extended.and_then(|args| value.setattr(intern!(py, "args"), args)).is_ok() {
+            return err;
+        }
     }
     err
 }

@@ -242,22 +242,6 @@ pub fn rescale_subset(alpha: &Tensor, indices: &[i64], before: &Tensor) -> Resul
     Ok(())
 }
 
-/// `rescale_two_path(alpha, indices, before)`: [`rescale_subset`] under `no_grad`, in place.
-#[pyfunction]
-pub fn rescale_two_path(alpha: PyTensor, indices: Vec<i64>, before: PyTensor) -> PyResult<()> {
-    let _no_grad = tch::no_grad_guard();
-    let n = alpha.size().first().copied().unwrap_or(0);
-    if indices.iter().any(|&i| i < 0 || i >= n) || before.size() != alpha.size() {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "rescale_two_path: indices {indices:?} must lie in 0..{n}, and the logits from before the step \
-             must have alpha's shape {:?}, got {:?}",
-            alpha.size(),
-            before.size()
-        )));
-    }
-    rescale_subset(&alpha, &indices, &before).map_err(in_context("rescale_two_path"))
-}
-
 /// `alpha_grad(probs, binary_grads)`: the closed form above, for tests and custom loops.
 #[pyfunction]
 #[pyo3(name = "alpha_grad")]

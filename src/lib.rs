@@ -26,7 +26,6 @@ fn _core(py: Python<'_>, m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hook::OutputGradHook>()?;
     m.add_function(wrap_pyfunction!(sampling::sample_index, m)?)?;
     m.add_function(wrap_pyfunction!(kernel::py_alpha_grad, m)?)?;
-    m.add_function(wrap_pyfunction!(kernel::rescale_two_path, m)?)?;
     m.add_function(wrap_pyfunction!(constrained::py_constrained_choice, m)?)?;
     Ok(())
 }

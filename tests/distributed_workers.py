@@ -179,3 +179,57 @@ def lightning_search(rank: int, world: int, port: int, out_dir: str) -> None:
         with open(os.path.join(out_dir, f'rank{rank}.err'), 'w') as f:
             f.write(traceback.format_exc())
         raise
+
+
+def lightning_search_nni3(rank: int, world: int, port: int, out_dir: str) -> None:
+    """proxyless_rs.strategy.Proxyless through NNI 3.0's NasExperiment, Lightning DDP on CPU."""
+    try:
+        os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                          LOCAL_RANK=str(rank), NODE_RANK='0')
+        torch.set_num_threads(1)
+        import torch.nn as nn
+        from nni.nas.evaluator.pytorch import Classification, DataLoader
+        from nni.nas.experiment import NasExperiment
+        from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
+        from pytorch_lightning.strategies import DDPStrategy
+        from torch.utils.data import TensorDataset
+
+        import proxyless_rs
+
+        class Space(ModelSpace):
+            def __init__(self):
+                super().__init__()
+                self.stem = nn.Linear(64, 32)
+                self.first = LayerChoice({'linear': nn.Linear(32, 32), 'identity': nn.Identity()}, label='first')
+                self.readout = InputChoice(2, 1, label='readout')
+                self.head = nn.Linear(32, 10)
+
+            def forward(self, x):
+                h = torch.relu(self.stem(x))
+                return self.head(self.readout([h, self.first(h)]))
+
+        (xt, yt), (xv, yv) = digits_shard(0, 1)
+        torch.manual_seed(7 + rank)  # different per rank on purpose
+        evaluator = Classification(
+            train_dataloaders=DataLoader(TensorDataset(xt, yt), batch_size=32, shuffle=True),
+            val_dataloaders=DataLoader(TensorDataset(xv, yv), batch_size=32, shuffle=True),
+            max_epochs=1, limit_train_batches=6, accelerator='cpu', devices=world, num_classes=10,
+            strategy=DDPStrategy(process_group_backend='gloo', timeout=TIMEOUT, find_unused_parameters=True),
+            enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False)
+        strategy = proxyless_rs.strategy.Proxyless(arc_learning_rate=0.05)
+        experiment = NasExperiment(Space(), evaluator, strategy)
+        experiment.run()
+        (model,) = strategy.list_models()
+        module = strategy.oneshot_module
+        layers = [m for m in module.supernet_modules() if isinstance(m, proxyless_rs._layer.ProxylessLayer)]
+        torch.save({
+            'architecture': dict(model.sample),
+            'alphas': [m._arch_alpha.detach().clone() for m in layers],
+            'weights': {k: v.detach().clone() for k, v in module.state_dict().items()},
+            'saved_entries': [len(m.ctx) for m in layers],
+        }, os.path.join(out_dir, f'rank{rank}.pt'))
+        experiment.stop()
+    except Exception:
+        with open(os.path.join(out_dir, f'rank{rank}.err'), 'w') as f:
+            f.write(traceback.format_exc())
+        raise

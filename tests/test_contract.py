@@ -23,7 +23,7 @@ import torch.utils.checkpoint as checkpoint
 from nni.nas.oneshot.pytorch.supermodule.proxyless import ProxylessMixedLayer as NNIMixedLayer
 
 import proxyless_rs
-from conftest import TORCH_RELEASE, requires_nni2
+from conftest import FREED_BY_BACKWARD, TORCH_RELEASE, requires_nni2
 from proxyless_rs import ProxylessMixedInput, ProxylessMixedLayer
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-7)
@@ -282,9 +282,6 @@ class Block(nn.Module):
     def forward(self, x):
         h = torch.tanh(self.stem(x))
         return self.mixed(torch.tanh(self.mixed(h))) + h
-
-
-FREED_BY_BACKWARD = hasattr(torch._C._autograd, '_get_current_graph_task_keep_graph')
 
 
 def early_stopping(early_stop: bool):

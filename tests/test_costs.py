@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import requires_flop_counter
 from proxyless_rs import (
     CandidateTable,
     CostSpec,
@@ -312,6 +313,7 @@ class Convs(nn.Module):
         return self.pick([h, self.mlp(h).mean(-1, keepdim=True).expand_as(h)])
 
 
+@requires_flop_counter
 def test_counted_costs_match_hand_counts():
     net = Convs()
     for m in (net.conv, net.mlp, net.pick):
@@ -344,6 +346,7 @@ def test_counted_costs_match_hand_counts():
         count_costs(net, torch.randn(b, 4, 4, 4), costs=['energy'])
 
 
+@requires_flop_counter
 def test_counted_costs_feed_a_constrained_export():
     net = Convs()
     table = count_costs(net, torch.randn(1, 4, 4, 4), costs=['params', 'flops'])

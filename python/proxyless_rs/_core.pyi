@@ -5,11 +5,14 @@ from typing import Any, Callable, Optional, final
 import torch
 from torch import nn
 
-__all__ = ["TORCH_VERSION", "ArchParameter", "ProxylessContext", "OutputGradHook", "sample_index", "alpha_grad",
-           "rescale_two_path", "constrained_choice"]
+__all__ = ["TORCH_VERSION", "TORCH_SPAN", "ArchParameter", "ProxylessContext", "OutputGradHook", "sample_index",
+           "alpha_grad", "constrained_choice"]
 
 TORCH_VERSION: str
 """``torch.__version__`` of the torch this core was built against (its release is checked at import)."""
+
+TORCH_SPAN: str
+"""The torch releases proxyless-rs builds against, as torch-span.toml lists them (``2.0 to 2.15``)."""
 
 @final
 class ArchParameter:
@@ -32,8 +35,9 @@ class ArchParameter:
 class ProxylessContext:
     """The Rust side of one mixed layer: its ArchParameter, softmax, mode, draws and forward.
 
-    Each forward that a backward can follow hands its saved inputs and output to a hook on that
-    call's output. Nothing is saved when grad is disabled, no output tensor requires grad, or
+    Each forward that a backward can follow passes its output through the gradient tap, an autograd
+    node with alpha as an input, whose hook owns the saved inputs and output. Nothing is saved when
+    grad is disabled, alpha does not require grad, no output tensor is floating-point, or
     ``enabled`` is False. Pickling keeps the ArchParameter, softmax, label, name and mode.
     """
 
@@ -58,24 +62,22 @@ class ProxylessContext:
         """Take ``chosen`` (from a memo) or draw from ``softmax(alpha)``; returns the path index."""
     def forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: Optional[dict[str, Any]],
                 index: int) -> Any:
-        """Run ``module.forward_path(index, *args, **kwargs)`` and hook its output for the backward."""
+        """Run ``module.forward_path(index, *args, **kwargs)`` and pass its output through the tap."""
     def __len__(self) -> int:
         """The number of calls whose saved state is alive."""
 
 @final
 class OutputGradHook:
-    """The binary-gate backward of one call, registered on its output (created by ``forward``)."""
+    """The binary-gate backward of one call, held by its gradient tap (created by ``forward``)."""
 
-    def __call__(self, grads: Any) -> None: ...
+    def __call__(self, grads: Any, alpha_needed: bool) -> Any:
+        """Alpha's gradient from the tapped outputs' gradients, or None when not ``alpha_needed``."""
 
 def sample_index(probs: torch.Tensor) -> int:
     """One draw of ``torch.multinomial(probs, 1)``, as a Python int."""
 
 def alpha_grad(probs: torch.Tensor, binary_grads: torch.Tensor) -> torch.Tensor:
     """``probs * (binary_grads - <binary_grads, probs>)``: the gradient of alpha through binary gates."""
-
-def rescale_two_path(alpha: torch.Tensor, indices: list[int], before: torch.Tensor) -> None:
-    """After a two-path optimizer step: restore the other logits, shift ``alpha[indices]`` to keep their mass."""
 
 def constrained_choice(values: list[list[float]], costs: list[list[list[float]]],
                        limits: list[float]) -> Optional[tuple[list[int], float, int]]:

@@ -90,18 +90,6 @@ class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule)
     def mutate_kwargs(self) -> dict[str, Any]:
         return {**super().mutate_kwargs(), 'proxyless_mode': self.mode}
 
-    def setup(self, stage: str = None):  # type: ignore[assignment]
-        """Under a multi-process strategy (Lightning's DDP), prepares the data-parallel search
-        (:func:`proxyless_rs.distributed.setup`) before Lightning wraps the module in DDP."""
-        import torch.distributed as dist
-
-        from . import distributed
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and \
-                getattr(self, '_distributed_search', None) is None:
-            self._distributed_search = distributed.setup(self)
-        return super().setup(stage)
-
     def configure_architecture_optimizers(self):
         """NNI's architecture optimizer (Adam, betas (0.5, 0.999), weight decay 1e-3), at
         ``arc_learning_rate``: NNI 2.10 accepts that argument but always uses 3e-4, its default, and

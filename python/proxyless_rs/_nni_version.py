@@ -11,9 +11,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 def _major() -> int:
     try:
-        return int(version('nni').split('.')[0])
-    except (PackageNotFoundError, ValueError):
+        installed = version('nni')
+    except PackageNotFoundError:
         return 0
+    major = installed.split('.')[0]
+    if not major.isdigit():
+        raise ImportError(f'proxyless_rs serves NNI 2.10 and NNI 3.0, and cannot read the version of the '
+                          f'installed NNI: {installed!r}')
+    return int(major)
 
 
 NNI_MAJOR = _major()

@@ -88,6 +88,19 @@ class ProxylessSearchStep:
         self.costs = CostTable(tables) if tables else None
 
     # What the version glue provides.
+    def setup(self, stage: str | None = None):
+        """Under a multi-process strategy (Lightning's DDP), prepares the data-parallel search
+        (:func:`proxyless_rs.distributed.setup`: draws broadcast from rank 0, alpha gradients
+        averaged) before Lightning wraps the module in DDP; both NNI versions' modules run it."""
+        import torch.distributed as dist
+
+        from . import distributed
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and \
+                getattr(self, '_distributed_search', None) is None:
+            self._distributed_search = distributed.setup(self)  # type: ignore[arg-type]
+        return super().setup(stage)  # type: ignore[misc]
+
     def _mixed_modules(self) -> list[Any]:
         raise NotImplementedError
 

@@ -13,7 +13,7 @@ import torch
 import torch.utils._pytree as _pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ['TorchDispatchMode', 'is_compiling', 'mark_dynamo_disabled', 'tree_leaves']
+__all__ = ['TorchDispatchMode', 'flop_counter_mode', 'is_compiling', 'mark_dynamo_disabled', 'tree_leaves']
 
 # Whether Dynamo (torch.compile) is tracing the caller: torch.compiler.is_compiling from torch 2.3
 # on, torch._utils.is_compiling before (which Dynamo folds to True while tracing). The function
@@ -35,3 +35,14 @@ def tree_leaves(tree: Any) -> list[Any]:
     has ``tree_leaves`` from torch 2.1 on and ``tree_flatten`` in every release."""
     leaves = getattr(_pytree, 'tree_leaves', None)
     return leaves(tree) if leaves is not None else _pytree.tree_flatten(tree)[0]
+
+
+def flop_counter_mode() -> Any:
+    """A ``torch.utils.flop_counter.FlopCounterMode`` (torch 2.1 on), or a RuntimeError saying so."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+    except ImportError as err:
+        raise RuntimeError(f'counting FLOPs needs torch.utils.flop_counter, which torch {torch.__version__} lacks '
+                           '(it came with torch 2.1); count params and memory, or give the FLOPs in a CostTable'
+                           ) from err
+    return FlopCounterMode(display=False)

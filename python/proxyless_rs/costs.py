@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 
 from ._core import constrained_choice
-from ._layer import _proxyless_layers
+from ._layer import ProxylessLayerChoice, _proxyless_layers
 from ._nni_version import NNI3
-from ._torch_compat import TorchDispatchMode, tree_leaves
+from ._torch_compat import TorchDispatchMode, flop_counter_mode, tree_leaves
 from .latency import (
     DEFAULT_WEIGHTS,
     LOSS_FORMS,
@@ -31,7 +31,6 @@ from .latency import (
     expected_latency,
     latency_loss,
 )
-from .supermodule import ProxylessMixedLayer
 
 __all__ = ['CostTable', 'CostSpec', 'count_costs', 'expected_costs', 'predicted_costs', 'constrained_export',
            'limit_penalty', 'LagrangeMultiplier', 'cost_loss', 'COUNTED_COSTS']
@@ -164,15 +163,13 @@ def _tensors(tree: Any) -> list[torch.Tensor]:
 
 
 def _count_candidate(layer: nn.Module, k: int, args: tuple, kwargs: dict, costs: tuple[str, ...]) -> dict[str, float]:
-    from torch.utils.flop_counter import FlopCounterMode
-
     result: dict[str, float] = {}
-    module = layer._modules[str(layer.op_names[k])] if isinstance(layer, ProxylessMixedLayer) else None
+    module = layer._modules[str(layer.op_names[k])] if isinstance(layer, ProxylessLayerChoice) else None
     if 'params' in costs:
         unique = {} if module is None else {id(p): p for p in module.parameters()}
         result['params'] = float(sum(p.numel() for p in unique.values()))
     if 'flops' in costs:
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter_mode() as counter:
             layer.forward_candidate(k, *args, **kwargs)
         result['flops'] = float(counter.get_total_flops())
     if 'memory' in costs:
@@ -198,7 +195,8 @@ def count_costs(model: nn.Module, *example_args: Any, costs: tuple[str, ...] | l
     - ``'flops'``: FLOPs of ``forward_path(k, ...)`` on the captured input, as
       ``torch.utils.flop_counter.FlopCounterMode`` counts them: 2 per multiply-accumulate of
       matrix products, convolutions (transposed too, depthwise by their groups) and attention;
-      elementwise ops count 0. Custom modules are counted through the aten ops they run;
+      elementwise ops count 0. Custom modules are counted through the aten ops they run (torch 2.1
+      on: torch 2.0 has no FLOP counter);
     - ``'memory'``: peak bytes held by the tensors the candidate's ops create during its forward
       (its output included; its inputs and parameters excluded); workspace freed inside a kernel
       is not seen.
@@ -264,7 +262,7 @@ def _log_probs(layer: nn.Module) -> torch.Tensor:
 
 def _options(layer: nn.Module) -> list[tuple[Any, list[str]]]:
     """``(exported value, table keys)`` for every choice the layer can export."""
-    if isinstance(layer, ProxylessMixedLayer):
+    if isinstance(layer, ProxylessLayerChoice):
         return [(name, [str(name)]) for name in layer.op_names]
     n, k = layer.n_candidates, layer.n_chosen
     if k is None or k >= n:
@@ -324,7 +322,7 @@ def constrained_export(model: nn.Module, table: TableLike, limit: float | Mappin
         if group is None:
             options = _options(layer)
             logp = _log_probs(layer).tolist()
-            if isinstance(layer, ProxylessMixedLayer):
+            if isinstance(layer, ProxylessLayerChoice):
                 values = [logp[i] for i in range(len(options))]
             else:
                 values = [sum(logp[int(key)] for key in keys) for _, keys in options]

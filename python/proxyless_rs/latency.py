@@ -13,8 +13,7 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.nn as nn
 
-from ._layer import _proxyless_layers
-from .supermodule import ProxylessMixedLayer
+from ._layer import ProxylessLayerChoice, _proxyless_layers
 
 __all__ = ['LatencyTable', 'CandidateTable', 'profile_latency', 'expected_latency', 'latency_loss',
            'predicted_latency', 'LOSS_FORMS']
@@ -24,7 +23,7 @@ LOSS_FORMS = ('log', 'mul', 'mul#log', 'add#linear')
 
 def _choices(layer: nn.Module) -> list[str]:
     """A layer's candidate names as a table (and NNI's ``export_probs``) spells them."""
-    if isinstance(layer, ProxylessMixedLayer):
+    if isinstance(layer, ProxylessLayerChoice):
         return [str(name) for name in layer.op_names]  # NNI 3.0 names a list's candidates 0, 1, ...
     return [str(i) for i in range(layer.n_candidates)]
 
@@ -211,7 +210,7 @@ def _capture_inputs(model: nn.Module, layers: list[nn.Module], example_args: tup
     try:
         memo: dict[str, Any] = {}
         for layer in layers:
-            first = _choices(layer)[0] if isinstance(layer, ProxylessMixedLayer) else 0
+            first = _choices(layer)[0] if isinstance(layer, ProxylessLayerChoice) else 0
             memo.update(layer.resample({layer.label: first, **memo}))
         with torch.no_grad():
             model(*example_args, **example_kwargs)
@@ -224,7 +223,7 @@ def _capture_inputs(model: nn.Module, layers: list[nn.Module], example_args: tup
             if active is not None:
                 layer.ctx.resample(active)
             layer._sampled = sampled
-            if isinstance(layer, ProxylessMixedLayer):
+            if isinstance(layer, ProxylessLayerChoice):
                 layer._sample_idx = index
     return captured
 
