@@ -60,18 +60,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--child', choices=['nni', 'proxyless_rs'])
+    parser.add_argument('--only', choices=['nni', 'proxyless_rs'], help='count one implementation only (e.g. '
+                        'another build of proxyless_rs, through PYTHONPATH)')
     parser.add_argument('--out', type=Path, help='write the figures as JSON here too')
     args = parser.parse_args()
     if args.child:
         child(args.child, args.steps)
         return 0
     per_step = {}
-    for impl in ('nni', 'proxyless_rs'):
+    for impl in [args.only] if args.only else ['nni', 'proxyless_rs']:
         base, total = count(impl, 0), count(impl, args.steps)
         per_step[impl] = (total - base) / args.steps
         print(f'{impl:>13}: {per_step[impl] / 1e6:.1f} M instructions per step', flush=True)
-    ratio = per_step['nni'] / per_step['proxyless_rs']
-    print(f'NNI / proxyless_rs: {ratio:.2f}x fewer instructions per step')
+    ratio = per_step['nni'] / per_step['proxyless_rs'] if len(per_step) == 2 else None
+    if ratio is not None:
+        print(f'NNI / proxyless_rs: {ratio:.2f}x fewer instructions per step')
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({'steps': args.steps, 'per_step': per_step, 'ratio': ratio}, indent=1) + '\n')

@@ -223,8 +223,8 @@ def _hook_alone(layer, x: torch.Tensor, grad: torch.Tensor,
 
     NNI's: save the forward in its context, call its full backward hook (the sampled candidate's
     forward is done once, outside). proxyless_rs's: the context runs the sampled candidate and
-    hooks its output (``ctx.forward``); then that hook is called with the output gradient; the
-    candidate's forward alone is subtracted.
+    passes its output through the gradient tap (``ctx.forward``); then the tap's hook is called with
+    the output gradient; the candidate's forward alone is subtracted.
     """
     sampled = layer.op0
     if not ours:
@@ -237,18 +237,18 @@ def _hook_alone(layer, x: torch.Tensor, grad: torch.Tensor,
 
         return nni_hook, lambda: None
 
-    def our_hook() -> None:
+    def our_hook() -> torch.Tensor:
+        # The output's node is the gradient tap; its hook returns alpha's gradient. Called as in a
+        # backward without create_graph: with grad mode off.
         hooked = layer.ctx.forward(layer, (x,), None, 0)
-        hooks = list(hooked._backward_hooks.values())
-        hooks[-1](grad)
+        with torch.no_grad():
+            return hooked.grad_fn.hook((grad,), True)
 
     def candidate_forward() -> None:
         sampled(x)
 
     # The hook must have done the work being timed: an alpha gradient, and no saved call left.
-    layer._arch_alpha.grad = None
-    our_hook()
-    if layer._arch_alpha.grad is None or len(layer.ctx):
+    if our_hook() is None or len(layer.ctx):
         raise RuntimeError('benchmark: the output hook did not run its backward (an API change in the core?)')
     return our_hook, candidate_forward
 
