@@ -83,8 +83,13 @@ def run(release: str, what: str, cmd: list[str], log: Path, env: dict[str, str] 
     return proc.returncode, took
 
 
+def pytest_summaries(text: str) -> list[str]:
+    """pytest's closing lines in ``text``, in order (``-q`` prints them without the ``=`` rule)."""
+    return re.findall(r'^=*\s*(\d+ (?:passed|failed|error).*?) in [\d.]+s', text, re.M)
+
+
 def pytest_summary(log: Path) -> str:
-    lines = re.findall(r'^=+ (.*(?:passed|failed|error).*) in [\d.]+s.*=+$', log.read_text(), re.M)
+    lines = pytest_summaries(log.read_text())
     return lines[-1] if lines else 'no pytest summary'
 
 
