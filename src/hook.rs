@@ -100,10 +100,10 @@ pub fn call_forward_path<'py>(
 /// exceptions have no notes (3.9, 3.10), the same text appended to a one-string message.
 fn with_note(py: Python<'_>, err: PyErr, note: String) -> PyErr {
     let value = err.value(py);
-    if value.hasattr(intern!(py, "add_note")).unwrap_or(false) {
-        if value.call_method1(intern!(py, "add_note"), (&note,)).is_ok() {
-            return err;
-        }
+    if value.hasattr(intern!(py, "add_note")).unwrap_or(false)
+        && value.call_method1(intern!(py, "add_note"), (&note,)).is_ok()
+    {
+        return err;
     }
     if let Ok(args) = value.getattr(intern!(py, "args")).and_then(|args| args.extract::<(String,)>()) {
         let extended = PyTuple::new(py, [format!("{}\n{note}", args.0)]);
