@@ -127,6 +127,20 @@ def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20
         raise
 
 
+def ddp_evaluator(classification, dataloader, rank: int, world: int, strategy, **kwargs):
+    """NNI's Classification evaluator (either NNI's) on the digits, one epoch of 6 steps under
+    ``strategy`` on ``world`` CPU processes; the default generator seeded per rank on purpose."""
+    from torch.utils.data import TensorDataset
+
+    (xt, yt), (xv, yv) = digits_shard(0, 1)
+    torch.manual_seed(7 + rank)
+    return classification(
+        train_dataloaders=dataloader(TensorDataset(xt, yt), batch_size=32, shuffle=True),
+        val_dataloaders=dataloader(TensorDataset(xv, yv), batch_size=32, shuffle=True),
+        max_epochs=1, limit_train_batches=6, accelerator='cpu', devices=world, strategy=strategy,
+        enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False, **kwargs)
+
+
 def lightning_search(rank: int, world: int, port: int, out_dir: str) -> None:
     """proxyless_rs.strategy.Proxyless through RetiariiExperiment, Lightning DDP on CPU."""
     try:
@@ -138,7 +152,6 @@ def lightning_search(rank: int, world: int, port: int, out_dir: str) -> None:
         from nni.retiarii.evaluator.pytorch import Classification, DataLoader
         from nni.retiarii.experiment.pytorch import RetiariiExeConfig, RetiariiExperiment
         from pytorch_lightning.strategies import DDPStrategy
-        from torch.utils.data import TensorDataset
 
         import proxyless_rs
 
@@ -155,14 +168,8 @@ def lightning_search(rank: int, world: int, port: int, out_dir: str) -> None:
                 h = torch.relu(self.stem(x))
                 return self.head(self.readout([h, self.first(h)]))
 
-        (xt, yt), (xv, yv) = digits_shard(0, 1)
-        torch.manual_seed(7 + rank)  # different per rank on purpose
-        evaluator = Classification(
-            train_dataloaders=DataLoader(TensorDataset(xt, yt), batch_size=32, shuffle=True),
-            val_dataloaders=DataLoader(TensorDataset(xv, yv), batch_size=32, shuffle=True),
-            max_epochs=1, limit_train_batches=6, accelerator='cpu', devices=world,
-            strategy=DDPStrategy(process_group_backend='gloo', timeout=TIMEOUT),
-            enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False)
+        evaluator = ddp_evaluator(Classification, DataLoader, rank, world, DDPStrategy(
+            process_group_backend='gloo', timeout=TIMEOUT))
         strategy = proxyless_rs.strategy.Proxyless(arc_learning_rate=0.05)
         experiment = RetiariiExperiment(Space(), evaluator, [], strategy)
         config = RetiariiExeConfig()
@@ -192,7 +199,6 @@ def lightning_search_nni3(rank: int, world: int, port: int, out_dir: str) -> Non
         from nni.nas.experiment import NasExperiment
         from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
         from pytorch_lightning.strategies import DDPStrategy
-        from torch.utils.data import TensorDataset
 
         import proxyless_rs
 
@@ -208,14 +214,10 @@ def lightning_search_nni3(rank: int, world: int, port: int, out_dir: str) -> Non
                 h = torch.relu(self.stem(x))
                 return self.head(self.readout([h, self.first(h)]))
 
-        (xt, yt), (xv, yv) = digits_shard(0, 1)
-        torch.manual_seed(7 + rank)  # different per rank on purpose
-        evaluator = Classification(
-            train_dataloaders=DataLoader(TensorDataset(xt, yt), batch_size=32, shuffle=True),
-            val_dataloaders=DataLoader(TensorDataset(xv, yv), batch_size=32, shuffle=True),
-            max_epochs=1, limit_train_batches=6, accelerator='cpu', devices=world, num_classes=10,
-            strategy=DDPStrategy(process_group_backend='gloo', timeout=TIMEOUT, find_unused_parameters=True),
-            enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False)
+        # Lightning 2.0's DDP needs find_unused_parameters for a single-path supernet; NNI 3.0's
+        # evaluators name num_classes (torchmetrics 1.0).
+        evaluator = ddp_evaluator(Classification, DataLoader, rank, world, DDPStrategy(
+            process_group_backend='gloo', timeout=TIMEOUT, find_unused_parameters=True), num_classes=10)
         strategy = proxyless_rs.strategy.Proxyless(arc_learning_rate=0.05)
         experiment = NasExperiment(Space(), evaluator, strategy)
         experiment.run()
