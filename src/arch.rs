@@ -26,8 +26,9 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One architecture parameter (`alpha`, a logit per candidate) and what belongs to it rather than
 /// to one layer: its pending two-path draw (one draw and one rescale per parameter, however many
-/// layers share it), how its draws are agreed across ranks (`agreement`), and what runs after a
-/// backward has written its gradient (`after_backward`). Layers that share alpha share this object.
+/// layers share it), how its draws are agreed across ranks (`agreement`), and what runs when a
+/// backward computes a layer's binary-gate gradient (`after_backward`). Layers that share alpha
+/// share this object.
 #[pyclass(frozen, module = "proxyless_rs._core")]
 pub struct ArchParameter {
     alpha: PyObject,
@@ -126,7 +127,9 @@ impl ArchParameter {
         *locked(&self.agreement) = agreement;
     }
 
-    /// Called with no arguments after each backward of a layer has added into ``alpha.grad``.
+    /// Called with no arguments each time a backward computes a layer's binary-gate gradient, before
+    /// autograd adds it into ``alpha.grad``: work that needs the whole gradient is queued for the
+    /// end of the backward (``proxyless_rs.distributed`` queues its all-reduce so).
     #[getter]
     fn after_backward(&self, py: Python<'_>) -> Option<PyObject> {
         locked(&self.after_backward).as_ref().map(|c| c.clone_ref(py))

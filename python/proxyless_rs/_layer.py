@@ -5,7 +5,7 @@ front of NNI's ``DifferentiableMixedLayer`` / ``DifferentiableMixedInput``; the 
 the rest. State has one owner each: a layer's mode, partner and live-call count are its
 ``ProxylessContext``'s; a two-path draw waiting for its rescale and the distributed agreement
 belong to the ``ArchParameter`` that every layer sharing an alpha shares; what one forward call
-saved belongs to the hook on that call's output.
+saved belongs to the autograd node (the gradient tap) on that call's output.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def _forward_under_dynamo(layer: nn.Module, args: tuple, kwargs: dict, index: in
 # instead of failing inside the core.
 mark_dynamo_disabled(
     _forward_under_dynamo,
-    'proxyless_rs: a ProxylessNAS layer runs one sampled candidate and hooks its output for the binary-gate '
+    'proxyless_rs: a ProxylessNAS layer runs one sampled candidate and taps its output for the binary-gate '
     'backward, which Dynamo cannot capture in a graph; compile without fullgraph=True (the layer then runs '
     'eagerly between compiled graphs), or compile the candidates themselves',
 )

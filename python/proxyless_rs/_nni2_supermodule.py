@@ -22,12 +22,13 @@ __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat',
 class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
     """A layer choice that runs one sampled candidate per step (ProxylessNAS).
 
-    ``forward`` runs only the sampled path. In backward, a gradient hook on that call's output
-    evaluates the other candidates on the call's saved inputs and gives ``_arch_alpha`` the
-    binary-gate gradient ``p_i (b_i - sum_j b_j p_j)`` with ``b_k = <out_k, grad_output>``,
-    accumulated into ``_arch_alpha.grad`` so that other losses on alpha add up.
+    ``forward`` runs only the sampled path, and passes its output through an autograd node that
+    takes ``_arch_alpha`` as an input (the core's gradient tap). In a backward that reaches alpha,
+    that node evaluates the other candidates on the call's saved inputs and returns the
+    binary-gate gradient ``p_i (b_i - sum_j b_j p_j)`` with ``b_k = <out_k, grad_output>``, which
+    autograd accumulates into ``_arch_alpha.grad`` so that other losses on alpha add up.
 
-    Why a hook on each call's output, which owns that call's saved inputs and output: NNI 2.10
+    Why a node on each call's output, which owns that call's saved inputs and output: NNI 2.10
     registers a module full backward hook (~80 us a call) and keeps the saved forwards on a
     per-layer stack that backward pops, which gives silently wrong gradients when a layer's calls
     are not back-propagated in exactly the reverse order (an output discarded, checkpointing,

@@ -8,11 +8,11 @@ One call, :func:`setup`, after ``init_process_group`` and before wrapping the su
   that seed their default generator differently, a stochastic softmax (NNI's GumbelSoftmax) or
   dropout drawing different numbers per rank cannot make them diverge; it costs one small
   broadcast per layer draw.
-- **averaged architecture gradients**: the backward hook writes ``alpha.grad`` outside autograd,
-  where DDP's reducer cannot see it; so the alphas are taken out of DDP's hands (DDP ignores
-  them and never waits for them) and, at the end of every backward in which a hook ran, the
+- **averaged architecture gradients**: the alphas are taken out of DDP's hands (DDP ignores them
+  and never waits for them) and, at the end of every backward that gave one a gradient, the
   alpha gradients of the model are averaged across ranks in one all-reduce (queued on autograd's
-  engine, as DDP queues its own). The alphas are broadcast from rank 0 once, at setup.
+  engine, as DDP queues its own), so that the averaging is the same however the supernet is
+  wrapped. The alphas are broadcast from rank 0 once, at setup.
 - **DDP without complaints**: wrap with ``find_unused_parameters=True`` (the unsampled
   candidates' weights get no gradient in a step); Lightning's ``strategy='ddp'`` does by default.
 
@@ -70,7 +70,8 @@ class DistributedSearch:
         return buffer.tolist()
 
     def after_backward(self) -> None:
-        """Called by each layer's hook: queue one all-reduce for the end of this backward."""
+        """Called by each layer's backward before autograd adds its gradient into ``alpha.grad``:
+        queue one all-reduce for the end of this backward, when every alpha's gradient is in."""
         if not self._queued:
             self._queued = True
             torch.autograd.Variable._execution_engine.queue_callback(self.average_gradients)
