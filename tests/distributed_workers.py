@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import faulthandler
 import os
 import traceback
 import warnings
@@ -55,6 +56,22 @@ class Supernet(nn.Module):
         a = self.first(h)
         b = self.second(a)
         return self.head(self.readout([a, b]))
+
+
+def watched(target, seconds: float, rank: int, world: int, port: int, out_dir: str, **kwargs) -> None:
+    """Runs target(rank, world, port, out_dir, **kwargs); if it is still running after ``seconds``,
+    writes every thread's stack to rank<r>.hang and exits, so a hang says where it is."""
+    with open(os.path.join(out_dir, f'rank{rank}.hang'), 'w') as stacks:
+        faulthandler.dump_traceback_later(seconds, exit=True, file=stacks)
+        target(rank, world, port, out_dir, **kwargs)
+        faulthandler.cancel_dump_traceback_later()
+
+
+def _finish() -> None:
+    # Every rank reaches the teardown together: a rank that tears down while another still
+    # talks to it (rank 0 holds the TCP store) can leave that one waiting in destroy_process_group.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _init(rank: int, world: int, port: int, backend: str = 'gloo') -> None:
@@ -120,7 +137,7 @@ def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20
             'saved_entries': [len(m.ctx) for m in model.mixed()],
             'step0': step0,
         }, os.path.join(out_dir, f'rank{rank}.pt'))
-        dist.destroy_process_group()
+        _finish()
     except Exception:
         with open(os.path.join(out_dir, f'rank{rank}.err'), 'w') as f:
             f.write(traceback.format_exc())

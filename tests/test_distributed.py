@@ -31,7 +31,9 @@ def launch(target, out_dir: Path, **kwargs) -> tuple[list[int | None], float]:
     """Runs target(rank, WORLD, port, out_dir, **kwargs) in WORLD spawned processes; never hangs."""
     context = multiprocessing.get_context('spawn')
     port = free_port()
-    processes = [context.Process(target=target, args=(rank, WORLD, port, str(out_dir)), kwargs=kwargs)
+    # A rank still running 15 s before the join's limit writes its stacks to rank<r>.hang.
+    processes = [context.Process(target=distributed_workers.watched,
+                                 args=(target, JOIN_TIMEOUT - 15, rank, WORLD, port, str(out_dir)), kwargs=kwargs)
                  for rank in range(WORLD)]
     start = time.monotonic()
     for p in processes:
@@ -46,7 +48,7 @@ def launch(target, out_dir: Path, **kwargs) -> tuple[list[int | None], float]:
 
 
 def errors(out_dir: Path) -> str:
-    return '\n'.join(p.read_text() for p in sorted(out_dir.glob('*.err')))
+    return '\n'.join(p.read_text() for p in sorted([*out_dir.glob('*.err'), *out_dir.glob('*.hang')]))
 
 
 @pytest.mark.parametrize('backend', ['gloo', pytest.param('nccl', marks=two_gpus)])
