@@ -13,54 +13,19 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::arch::{ArchParameter, TwoPathDraw};
+use crate::autograd_state::grad_mode_enabled;
 use crate::errors::in_context;
-use crate::hook::{self, SavedCall, Watched};
-use crate::tree;
-
-/// `dim` if `softmax` is exactly `torch.nn.Softmax` with an explicit `dim`, else `None`.
-fn plain_softmax_dim(softmax: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
-    let py = softmax.py();
-    let plain = py.import("torch.nn")?.getattr("Softmax")?;
-    if !softmax.get_type().is(&plain) {
-        return Ok(None);
-    }
-    softmax.getattr("dim")?.extract::<Option<i64>>()
-}
-
-/// Whether autograd is recording on this thread (the state `torch.no_grad()` switches).
-pub fn grad_mode_enabled() -> bool {
-    // libtorch only offers a setter that returns the previous state: set, then restore.
-    // SAFETY: plain thread-local flag accesses that cannot fail.
-    unsafe {
-        let previous = torch_sys::at_grad_set_enabled(1);
-        torch_sys::at_grad_set_enabled(previous);
-        previous != 0
-    }
-}
+use crate::layer::{call_candidate, Layer};
+use crate::saved_call::{LiveCall, SavedCall, SavedInput};
+use crate::{tap, tree};
 
 const NO_PARTNER: i64 = -1;
 
 /// What `ProxylessContext.__new__` takes back when unpickled: arch, softmax, label, name, mode.
 type ContextArgs = (Py<ArchParameter>, PyObject, PyObject, String, &'static str);
-
-/// Counts a layer's calls whose saved forward is still alive (`len(ctx)`).
-pub struct LiveCall(Arc<AtomicUsize>);
-
-impl LiveCall {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter.clone())
-    }
-}
-
-impl Drop for LiveCall {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// The Rust side of one ProxylessNAS mixed layer: its architecture parameter (shared with the
 /// layers of the same label), the softmax that turns it into path probabilities, the mode, and
@@ -71,18 +36,9 @@ impl Drop for LiveCall {
 /// under `torch.no_grad()` or a frozen architecture leaves nothing behind.
 #[pyclass(frozen, module = "proxyless_rs._core")]
 pub struct ProxylessContext {
-    arch: Py<ArchParameter>,
-    #[pyo3(get)]
-    pub softmax: PyObject,
-    #[pyo3(get)]
-    label: PyObject,
-    /// What error messages call the layer, e.g. `ProxylessMixedLayer 'op'`.
-    #[pyo3(get)]
-    name: String,
-    /// `Some(dim)` when `softmax` is exactly `torch.nn.Softmax(dim)`: then probabilities are
-    /// computed here instead of through a Python module call (a stochastic or custom softmax,
-    /// e.g. NNI's GumbelSoftmax, is always called).
-    softmax_dim: Option<i64>,
+    /// The architecture parameter, the softmax, the label and the name: shared with the
+    /// backward of every saved call, owned (for the garbage collector) here.
+    layer: Arc<Layer>,
     /// Off inside `proxyless_rs.no_arch_grad()`: forwards save nothing and hook nothing.
     enabled: AtomicBool,
     two_path: AtomicBool,
@@ -95,12 +51,8 @@ pub struct ProxylessContext {
 }
 
 impl ProxylessContext {
-    pub fn arch<'py>(&self, py: Python<'py>) -> &Bound<'py, ArchParameter> {
-        self.arch.bind(py)
-    }
-
     pub fn name(&self) -> &str {
-        &self.name
+        &self.layer.name
     }
 
     /// Two-path mode: the other candidate of the current draw, or None.
@@ -111,86 +63,64 @@ impl ProxylessContext {
         }
     }
 
-    /// `softmax(arch_alpha)`, the path probabilities.
-    pub fn probs(&self, py: Python<'_>) -> PyResult<Tensor> {
-        self.probs_of(py, &self.arch.get().tensor(py)?)
-    }
-
-    /// `softmax` applied to `logits`: alpha, or two-path mode's two-element slice of it. (Wrapping
-    /// alpha back for a Python softmax hands it the same `torch.Tensor` object: torch keeps one
-    /// Python object per tensor.)
-    pub fn probs_of(&self, py: Python<'_>, logits: &Tensor) -> PyResult<Tensor> {
-        match self.softmax_dim {
-            Some(dim) => logits.f_softmax(dim, None::<Kind>).map_err(in_context(&self.name)),
-            None => {
-                tree::expect_tensor(&self.softmax.bind(py).call1((tree::to_python(py, logits)?,))?, "softmax(logits)")
-            }
-        }
-    }
-
-    /// `alpha[indices]`.
-    pub fn alpha_at(&self, py: Python<'_>, indices: &[i64]) -> PyResult<Tensor> {
-        crate::kernel::gather(&self.arch.get().tensor(py)?, indices).map_err(in_context(&self.name))
-    }
-
-    fn n_candidates(&self, py: Python<'_>) -> PyResult<i64> {
-        Ok(self.arch.get().tensor(py)?.size()[0])
-    }
-
     fn check_mode(&self, py: Python<'_>, mode: &str) -> PyResult<bool> {
         match mode {
             "full" => Ok(false),
-            "two" if self.n_candidates(py)? < 2 => Err(PyValueError::new_err(format!(
+            "two" if self.layer.n_candidates(py)? < 2 => Err(PyValueError::new_err(format!(
                 "{}: two-path mode needs at least two candidates, it has {}.",
-                self.name,
-                self.n_candidates(py)?
+                self.layer.name,
+                self.layer.n_candidates(py)?
             ))),
             "two" => Ok(true),
             other => Err(PyValueError::new_err(format!(
                 "{}: mode '{other}' does not exist; use \"full\" (every candidate gets a gate gradient, as in NNI) \
                  or \"two\" (two-path binarization).",
-                self.name
+                self.layer.name
             ))),
         }
     }
 
-    /// "candidate 'tanh' (index 1)" where the layer names its candidates (`names` under NNI 3.0,
-    /// `op_names` under NNI 2.10), else "candidate 1".
-    pub fn describe_candidate(&self, module: &Bound<'_, PyAny>, index: i64) -> String {
-        let py = module.py();
-        let name = module
-            .getattr(intern!(py, "names"))
-            .or_else(|_| module.getattr(intern!(py, "op_names")))
-            .and_then(|names| names.get_item(index))
-            .and_then(|name| name.repr())
-            .map(|name| name.to_string());
-        match name {
-            Ok(name) => format!("candidate {name} (index {index})"),
-            Err(_) => format!("candidate {index}"),
+    /// `n` distinct indices (1 or 2) from `probs`, as `torch.multinomial(probs, n)` draws them.
+    fn multinomial(&self, probs: &Tensor, n: i64) -> PyResult<Vec<i64>> {
+        let in_layer = in_context(&self.layer.name);
+        if self.layer.softmax_dim.is_none() {
+            // A custom softmax may return anything: libtorch's own checks say what is wrong.
+            return match n {
+                1 => Ok(vec![crate::sampling::draw(probs).map_err(in_layer)?]),
+                _ => crate::sampling::draw_pair(probs).map(|(a, b)| vec![a, b]).map_err(in_layer),
+            };
         }
+        crate::sampling::draw_from_softmax(probs, n).map_err(in_layer)?.ok_or_else(|| {
+            PyRuntimeError::new_err(format!(
+                "{}: softmax(alpha) is not a probability distribution (alpha holds NaN or infinite values), so no \
+                 path can be drawn; the architecture step diverged, or alpha was set to such a value",
+                self.layer.name
+            ))
+        })
     }
 
     /// Draws one path (full mode) or two (two-path mode), agreed across ranks where an agreement
     /// is set; returns the active index and records the partner.
     fn draw(&self, py: Python<'_>) -> PyResult<i64> {
         let _no_grad = tch::no_grad_guard();
-        let arch = self.arch.get();
-        let probs = self.probs(py)?;
+        let arch = self.layer.arch.get();
+        let probs = self.layer.probs(py)?;
         if !self.two_path.load(Ordering::Relaxed) {
-            let index = crate::sampling::draw(&probs).map_err(in_context(&self.name))?;
+            let index = self.multinomial(&probs, 1)?[0];
             let index = arch.agree(py, vec![index])?[0];
             self.partner.store(NO_PARTNER, Ordering::Relaxed);
             return Ok(index);
         }
         // Two distinct candidates from softmax(alpha), then the active one of the two from the
         // softmax of their two logits (mit-han-lab's MixedEdge, mode "two").
-        let (first, second) = crate::sampling::draw_pair(&probs).map_err(in_context(&self.name))?;
-        let pair_probs = self.probs_of(py, &self.alpha_at(py, &[first, second])?)?;
-        let pick = crate::sampling::draw(&pair_probs).map_err(in_context(&self.name))?;
+        let pair = self.multinomial(&probs, 2)?;
+        let (first, second) = (pair[0], pair[1]);
+        let pair_probs = self.layer.probs_of(py, &self.layer.alpha_at(py, &[first, second])?)?;
+        let pick = self.multinomial(&pair_probs, 1)?[0];
         let (active, inactive) = if pick == 0 { (first, second) } else { (second, first) };
         let agreed = arch.agree(py, vec![active, inactive])?;
         let (active, inactive) = (agreed[0], agreed[1]);
-        let before = arch.tensor(py)?.f_detach_copy().map_err(in_context(&self.name))?;
+        let before = arch.tensor(py)?.f_detach_copy().map_err(in_context(&self.layer.name))?;
         arch.set_pending(TwoPathDraw { active, inactive, before });
         self.partner.store(inactive, Ordering::Relaxed);
         Ok(active)
@@ -221,13 +151,8 @@ impl ProxylessContext {
             Some(name) => name,
             None => format!("ProxylessContext {}", label.bind(py).repr()?),
         };
-        let softmax_dim = plain_softmax_dim(softmax.bind(py))?;
         let ctx = Self {
-            arch,
-            softmax,
-            label,
-            name,
-            softmax_dim,
+            layer: Arc::new(Layer::new(py, arch, softmax, label, name)?),
             enabled: AtomicBool::new(true),
             two_path: AtomicBool::new(false),
             partner: AtomicI64::new(NO_PARTNER),
@@ -238,16 +163,33 @@ impl ProxylessContext {
         Ok(ctx)
     }
 
+    /// The module turning alpha into path probabilities.
+    #[getter]
+    fn softmax(&self, py: Python<'_>) -> PyObject {
+        self.layer.softmax.clone_ref(py)
+    }
+
+    #[getter]
+    fn label(&self, py: Python<'_>) -> PyObject {
+        self.layer.label.clone_ref(py)
+    }
+
+    /// What error messages call the layer, e.g. `ProxylessMixedLayer 'op'`.
+    #[getter(name)]
+    fn py_name(&self) -> String {
+        self.layer.name.clone()
+    }
+
     /// The architecture logits.
     #[getter]
     fn arch_alpha(&self, py: Python<'_>) -> PyObject {
-        self.arch.get().alpha_object(py).clone().unbind()
+        self.layer.arch.get().alpha_object(py).clone().unbind()
     }
 
     /// The shared state of the architecture parameter (see `ArchParameter`).
     #[getter(arch)]
     fn py_arch(&self, py: Python<'_>) -> Py<ArchParameter> {
-        self.arch.clone_ref(py)
+        self.layer.arch.clone_ref(py)
     }
 
     /// `'full'` (every candidate's gate gets a gradient) or `'two'` (two-path binarization).
@@ -306,11 +248,12 @@ impl ProxylessContext {
     #[pyo3(signature = (chosen=None))]
     fn resample(&self, py: Python<'_>, chosen: Option<i64>) -> PyResult<i64> {
         let Some(index) = chosen else { return self.draw(py) };
-        let n = self.n_candidates(py)?;
+        let n = self.layer.n_candidates(py)?;
         if !(0..n).contains(&index) {
-            return Err(PyValueError::new_err(format!("{}: index {index} is not in 0..{n}", self.name)));
+            return Err(PyValueError::new_err(format!("{}: index {index} is not in 0..{n}", self.layer.name)));
         }
-        let partner = if self.two_path.load(Ordering::Relaxed) { self.arch.get().partner_of(index) } else { None };
+        let partner =
+            if self.two_path.load(Ordering::Relaxed) { self.layer.arch.get().partner_of(index) } else { None };
         self.partner.store(partner.unwrap_or(NO_PARTNER), Ordering::Relaxed);
         Ok(index)
     }
@@ -340,63 +283,33 @@ impl ProxylessContext {
         // (which torch.func.functional_call may substitute), else the shared parameter's.
         let alpha = match module.getattr(intern!(py, "_arch_alpha")) {
             Ok(alpha) => alpha,
-            Err(_) => ctx.arch.get().alpha_object(py).clone(),
+            Err(_) => ctx.layer.arch.get().alpha_object(py).clone(),
         };
         let saving = ctx.enabled.load(Ordering::Relaxed)
             && grad_mode
             && tree::expect_tensor(&alpha, "arch_alpha")?.requires_grad();
-        // Detached before the candidate runs, so that a candidate modifying its input in place
-        // (ReLU(inplace=True) first) is caught: the other candidates would see the modified input.
-        let mut inputs = Vec::new();
-        let saved_input = if saving {
-            let args = tree::detach_tree(args.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyTuple>()?;
-            let kwargs = match kwargs {
-                Some(kwargs) => {
-                    Some(tree::detach_tree(kwargs.as_any(), &mut inputs)?.into_bound(py).downcast_into::<PyDict>()?)
-                }
-                None => None,
-            };
-            Some((args, kwargs))
-        } else {
-            None
-        };
-        let input_versions =
-            inputs.iter().map(|(_, input)| tree::version(input.bind(py))).collect::<PyResult<Vec<_>>>()?;
+        let input = if saving { Some(SavedInput::detach(args, kwargs)?) } else { None };
 
         let forward_path = module.getattr(intern!(py, "forward_path"))?;
-        let layer_output = hook::call_forward_path(&forward_path, index, args, kwargs)?;
-        let output = tree::output_tensors(&layer_output, &|| {
-            format!("{}: the sampled {}", ctx.name, ctx.describe_candidate(module, index))
-        })?;
-        let Some((saved_args, saved_kwargs)) = saved_input else { return Ok(layer_output.unbind()) };
+        let layer_output = call_candidate(&forward_path, index, args, kwargs)?;
+        let sampled = || format!("{}: the sampled {}", ctx.layer.name, ctx.layer.describe_candidate(module, index));
+        let (parts, output) = tree::output_tensors(&layer_output, &sampled)?;
+        let Some(input) = input else { return Ok(layer_output.unbind()) };
         if !output.tensors.iter().flatten().any(Tensor::is_floating_point) {
             return Ok(layer_output.unbind());
         }
-        let mut watched = Vec::with_capacity(inputs.len() + output.tensors.len());
-        for ((_, input), before) in inputs.iter().zip(input_versions) {
-            if tree::version(input.bind(py))? != before {
-                return Err(PyRuntimeError::new_err(format!(
-                    "{}: the sampled {} modified its input in place (an in-place op such as ReLU(inplace=True) \
-                     applied to the layer's input); the binary-gate backward evaluates the other candidates on \
-                     that input, which no longer holds its value. Make the candidate's first op out of place.",
-                    ctx.name,
-                    ctx.describe_candidate(module, index)
-                )));
-            }
-            watched.push(Watched::input(input.clone_ref(py), before));
-        }
-        let partner = ctx.current_partner();
-        let saved = SavedCall::new(
-            saved_args.unbind(),
-            saved_kwargs.map(Bound::unbind),
+        let call = SavedCall::new(
+            py,
+            &ctx.layer.name,
+            &|| ctx.layer.describe_candidate(module, index),
+            input,
+            &output,
             index,
-            partner,
+            ctx.current_partner(),
             alpha.unbind(),
-            watched,
             LiveCall::new(&ctx.live),
-        );
-        let input_ids: Vec<usize> = inputs.iter().map(|(id, _)| *id).collect();
-        hook::attach(slf, module, &layer_output, output, saved, &input_ids)
+        )?;
+        tap::tap(&ctx.layer, module, &layer_output, parts, &output, call)
     }
 
     /// The number of this layer's forward calls whose saved state is alive (hooked outputs whose
@@ -410,22 +323,22 @@ impl ProxylessContext {
         Ok((
             cls,
             (
-                self.arch.clone_ref(py),
-                self.softmax.clone_ref(py),
-                self.label.clone_ref(py),
-                self.name.clone(),
+                self.layer.arch.clone_ref(py),
+                self.layer.softmax.clone_ref(py),
+                self.layer.label.clone_ref(py),
+                self.layer.name.clone(),
                 self.mode(),
             ),
         ))
     }
 
     fn __repr__(&self) -> String {
-        format!("ProxylessContext({}, mode={:?}, live calls={})", self.name, self.mode(), self.__len__())
+        format!("ProxylessContext({}, mode={:?}, live calls={})", self.layer.name, self.mode(), self.__len__())
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.arch)?;
-        visit.call(&self.softmax)?;
-        visit.call(&self.label)
+        visit.call(&self.layer.arch)?;
+        visit.call(&self.layer.softmax)?;
+        visit.call(&self.layer.label)
     }
 }

@@ -4,13 +4,16 @@
 use pyo3::prelude::*;
 
 pub mod arch;
+pub mod autograd_state;
 pub mod constrained;
 pub mod context;
 pub mod errors;
-pub mod hook;
+pub mod gate;
 pub mod kernel;
+pub mod layer;
 pub mod sampling;
-pub mod torch_private;
+pub mod saved_call;
+pub mod tap;
 pub mod torch_version;
 pub mod tree;
 
@@ -23,7 +26,7 @@ fn _core(py: Python<'_>, m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TORCH_SPAN", torch_version::SUPPORTED)?;
     m.add_class::<arch::ArchParameter>()?;
     m.add_class::<context::ProxylessContext>()?;
-    m.add_class::<hook::OutputGradHook>()?;
+    m.add_class::<tap::OutputGradHook>()?;
     m.add_function(wrap_pyfunction!(sampling::sample_index, m)?)?;
     m.add_function(wrap_pyfunction!(kernel::py_alpha_grad, m)?)?;
     m.add_function(wrap_pyfunction!(constrained::py_constrained_choice, m)?)?;

@@ -34,3 +34,24 @@ pub fn draw_pair(probs: &Tensor) -> Result<(i64, i64), TchError> {
     let drawn = probs.f_multinomial(2, false)?;
     Ok((drawn.f_int64_value(&[0])?, drawn.f_int64_value(&[1])?))
 }
+
+/// `n` distinct indices (1 or 2) from `probs`, a softmax's output, exactly as
+/// `torch.multinomial(probs, n, replacement=False)` draws them; `None` when `probs` holds a NaN
+/// (the logits held NaN or infinities).
+///
+/// Why not `multinomial` itself: for one sample, or any number without replacement, libtorch
+/// draws `q ~ Exp(1)` (`empty_like(probs).exponential_(1)` on the default generator) and takes
+/// the argmax (top-k) of `probs / q`, after checking the probabilities with nine more ops and
+/// three host reads (max, min, sum), about half of a draw's cost in an overhead-bound search.
+/// The same ops on the same generator draw the same indices (the regression tests compare every
+/// draw with NNI's `torch.multinomial` under the same seeds, at both ends of the torch span). A
+/// softmax's output needs one check only: it is never negative and sums to 1 unless it holds a
+/// NaN, and a NaN is always the largest `probs / q`, so reading the drawn quotient says it.
+pub fn draw_from_softmax(probs: &Tensor, n: i64) -> Result<Option<Vec<i64>>, TchError> {
+    let quotient = probs.f_div(&probs.f_empty_like()?.f_exponential_(1.0)?)?;
+    let drawn = if n == 1 { quotient.f_argmax(-1, false)?.f_view([1])? } else { quotient.f_topk(n, -1, true, true)?.1 };
+    let drawn = drawn.f_to_device(tch::Device::Cpu)?;
+    let drawn = (0..n).map(|i| drawn.f_int64_value(&[i])).collect::<Result<Vec<_>, _>>()?;
+    let largest = quotient.f_double_value(&[drawn[0]])?;
+    Ok(if largest.is_nan() { None } else { Some(drawn) })
+}

@@ -230,13 +230,16 @@ fn position(keys: &Option<Vec<Bound<'_, PyAny>>>, i: usize) -> String {
     }
 }
 
-/// The elements of a candidate's output (see [`OutputTensors`]).
+/// A candidate's output taken apart (see [`OutputParts`]), and its tensors (see [`OutputTensors`]).
 ///
 /// Non-tensor elements pass through and take no part in the binary gates, as in NNI. A tensor
 /// nested deeper (a tuple inside the tuple) is refused with a `TypeError` naming `what`, the
 /// position and the type: its gradient could not be paired with the other candidates' outputs,
 /// so its gate term would be silently missing. So is an output that is no tensor or container.
-pub fn output_tensors(obj: &Bound<'_, PyAny>, what: &dyn Fn() -> String) -> PyResult<OutputTensors> {
+pub fn output_tensors<'py>(
+    obj: &Bound<'py, PyAny>,
+    what: &dyn Fn() -> String,
+) -> PyResult<(OutputParts<'py>, OutputTensors)> {
     let Some(parts) = output_parts(obj)? else {
         return Err(PyTypeError::new_err(format!("{} returned {}; {EXPECTED}", what(), type_name(obj))));
     };
@@ -258,9 +261,10 @@ pub fn output_tensors(obj: &Bound<'_, PyAny>, what: &dyn Fn() -> String) -> PyRe
     }
     let keys = parts
         .keys
+        .as_ref()
         .map(|keys| keys.iter().map(|key| key.str().map(|k| k.to_string())).collect::<PyResult<Vec<_>>>())
         .transpose()?;
-    Ok(OutputTensors { tensors, others, keys })
+    Ok((parts, OutputTensors { tensors, others, keys }))
 }
 
 /// Gradients as autograd hands them to a hook: a tensor, `None`, or a tuple of tensors and `None`s

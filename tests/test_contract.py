@@ -338,15 +338,64 @@ def test_activation_checkpointing_gives_the_gradient_of_the_plain_run(reentrant,
 # --- libtorch errors ---------------------------------------------------------------------------
 
 
-def test_nan_alpha_at_resample_is_a_runtime_error_naming_the_layer():
+@pytest.mark.parametrize('mode', ['full', 'two'])
+@pytest.mark.parametrize('bad', [[0.0, float('nan'), 0.0], [0.0, float('inf'), 0.0],
+                                 [float('-inf')] * 3], ids=['nan', 'inf', 'all -inf'])
+def test_alpha_without_a_distribution_at_resample_is_a_runtime_error_naming_the_layer(mode, bad):
     layer = linear_layer()
+    layer.mode = mode
     with torch.no_grad():
-        layer._arch_alpha[1] = float('nan')
+        layer._arch_alpha.copy_(torch.tensor(bad))
+    with pytest.raises(RuntimeError) as info:
+        layer.resample({})
+    message = str(info.value)
+    assert message.startswith("ProxylessMixedLayer 'op': softmax(alpha) is not a probability distribution")
+    assert '\n' not in message
+
+
+class ShiftedSoftmax(nn.Module):
+    """Not torch.nn.Softmax: the layer calls it, and libtorch's multinomial checks what it returns."""
+
+    def forward(self, logits):
+        return torch.softmax(logits, -1) - 0.6
+
+
+def test_a_custom_softmax_giving_negative_probabilities_is_libtorchs_error_naming_the_layer():
+    layer = ProxylessMixedLayer([('a', nn.Identity()), ('b', nn.Identity())], nn.Parameter(torch.zeros(2)),
+                                ShiftedSoftmax(), 'op')
     with pytest.raises(RuntimeError) as info:
         layer.resample({})
     message = str(info.value)
     assert message.startswith("ProxylessMixedLayer 'op': probability tensor contains either `inf`, `nan`")
     assert 'Exception raised from' not in message and 'frame #' not in message and '\n' not in message
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('n', [2, 3, 7, 20])
+def test_draws_are_torch_multinomials_under_the_same_seed(n, dtype):
+    # The layer draws with multinomial's own algorithm (src/sampling.rs), not multinomial itself:
+    # the same index, and the generator left in the same state, in both modes.
+    generator = torch.Generator().manual_seed(n)
+    for seed in range(50):
+        alpha = torch.randn(n, generator=generator, dtype=dtype) * 3
+        layer = ProxylessMixedLayer([(str(k), nn.Identity()) for k in range(n)], nn.Parameter(alpha.clone()),
+                                    nn.Softmax(-1), 'op')
+        probs = torch.softmax(alpha, -1)
+        torch.manual_seed(seed)
+        expected, after = torch.multinomial(probs, 1).item(), torch.rand(3)
+        torch.manual_seed(seed)
+        assert layer.ctx.resample() == expected
+        assert torch.equal(torch.rand(3), after)
+        # Two-path: two distinct candidates, then the active one of the pair.
+        layer.mode = 'two'
+        torch.manual_seed(seed)
+        first, second = torch.multinomial(probs, 2).tolist()
+        pick = torch.multinomial(torch.softmax(alpha[[first, second]], -1), 1).item()
+        after = torch.rand(3)
+        torch.manual_seed(seed)
+        active = layer.ctx.resample()
+        assert (active, layer.ctx.partner) == ((first, second) if pick == 0 else (second, first))
+        assert torch.equal(torch.rand(3), after)
 
 
 def test_integer_alpha_is_refused_at_construction():

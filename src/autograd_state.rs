@@ -1,5 +1,6 @@
-//! The private parts of torch's autograd API that the core relies on, in one place: a torch
-//! release that changes them breaks here (tests/test_contract.py checks both behaviours).
+//! What the core reads of autograd's state: grad mode (public), and the private parts of torch's
+//! autograd API it relies on, in one place: a torch release that changes them breaks here
+//! (tests/test_contract.py checks both behaviours).
 
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
@@ -36,5 +37,16 @@ pub fn engine_will_execute(node: &Bound<'_, PyAny>) -> PyResult<bool> {
     match private_function(py, &WILL_EXECUTE, "torch._C", "_will_engine_execute_node") {
         Some(query) => query.call1(py, (node,))?.extract(py),
         None => Ok(true),
+    }
+}
+
+/// Whether autograd is recording on this thread (the state `torch.no_grad()` switches).
+pub fn grad_mode_enabled() -> bool {
+    // libtorch only offers a setter that returns the previous state: set, then restore.
+    // SAFETY: plain thread-local flag accesses that cannot fail.
+    unsafe {
+        let previous = torch_sys::at_grad_set_enabled(1);
+        torch_sys::at_grad_set_enabled(previous);
+        previous != 0
     }
 }

@@ -1,0 +1,122 @@
+//! What a mixed layer is, as its forward and its calls' backwards both need it: the architecture
+//! parameter, the softmax that turns it into path probabilities, the name errors give it, and how
+//! a candidate is called. Immutable after construction, so the layer's context and every saved
+//! call share one copy (`Arc<Layer>`).
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use tch::{Kind, Tensor};
+
+use crate::arch::ArchParameter;
+use crate::errors::in_context;
+use crate::tree;
+
+/// `dim` if `softmax` is exactly `torch.nn.Softmax` with an explicit `dim`, else `None`.
+fn plain_softmax_dim(softmax: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
+    let py = softmax.py();
+    let plain = py.import("torch.nn")?.getattr("Softmax")?;
+    if !softmax.get_type().is(&plain) {
+        return Ok(None);
+    }
+    softmax.getattr("dim")?.extract::<Option<i64>>()
+}
+
+pub struct Layer {
+    pub arch: Py<ArchParameter>,
+    pub softmax: PyObject,
+    pub label: PyObject,
+    /// What error messages call the layer, e.g. `ProxylessMixedLayer 'op'`.
+    pub name: String,
+    /// `Some(dim)` when `softmax` is exactly `torch.nn.Softmax(dim)`: then probabilities are
+    /// computed here instead of through a Python module call (a stochastic or custom softmax,
+    /// e.g. NNI's GumbelSoftmax, is always called).
+    pub softmax_dim: Option<i64>,
+}
+
+impl Layer {
+    pub fn new(
+        py: Python<'_>,
+        arch: Py<ArchParameter>,
+        softmax: PyObject,
+        label: PyObject,
+        name: String,
+    ) -> PyResult<Self> {
+        let softmax_dim = plain_softmax_dim(softmax.bind(py))?;
+        Ok(Self { arch, softmax, label, name, softmax_dim })
+    }
+
+    pub fn arch<'py>(&self, py: Python<'py>) -> &Bound<'py, ArchParameter> {
+        self.arch.bind(py)
+    }
+
+    /// `softmax(arch_alpha)`, the path probabilities.
+    pub fn probs(&self, py: Python<'_>) -> PyResult<Tensor> {
+        self.probs_of(py, &self.arch.get().tensor(py)?)
+    }
+
+    /// `softmax` applied to `logits`: alpha, or two-path mode's two-element slice of it. (Wrapping
+    /// alpha back for a Python softmax hands it the same `torch.Tensor` object: torch keeps one
+    /// Python object per tensor.)
+    pub fn probs_of(&self, py: Python<'_>, logits: &Tensor) -> PyResult<Tensor> {
+        match self.softmax_dim {
+            Some(dim) => logits.f_softmax(dim, None::<Kind>).map_err(in_context(&self.name)),
+            None => {
+                tree::expect_tensor(&self.softmax.bind(py).call1((tree::to_python(py, logits)?,))?, "softmax(logits)")
+            }
+        }
+    }
+
+    /// `alpha[indices]`.
+    pub fn alpha_at(&self, py: Python<'_>, indices: &[i64]) -> PyResult<Tensor> {
+        crate::kernel::gather(&self.arch.get().tensor(py)?, indices).map_err(in_context(&self.name))
+    }
+
+    pub fn n_candidates(&self, py: Python<'_>) -> PyResult<i64> {
+        Ok(self.arch.get().tensor(py)?.size()[0])
+    }
+
+    /// "candidate 'tanh' (index 1)" where the layer names its candidates (`names` under NNI 3.0,
+    /// `op_names` under NNI 2.10), else "candidate 1".
+    pub fn describe_candidate(&self, module: &Bound<'_, PyAny>, index: i64) -> String {
+        let py = module.py();
+        let name = module
+            .getattr(intern!(py, "names"))
+            .or_else(|_| module.getattr(intern!(py, "op_names")))
+            .and_then(|names| names.get_item(index))
+            .and_then(|name| name.repr())
+            .map(|name| name.to_string());
+        match name {
+            Ok(name) => format!("candidate {name} (index {index})"),
+            Err(_) => format!("candidate {index}"),
+        }
+    }
+}
+
+/// `module.forward_path(k, *args, **kwargs)`: candidate `k` of the layer `module`. Without kwargs
+/// it goes through CPython's vectorcall, which spares the argument tuple that `PyObject_Call`
+/// would build for every candidate.
+pub fn call_candidate<'py>(
+    forward_path: &Bound<'py, PyAny>,
+    k: i64,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = forward_path.py();
+    let k = k.into_pyobject(py)?;
+    if kwargs.is_some() {
+        let mut call_args = vec![k.into_any()];
+        call_args.extend(args.iter());
+        return forward_path.call(PyTuple::new(py, call_args)?, kwargs);
+    }
+    let mut argv = Vec::with_capacity(args.len() + 1);
+    argv.push(k.as_ptr());
+    argv.extend(args.iter_borrowed().map(|arg| arg.as_ptr()));
+    // SAFETY: every pointer in argv is kept alive by `k` and `args` for the call; the result is
+    // a new reference or NULL with an exception set.
+    unsafe {
+        let result =
+            pyo3::ffi::PyObject_Vectorcall(forward_path.as_ptr(), argv.as_ptr(), argv.len(), std::ptr::null_mut());
+        Bound::from_owned_ptr_or_err(py, result)
+    }
+}

@@ -1,0 +1,81 @@
+"""The shape of the code: no module of the Rust core or of the Python package imports one that
+imports it back (docs/architecture.md), and lib.rs only registers."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (module -> modules it imports), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [node, dep] if dep in path else [node, dep]
+            if dep not in state and (found := visit(dep, path + [node])):
+                return found
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node, [])):
+            return found
+    return None
+
+
+def rust_imports() -> dict[str, set[str]]:
+    graph = {}
+    for path in sorted((ROOT / 'src').glob('*.rs')):
+        text = path.read_text()
+        deps: set[str] = set()
+        for match in re.finditer(r'crate::(\{[^}]*\}|\w+)', text):
+            for name in match.group(1).strip('{}').split(','):
+                if name.strip():
+                    deps.add(name.strip().split('::')[0])
+        graph[path.stem] = deps - {path.stem}
+    return graph
+
+
+def python_imports() -> dict[str, set[str]]:
+    """Imports inside the package, module level only (an import inside a function is a lazy one,
+    run after both modules have loaded)."""
+    package = ROOT / 'python' / 'proxyless_rs'
+    modules = {p.stem for p in package.glob('*.py')}
+    graph = {}
+    for path in sorted(package.glob('*.py')):
+        deps = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+                deps.update(name.split('.')[0] for name in names if name.split('.')[0] in modules)
+        graph[path.stem] = deps - {path.stem}
+    return graph
+
+
+def test_cycle_finds_a_cycle():
+    assert cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) is not None
+    assert cycle({'a': {'b'}, 'b': {'c'}, 'c': set()}) is None
+
+
+def test_no_rust_module_imports_one_that_imports_it_back():
+    graph = rust_imports()
+    assert {'context', 'tap', 'gate', 'saved_call', 'layer'} <= set(graph)
+    assert cycle(graph) is None, f'import cycle in src/: {" -> ".join(cycle(graph) or [])}'
+
+
+def test_lib_rs_only_registers():
+    assert rust_imports()['lib'] == set()
+    text = (ROOT / 'src' / 'lib.rs').read_text()
+    assert not re.search(r'^\s*(pub )?(fn|struct|enum|impl|trait) ', text.replace('fn _core', ''), re.M)
+
+
+def test_no_python_module_imports_one_that_imports_it_back():
+    graph = python_imports()
+    assert cycle(graph) is None, f'import cycle in python/proxyless_rs/: {" -> ".join(cycle(graph) or [])}'
