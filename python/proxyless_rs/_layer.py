@@ -210,11 +210,13 @@ class ProxylessLayerChoice(ProxylessLayer):
             if sampled not in names:
                 raise ValueError(f'{self._name()}: memo chose {sampled!r}, which is not one of its candidates '
                                  f'{names}.')
-            self._sample_idx = self.ctx.resample(names.index(sampled))
+            index = self.ctx.resample(names.index(sampled))
         else:
-            self._sample_idx = self.ctx.resample()
-        self._sampled = names[self._sample_idx]
-        return {self.label: self._sampled}
+            index = self.ctx.resample()
+        # Plain attributes (never parameters, buffers or modules), so set without nn.Module's
+        # __setattr__, whose checks cost about 1 us each, on every layer at every draw.
+        self.__dict__.update(_sample_idx=index, _sampled=names[index])
+        return {self.label: names[index]}
 
 
 class DepthChain:
