@@ -71,6 +71,20 @@ def test_every_public_name_resolves_and_is_listed():
         proxyless_rs.NoSuchThing  # noqa: B018
 
 
+def test_what_type_checkers_see_is_the_list_of_lazy_names():
+    # The TYPE_CHECKING imports of __init__.py repeat _LAZY_NAMES for tools that cannot follow
+    # __getattr__: the same names, each from the module that _LAZY_NAMES says defines it.
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(proxyless_rs))
+    block = next(node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, 'id', '') ==
+                 'TYPE_CHECKING')
+    seen = {alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom) and node.module
+            for alias in node.names}
+    assert seen == proxyless_rs._LAZY_NAMES
+
+
 def test_library_code_sets_no_global_warning_filter():
     """Silencing another package's warnings is the application's choice (the examples do it),
     not the library's: a filter outside ``warnings.catch_warnings()`` would apply process-wide."""

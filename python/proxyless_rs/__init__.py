@@ -73,37 +73,37 @@ _LAZY_NAMES = {
     "patch_nni": "patch",
 }
 
-if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load lazily
+if TYPE_CHECKING:  # what type checkers and IDEs see (re-exported: `X as X`); at run time these load lazily
     from . import costs, distributed, lightning, strategy
     from .costs import (
-        CostSpec,
-        CostTable,
-        LagrangeMultiplier,
-        constrained_export,
-        cost_loss,
-        count_costs,
-        expected_costs,
-        limit_penalty,
-        predicted_costs,
+        CostSpec as CostSpec,
+        CostTable as CostTable,
+        LagrangeMultiplier as LagrangeMultiplier,
+        constrained_export as constrained_export,
+        cost_loss as cost_loss,
+        count_costs as count_costs,
+        expected_costs as expected_costs,
+        limit_penalty as limit_penalty,
+        predicted_costs as predicted_costs,
     )
     from .latency import (
-        CandidateTable,
-        LatencyTable,
-        expected_latency,
-        latency_loss,
-        predicted_latency,
-        profile_latency,
+        CandidateTable as CandidateTable,
+        LatencyTable as LatencyTable,
+        expected_latency as expected_latency,
+        latency_loss as latency_loss,
+        predicted_latency as predicted_latency,
+        profile_latency as profile_latency,
     )
-    from .lightning import ProxylessLightningModule
-    from .patch import patch_nni
+    from .lightning import ProxylessLightningModule as ProxylessLightningModule
+    from .patch import patch_nni as patch_nni
     from .supermodule import (
-        MODES,
-        ProxylessMixedInput,
-        ProxylessMixedLayer,
-        ProxylessMixedRepeat,
-        depth_distribution,
-        no_arch_grad,
-        rescale_two_path,
+        MODES as MODES,
+        ProxylessMixedInput as ProxylessMixedInput,
+        ProxylessMixedLayer as ProxylessMixedLayer,
+        ProxylessMixedRepeat as ProxylessMixedRepeat,
+        depth_distribution as depth_distribution,
+        no_arch_grad as no_arch_grad,
+        rescale_two_path as rescale_two_path,
     )
 
 
@@ -121,34 +121,13 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__) | set(_LAZY_MODULES))
 
 
+# The names listed once, in _LAZY_NAMES (the TYPE_CHECKING imports above repeat them for type
+# checkers, which cannot follow __getattr__; tests/test_import.py keeps the two equal).
 __all__ = [
-    "ProxylessMixedLayer",
-    "ProxylessMixedInput",
-    "ProxylessMixedRepeat",
-    "depth_distribution",
-    "ProxylessLightningModule",
-    "no_arch_grad",
-    "rescale_two_path",
-    "MODES",
-    "patch_nni",
+    *_LAZY_NAMES,
     "strategy",
     "lightning",
     "distributed",
-    "LatencyTable",
-    "profile_latency",
-    "expected_latency",
-    "latency_loss",
-    "predicted_latency",
-    "CandidateTable",
-    "CostTable",
-    "CostSpec",
-    "count_costs",
-    "expected_costs",
-    "predicted_costs",
-    "constrained_export",
-    "limit_penalty",
-    "LagrangeMultiplier",
-    "cost_loss",
     "costs",
     "ProxylessContext",
     "alpha_grad",

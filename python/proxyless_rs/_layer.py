@@ -154,6 +154,17 @@ class ProxylessLayer:
         return f'{type(self).__name__} {self.label!r}'
 
     @property
+    def softmax(self) -> nn.Module:
+        """The module that turns alpha into path probabilities: given once, at construction, and
+        held by the context, which the backward uses (NNI's ``_softmax`` is the same object, kept
+        for NNI's own code)."""
+        return self.ctx.softmax
+
+    def probabilities(self) -> torch.Tensor:
+        """``softmax(alpha)``, differentiable in alpha (the cost and latency terms, the export)."""
+        return self.ctx.softmax(self._arch_alpha)
+
+    @property
     def mode(self) -> str:
         """``'full'`` or ``'two'`` (see :data:`MODES`)."""
         return self.ctx.mode
@@ -255,7 +266,7 @@ class DepthChain:
 
     def depth_probs(self) -> torch.Tensor:
         """``P(depth = min_depth + k)`` for ``k = 0 .. max_depth - min_depth``, differentiable in the alphas."""
-        return depth_distribution([layer._softmax(layer._arch_alpha)[1] for layer in self._choices()])
+        return depth_distribution([layer.probabilities()[1] for layer in self._choices()])
 
     def export(self, memo: dict[str, Any]) -> dict[str, Any]:
         """The most probable depth among the depth choice's values, computed exactly, and the choices of

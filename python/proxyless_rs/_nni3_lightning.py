@@ -30,7 +30,7 @@ def probabilities_with_grad(modules) -> dict[str, dict[Any, torch.Tensor]]:
             if label not in probs:
                 probs[label] = {module.min_depth + k: p for k, p in enumerate(module.depth_probs())}
         elif isinstance(module, ProxylessLayer) and label not in probs:
-            weights = module._softmax(module._arch_alpha)
+            weights = module.probabilities()
             names = range(len(weights)) if isinstance(module, ProxylessMixedInput) else module.names
             probs[label] = dict(zip(names, weights))
     return probs

@@ -129,7 +129,7 @@ class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
         else:
             # Several inputs without replacement, as NNI 3.0 draws them; the first is passed on.
             with torch.no_grad():
-                drawn = torch.multinomial(self._softmax(self._arch_alpha), self.n_chosen).cpu().tolist()
+                drawn = torch.multinomial(self.probabilities(), self.n_chosen).cpu().tolist()
             self.ctx.resample(drawn[0])
             self._sampled = drawn
         return {self.label: self._sampled}

@@ -30,6 +30,7 @@ from .latency import (
     _choices,
     expected_latency,
     latency_loss,
+    predicted_totals,
 )
 
 __all__ = ['CostTable', 'CostSpec', 'count_costs', 'expected_costs', 'predicted_costs', 'constrained_export',
@@ -238,15 +239,7 @@ def predicted_costs(architecture: Mapping[str, Any], model: nn.Module, table: Ta
     """``{cost: total}`` that the table predicts for ``architecture`` (as exported) on ``model``'s layers."""
     table = CostTable.of(table)
     table.check(model)
-    totals = dict.fromkeys(table, 0.0)
-    for layer in _proxyless_layers(model):
-        if layer.label not in architecture:
-            raise KeyError(f'{layer._name()}: predicted_costs was given an architecture with no choice for it')
-        choice = architecture[layer.label]
-        chosen = choice if isinstance(choice, list) else [choice]
-        for cost, single in table.items():
-            totals[cost] += sum(single[layer.label][str(c)] for c in chosen)
-    return totals
+    return predicted_totals(architecture, model, table, 'predicted_costs')
 
 
 # --- export under hard limits ------------------------------------------------------------------
@@ -254,7 +247,7 @@ def predicted_costs(architecture: Mapping[str, Any], model: nn.Module, table: Ta
 def _log_probs(layer: nn.Module) -> torch.Tensor:
     """log softmax(alpha) in float64, without underflow when the softmax is ``nn.Softmax``."""
     alpha = layer._arch_alpha.detach().double()
-    softmax = layer._softmax
+    softmax = layer.softmax
     if type(softmax) is nn.Softmax:
         return torch.log_softmax(alpha, dim=-1 if softmax.dim is None else softmax.dim)
     return torch.log(softmax(alpha))

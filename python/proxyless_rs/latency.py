@@ -127,7 +127,7 @@ def expected_latency(model: nn.Module, table: LatencyTable) -> torch.Tensor:
     if not layers:
         raise ValueError('expected_latency: the model has no ProxylessNAS mixed layers')
     table.check(model)
-    terms = [(layer._softmax(layer._arch_alpha) * table.latencies(layer)).sum() for layer in layers]
+    terms = [(layer.probabilities() * table.latencies(layer)).sum() for layer in layers]
     return torch.stack(terms).sum()
 
 
@@ -182,19 +182,27 @@ def latency_loss(task_loss: torch.Tensor, expected: torch.Tensor, form: str = 'l
     return scale * task_loss * (torch.log(expected) / math.log(target)) ** weight
 
 
+def predicted_totals(architecture: Mapping[str, Any], model: nn.Module, tables: Mapping[str, Any],
+                     caller: str) -> dict[str, float]:
+    """``{name: total}`` that each of ``tables`` (``{label: {choice: value}}``) predicts for
+    ``architecture`` (as exported) on ``model``'s mixed layers; an input choice exported with
+    ``n_chosen > 1`` adds its chosen inputs. What ``predicted_latency`` and ``costs.predicted_costs``
+    both compute."""
+    totals = dict.fromkeys(tables, 0.0)
+    for layer in _proxyless_layers(model):
+        if layer.label not in architecture:
+            raise KeyError(f'{layer._name()}: {caller} was given an architecture with no choice for it')
+        choice = architecture[layer.label]
+        chosen = choice if isinstance(choice, list) else [choice]
+        for name, single in tables.items():
+            totals[name] += sum(single[layer.label][str(c)] for c in chosen)
+    return totals
+
+
 def predicted_latency(architecture: Mapping[str, Any], model: nn.Module, table: LatencyTable) -> float:
     """Latency (ms) the table predicts for ``architecture`` (as exported) on ``model``'s mixed layers."""
     table.check(model)
-    total = 0.0
-    for layer in _proxyless_layers(model):
-        if layer.label not in architecture:
-            raise KeyError(f'{layer._name()}: predicted_latency was given an architecture with no choice for it')
-        choice = architecture[layer.label]
-        if isinstance(choice, list):  # input choices exported with n_chosen > 1
-            total += sum(table[layer.label][str(c)] for c in choice)
-        else:
-            total += table[layer.label][str(choice)]
-    return total
+    return predicted_totals(architecture, model, {'latency': table}, 'predicted_latency')['latency']
 
 
 def _capture_inputs(model: nn.Module, layers: list[nn.Module], example_args: tuple,
