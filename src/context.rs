@@ -6,7 +6,7 @@
 //! (`retain_graph=True`), and activation checkpointing may re-run a forward inside a backward.
 //! Nothing is kept per layer but a count of the calls still alive.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -21,8 +21,6 @@ use crate::errors::in_context;
 use crate::layer::{call_candidate, Layer};
 use crate::saved_call::{LiveCall, SavedCall, SavedInput};
 use crate::{tap, tree};
-
-const NO_PARTNER: i64 = -1;
 
 /// What `ProxylessContext.__new__` takes back when unpickled: arch, softmax, label, name, mode.
 type ContextArgs = (Py<ArchParameter>, PyObject, PyObject, String, &'static str);
@@ -42,9 +40,6 @@ pub struct ProxylessContext {
     /// Off inside `proxyless_rs.no_arch_grad()`: forwards save nothing and hook nothing.
     enabled: AtomicBool,
     two_path: AtomicBool,
-    /// Two-path mode: the other candidate of the current draw (`NO_PARTNER` in full mode, or when
-    /// the index came from a memo that no two-path draw of this parameter made).
-    partner: AtomicI64,
     live: Arc<AtomicUsize>,
     /// Forwards run with grad mode on since it was last set to 0 (a one-shot module's bookkeeping).
     grad_forwards: AtomicUsize,
@@ -55,11 +50,14 @@ impl ProxylessContext {
         &self.layer.name
     }
 
-    /// Two-path mode: the other candidate of the current draw, or None.
-    fn current_partner(&self) -> Option<i64> {
-        match self.partner.load(Ordering::Relaxed) {
-            NO_PARTNER => None,
-            partner => Some(partner),
+    /// Two-path mode: the other candidate of the pending draw of this layer's parameter, if that
+    /// draw chose `index` (the parameter's draw is the one record of it: a rescale ends it, and a
+    /// forward after that, or of an index the draw did not choose, falls back to full mode).
+    fn partner_for(&self, index: i64) -> Option<i64> {
+        if self.two_path.load(Ordering::Relaxed) {
+            self.layer.arch.get().partner_of(index)
+        } else {
+            None
         }
     }
 
@@ -100,7 +98,7 @@ impl ProxylessContext {
     }
 
     /// Draws one path (full mode) or two (two-path mode), agreed across ranks where an agreement
-    /// is set; returns the active index and records the partner.
+    /// is set; returns the active index (a two-path draw is recorded in the parameter).
     fn draw(&self, py: Python<'_>) -> PyResult<i64> {
         let _no_grad = tch::no_grad_guard();
         let arch = self.layer.arch.get();
@@ -108,7 +106,6 @@ impl ProxylessContext {
         if !self.two_path.load(Ordering::Relaxed) {
             let index = self.multinomial(&probs, 1)?[0];
             let index = arch.agree(py, vec![index])?[0];
-            self.partner.store(NO_PARTNER, Ordering::Relaxed);
             return Ok(index);
         }
         // Two distinct candidates from softmax(alpha), then the active one of the two from the
@@ -122,7 +119,6 @@ impl ProxylessContext {
         let (active, inactive) = (agreed[0], agreed[1]);
         let before = arch.tensor(py)?.f_detach_copy().map_err(in_context(&self.layer.name))?;
         arch.set_pending(TwoPathDraw { active, inactive, before });
-        self.partner.store(inactive, Ordering::Relaxed);
         Ok(active)
     }
 }
@@ -155,7 +151,6 @@ impl ProxylessContext {
             layer: Arc::new(Layer::new(py, arch, softmax, label, name)?),
             enabled: AtomicBool::new(true),
             two_path: AtomicBool::new(false),
-            partner: AtomicI64::new(NO_PARTNER),
             live: Arc::new(AtomicUsize::new(0)),
             grad_forwards: AtomicUsize::new(0),
         };
@@ -206,9 +201,6 @@ impl ProxylessContext {
     fn set_mode(&self, py: Python<'_>, mode: &str) -> PyResult<()> {
         let two = self.check_mode(py, mode)?;
         self.two_path.store(two, Ordering::Relaxed);
-        if !two {
-            self.partner.store(NO_PARTNER, Ordering::Relaxed);
-        }
         Ok(())
     }
 
@@ -234,10 +226,10 @@ impl ProxylessContext {
         self.grad_forwards.store(value, Ordering::Relaxed);
     }
 
-    /// Two-path mode: the other candidate of the current draw, or None.
-    #[getter]
-    fn partner(&self) -> Option<i64> {
-        self.current_partner()
+    /// Two-path mode: the candidate whose gate joins `index`'s in the backward of a forward
+    /// running `index` now (the other candidate of the parameter's pending draw), or None.
+    fn partner_of(&self, index: i64) -> Option<i64> {
+        self.partner_for(index)
     }
 
     /// Sets the path for the next forwards and returns its index: `chosen` (taken from a memo; in
@@ -252,9 +244,6 @@ impl ProxylessContext {
         if !(0..n).contains(&index) {
             return Err(PyValueError::new_err(format!("{}: index {index} is not in 0..{n}", self.layer.name)));
         }
-        let partner =
-            if self.two_path.load(Ordering::Relaxed) { self.layer.arch.get().partner_of(index) } else { None };
-        self.partner.store(partner.unwrap_or(NO_PARTNER), Ordering::Relaxed);
         Ok(index)
     }
 
@@ -305,7 +294,7 @@ impl ProxylessContext {
             input,
             &output,
             index,
-            ctx.current_partner(),
+            ctx.partner_for(index),
             alpha.unbind(),
             LiveCall::new(&ctx.live),
         )?;

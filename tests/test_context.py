@@ -71,7 +71,7 @@ def test_context_api():
     softmax = nn.Softmax(-1)
     ctx = proxyless_rs.ProxylessContext(alpha, softmax, 'op')
     assert ctx.arch_alpha is alpha and ctx.softmax is softmax and ctx.label == 'op'
-    assert ctx.name == "ProxylessContext 'op'" and ctx.mode == 'full' and ctx.partner is None
+    assert ctx.name == "ProxylessContext 'op'" and ctx.mode == 'full' and ctx.partner_of(0) is None
     assert ctx.arch.alpha is alpha
     assert ctx.resample() in (0, 1, 2)
     assert ctx.resample(2) == 2

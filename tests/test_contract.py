@@ -394,7 +394,7 @@ def test_draws_are_torch_multinomials_under_the_same_seed(n, dtype):
         after = torch.rand(3)
         torch.manual_seed(seed)
         active = layer.ctx.resample()
-        assert (active, layer.ctx.partner) == ((first, second) if pick == 0 else (second, first))
+        assert (active, layer.ctx.partner_of(active)) == ((first, second) if pick == 0 else (second, first))
         assert torch.equal(torch.rand(3), after)
 
 

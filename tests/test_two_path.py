@@ -122,6 +122,7 @@ def test_layers_sharing_a_label_share_the_draw_and_one_rescale():
     memo = first.resample({})
     second.resample(memo)
     assert (second._sample_idx, second._partner) == (first._sample_idx, first._partner)
+    involved = (first._sample_idx, first._partner)
     before = torch.softmax(alpha.detach(), -1).clone()
     x = torch.randn(2, 4, dtype=torch.float64)
     second(first(x)).sum().backward()
@@ -129,12 +130,39 @@ def test_layers_sharing_a_label_share_the_draw_and_one_rescale():
         alpha -= alpha.grad
     model = nn.ModuleList([first, second])
     rescale_two_path(model)
+    # The rescale ends the draw: no layer of the parameter holds on to its partner.
+    assert first._partner is None and second._partner is None
     after = torch.softmax(alpha.detach(), -1)
-    others = [i for i in range(4) if i not in (first._sample_idx, first._partner)]
+    others = [i for i in range(4) if i not in involved]
     torch.testing.assert_close(after[others], before[others], rtol=0, atol=1e-12)
     # A memo written by hand (no draw to join) falls back to the full-mode gradient.
     second.resample({'shared': 'c0'})
     assert second._partner is None
+
+
+def test_a_forward_after_the_rescale_without_a_new_draw_gets_the_full_mode_gradient():
+    # The draw is recorded once, in the parameter; the rescale ends it. A forward on the same path
+    # afterwards (no resample) has no partner to pair with, so its gradient is full mode's, as for
+    # an index taken from a hand-written memo; before, a partner cached in the layer outlived it.
+    torch.manual_seed(3)
+    two = linear_layer(n=4)
+    full = linear_layer(n=4, mode='full')
+    full.load_state_dict(two.state_dict())
+    two.resample({})
+    x = torch.randn(2, 4, dtype=torch.float64)
+    two(x).sum().backward()
+    with torch.no_grad():
+        two._arch_alpha -= two._arch_alpha.grad
+        full._arch_alpha.copy_(two._arch_alpha)
+    rescale_two_path(two)
+    with torch.no_grad():
+        full._arch_alpha.copy_(two._arch_alpha)
+    two._arch_alpha.grad = None
+    full.resample({'op': two._sampled})
+    two(x).sum().backward()
+    full(x).sum().backward()
+    assert two._partner is None
+    torch.testing.assert_close(two._arch_alpha.grad, full._arch_alpha.grad, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('device', DEVICES)

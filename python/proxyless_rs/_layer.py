@@ -176,7 +176,8 @@ class ProxylessLayer:
     @property
     def _partner(self) -> int | None:
         """Two-path mode: the other candidate of the current draw (None in full mode)."""
-        return self.ctx.partner
+        index = self.active_index  # type: ignore[attr-defined]
+        return None if index is None else self.ctx.partner_of(index)
 
     def _forward_call(self, args: tuple, kwargs: dict, index: int | None) -> Any:
         if index is None:

@@ -172,8 +172,8 @@ class ProxylessSearchStep:
             arc_step_loss = self._penalized(arc_step_loss)
             self.manual_backward(arc_step_loss)  # type: ignore[attr-defined]
             arc_optim.step()
-            if self.mode == 'two':
-                rescale_two_path(*mixed)
+            # Each parameter's pending two-path draw says whether it is rescaled (full mode: none).
+            rescale_two_path(*mixed)
             for name, spec in self.cost_spec.items():
                 if spec.multiplier is not None:
                     spec.multiplier.step(expected[name])
