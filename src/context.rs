@@ -18,7 +18,8 @@ use tch::Tensor;
 use crate::arch::{ArchParameter, TwoPathDraw};
 use crate::autograd_state::grad_mode_enabled;
 use crate::errors::in_context;
-use crate::layer::{call_candidate, Layer};
+use crate::layer::Layer;
+use crate::py_vectorcall::call_candidate;
 use crate::saved_call::{LiveCall, SavedCall, SavedInput};
 use crate::{tap, tree};
 

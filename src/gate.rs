@@ -9,7 +9,8 @@ use pyo3::types::PyTuple;
 use tch::Tensor;
 
 use crate::errors::in_context;
-use crate::layer::{call_candidate, Layer};
+use crate::layer::Layer;
+use crate::py_vectorcall::call_candidate;
 use crate::saved_call::SavedCall;
 use crate::{kernel, tree};
 

@@ -1,11 +1,9 @@
 //! What a mixed layer is, as its forward and its calls' backwards both need it: the architecture
-//! parameter, the softmax that turns it into path probabilities, the name errors give it, and how
-//! a candidate is called. Immutable after construction, so the layer's context and every saved
+//! parameter, the softmax that turns it into path probabilities, the name errors give it. Immutable after construction, so the layer's context and every saved
 //! call share one copy (`Arc<Layer>`).
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
 use tch::{Kind, Tensor};
 
 use crate::arch::ArchParameter;
@@ -90,33 +88,5 @@ impl Layer {
             Ok(name) => format!("candidate {name} (index {index})"),
             Err(_) => format!("candidate {index}"),
         }
-    }
-}
-
-/// `module.forward_path(k, *args, **kwargs)`: candidate `k` of the layer `module`. Without kwargs
-/// it goes through CPython's vectorcall, which spares the argument tuple that `PyObject_Call`
-/// would build for every candidate.
-pub fn call_candidate<'py>(
-    forward_path: &Bound<'py, PyAny>,
-    k: i64,
-    args: &Bound<'py, PyTuple>,
-    kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let py = forward_path.py();
-    let k = k.into_pyobject(py)?;
-    if kwargs.is_some() {
-        let mut call_args = vec![k.into_any()];
-        call_args.extend(args.iter());
-        return forward_path.call(PyTuple::new(py, call_args)?, kwargs);
-    }
-    let mut argv = Vec::with_capacity(args.len() + 1);
-    argv.push(k.as_ptr());
-    argv.extend(args.iter_borrowed().map(|arg| arg.as_ptr()));
-    // SAFETY: every pointer in argv is kept alive by `k` and `args` for the call; the result is
-    // a new reference or NULL with an exception set.
-    unsafe {
-        let result =
-            pyo3::ffi::PyObject_Vectorcall(forward_path.as_ptr(), argv.as_ptr(), argv.len(), std::ptr::null_mut());
-        Bound::from_owned_ptr_or_err(py, result)
     }
 }

@@ -11,6 +11,7 @@ pub mod errors;
 pub mod gate;
 pub mod kernel;
 pub mod layer;
+pub mod py_vectorcall;
 pub mod sampling;
 pub mod saved_call;
 pub mod tap;

@@ -11,7 +11,7 @@ saved belongs to the autograd node (the gradient tap) on that call's output.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -247,6 +247,25 @@ class DepthChain:
 
     def _choices(self) -> list[Any]:
         return [self.blocks[d] for d in range(self.min_depth, self.max_depth)]
+
+    @staticmethod
+    def _skip_or_block_chain(blocks: Iterable[nn.Module], min_depth: int, label_of: Callable[[int], Any],
+                             memo: dict, make_layer: Callable[[Any, nn.Module, nn.Parameter], nn.Module]) -> list:
+        """``blocks`` with every block from ``min_depth`` on wrapped as a two-candidate layer
+        (``make_layer(label, block, alpha)``: ``'0'`` the identity, ``'1'`` the block), labelled
+        ``label_of(i)``, whose alpha is taken from ``memo`` or created there (both NNI versions' mutation
+        hooks build the chain so: one alpha per label, created in block order)."""
+        chain = []
+        for i, block in enumerate(blocks):
+            if i < min_depth:
+                chain.append(block)
+                continue
+            label = label_of(i)
+            alpha = memo.get(label)
+            if alpha is None:
+                alpha = memo[label] = nn.Parameter(torch.randn(2) * 1E-3)
+            chain.append(make_layer(label, block, alpha))
+        return chain
 
     def _check_chain(self, name: str) -> None:
         for layer in self._choices():

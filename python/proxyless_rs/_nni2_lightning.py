@@ -13,8 +13,7 @@ from nni.nas.oneshot.pytorch.base_lightning import MutationHook, no_default_hook
 from nni.nas.oneshot.pytorch.differentiable import ProxylessLightningModule as NNIProxylessLightningModule
 
 from ._nni2_supermodule import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, register_repeat_layers
-from ._search_step import ProxylessSearchStep
-from .latency import LatencyTable
+from ._search_step import ProxylessSearchStep, SearchOptions
 
 __all__ = ['ProxylessLightningModule', 'unsupported_primitive_hook']
 
@@ -66,15 +65,10 @@ class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule)
     """
 
     def __init__(self, inner_module: pl.LightningModule, mutation_hooks: list[MutationHook] | None = None,
-                 arc_learning_rate: float = 3.0E-4, gradient_clip_val: float | None = None, exact: bool = False,
-                 mode: str = 'full', latency_table: LatencyTable | dict | None = None, latency_weight: float = 0.0,
-                 latency_form: str = 'log', latency_target: float | None = None, warmup_epochs: int = 0,
-                 arch_update_every: int = 1, latency_limit: float | None = None, latency_limit_weight: float = 5.0,
-                 costs: Any = None, cost_spec: dict | None = None):
-        self._init_search(exact=exact, mode=mode, warmup_epochs=warmup_epochs, arch_update_every=arch_update_every,
-                          latency_table=latency_table, latency_weight=latency_weight, latency_form=latency_form,
-                          latency_target=latency_target, latency_limit=latency_limit,
-                          latency_limit_weight=latency_limit_weight, costs=costs, cost_spec=cost_spec)
+                 arc_learning_rate: float = 3.0E-4, gradient_clip_val: float | None = None, **options: Any):
+        """``options``: those of :class:`proxyless_rs._search_step.SearchOptions`."""
+        self._init_search(SearchOptions(**options))
+        exact = self.exact
         if exact and arc_learning_rate != NNI_ARC_LEARNING_RATE:
             warnings.warn(f'exact=True reproduces NNI 2.10, whose architecture optimizer ignores arc_learning_rate '
                           f'and always uses {NNI_ARC_LEARNING_RATE}: arc_learning_rate={arc_learning_rate} is ignored '

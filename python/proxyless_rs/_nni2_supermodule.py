@@ -199,18 +199,14 @@ class ProxylessMixedRepeat(DepthChain, BaseSuperNetModule):
             raise ValueError(f'Repeat {name!r}: the depth choice must be a plain choice of integers, got {values}')
         softmax = mutate_kwargs.get('softmax', nn.Softmax(-1))
         mode = mutate_kwargs.get('proxyless_mode', 'full')
-        blocks: list[nn.Module] = []
-        for i, block in enumerate(module.blocks):
-            if i < module.min_depth:
-                blocks.append(block)
-                continue
-            inner = f'{label}/in_repeat_{i}'
-            alpha = memo.get(inner)
-            if alpha is None:
-                alpha = memo[inner] = nn.Parameter(torch.randn(2) * 1E-3)
+
+        def make_layer(inner: str, block: nn.Module, alpha: nn.Parameter) -> nn.Module:
             layer = ProxylessMixedLayer([('0', nn.Identity()), ('1', block)], alpha, softmax, inner, mode)
             layer._in_repeat = True
-            blocks.append(layer)
+            return layer
+
+        blocks = cls._skip_or_block_chain(module.blocks, module.min_depth, lambda i: f'{label}/in_repeat_{i}', memo,
+                                          make_layer)
         return cls(blocks, label, values, module.min_depth, module.max_depth)
 
 

@@ -12,8 +12,7 @@ from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 
 from ._layer import ProxylessLayer
 from ._nni3_supermodule import ProxylessMixedInput, ProxylessMixedRepeat
-from ._search_step import ProxylessSearchStep
-from .latency import LatencyTable
+from ._search_step import ProxylessSearchStep, SearchOptions
 
 __all__ = ['ProxylessLightningModule', 'probabilities_with_grad']
 
@@ -51,17 +50,12 @@ class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
 
     def __init__(self, training_module: pl.LightningModule, *, arc_learning_rate: float = 3.0E-4,
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10, warmup_epochs: int = 0,
-                 penalty: ExpectationProfilerPenalty | None = None, exact: bool = False, mode: str = 'full',
-                 latency_table: LatencyTable | dict | None = None, latency_weight: float = 0.0,
-                 latency_form: str = 'log', latency_target: float | None = None, arch_update_every: int = 1,
-                 latency_limit: float | None = None, latency_limit_weight: float = 5.0, costs: Any = None,
-                 cost_spec: dict | None = None):
+                 penalty: ExpectationProfilerPenalty | None = None, **options: Any):
+        """``options``: those of :class:`proxyless_rs._search_step.SearchOptions` (``warmup_epochs`` is
+        NNI 3.0's own and goes to both)."""
         super().__init__(training_module, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, penalty=penalty)
-        self._init_search(exact=exact, mode=mode, warmup_epochs=warmup_epochs, arch_update_every=arch_update_every,
-                          latency_table=latency_table, latency_weight=latency_weight, latency_form=latency_form,
-                          latency_target=latency_target, latency_limit=latency_limit,
-                          latency_limit_weight=latency_limit_weight, costs=costs, cost_spec=cost_spec)
+        self._init_search(SearchOptions(warmup_epochs=warmup_epochs, **options))
 
     def on_fit_start(self):
         self._check_latency_table()

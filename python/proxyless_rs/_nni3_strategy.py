@@ -10,7 +10,7 @@ from nni.nas.oneshot.pytorch.supermodule.differentiable import MixedOpDifferenti
 
 from ._nni3_lightning import ProxylessLightningModule
 from ._nni3_supermodule import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, suppress_already_mutated
-from .latency import LatencyTable
+from ._search_step import SearchOptions
 
 __all__ = ['Proxyless']
 
@@ -28,16 +28,13 @@ class Proxyless(NNIProxyless):
     (NNI 3.0's layers export a random draw).
     """
 
-    def __init__(self, *, exact: bool = False, mode: str = 'full', arch_update_every: int = 1,
-                 latency_table: LatencyTable | dict | None = None, latency_weight: float = 0.0,
-                 latency_form: str = 'log', latency_target: float | None = None, latency_limit: float | None = None,
-                 latency_limit_weight: float = 5.0, costs: Any = None, cost_spec: dict | None = None, **kwargs: Any):
+    def __init__(self, **kwargs: Any):
+        # proxyless_rs's options (SearchOptions) are checked now and go to the one-shot module;
+        # the rest, warmup_epochs included, are NNI 3.0's.
+        options = SearchOptions.split(kwargs, keep=('warmup_epochs',))
+        self.search_options = SearchOptions(**options)
+        self.proxyless_kwargs = options
         super().__init__(**kwargs)
-        self.proxyless_kwargs = dict(exact=exact, mode=mode, arch_update_every=arch_update_every,
-                                     latency_table=latency_table, latency_weight=latency_weight,
-                                     latency_form=latency_form, latency_target=latency_target,
-                                     latency_limit=latency_limit, latency_limit_weight=latency_limit_weight,
-                                     costs=costs, cost_spec=cost_spec)
 
     def configure_oneshot_module(self, training_module) -> ProxylessLightningModule:
         return ProxylessLightningModule(
@@ -55,7 +52,7 @@ class Proxyless(NNIProxyless):
             memo.update(self._arch_parameters)
             memo['_validated'] = True
         kwargs = {'mixed_op_sampling': MixedOpDifferentiablePolicy, 'softmax': self.configure_softmax(),
-                  'proxyless_mode': self.proxyless_kwargs['mode']}
+                  'proxyless_mode': self.search_options.mode}
         return hook(module, name, memo, kwargs)
 
     def export_latency(self) -> float:

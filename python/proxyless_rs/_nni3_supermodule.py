@@ -209,20 +209,13 @@ class ProxylessMixedRepeat(DepthChain, Repeat, BaseSuperNetModule):
             if not isinstance(module.depth_choice, Categorical):
                 raise ValueError(f'Repeat {name!r}: the depth choice must be a plain categorical, got '
                                  f'{module.depth_choice!r}')
-            blocks: list[nn.Module] = []
             softmax = mutate_kwargs.get('softmax', nn.Softmax(-1))
             mode = mutate_kwargs.get('proxyless_mode', 'full')
             with label_scope(module.depth_choice.label):
-                for i, block in enumerate(module.blocks):
-                    if i < module.min_depth:
-                        blocks.append(block)
-                        continue
-                    label = auto_label(f'in_repeat_{i}')
-                    if label in memo:
-                        alpha = memo[label]
-                    else:
-                        alpha = memo[label] = nn.Parameter(torch.randn(2) * 1E-3)
-                    # Candidate names are strings: a layer choice's dict keys must be.
-                    blocks.append(ProxylessMixedLayer({'0': nn.Identity(), '1': block}, alpha, softmax, label, mode))
+                # Candidate names are strings: a layer choice's dict keys must be.
+                blocks = cls._skip_or_block_chain(
+                    module.blocks, module.min_depth, lambda i: auto_label(f'in_repeat_{i}'), memo,
+                    lambda label, block, alpha: ProxylessMixedLayer({'0': nn.Identity(), '1': block}, alpha, softmax,
+                                                                    label, mode))
             return cls(blocks, module.depth_choice)
         return None

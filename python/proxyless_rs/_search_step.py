@@ -23,6 +23,7 @@ architecture optimizer), then a weight step on the training batch. What differs 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -32,6 +33,80 @@ from ._layer import no_arch_grad, rescale_two_path
 from .costs import CostSpec, CostTable, constrained_export, cost_loss
 from .latency import LatencyTable, latency_loss, predicted_latency
 from .supermodule import ProxylessMixedRepeat
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    """proxyless_rs's options of the search, beyond NNI's own, the same for both NNI versions' one-shot
+    modules and strategies (which take them as keyword arguments and pass them here).
+
+    ``exact``: run NNI's own step (its draws and alphas under the same seeds); none of the others
+    then. ``mode``: ``'full'`` or ``'two'`` (two-path, rescaled after every architecture step).
+    ``warmup_epochs``: epochs of weight steps only. ``arch_update_every``: the architecture step on
+    every k-th step. ``latency_table`` (a :class:`proxyless_rs.LatencyTable`) with ``latency_weight``,
+    ``latency_form`` (``'log'``, ``'mul'``), ``latency_target``: the expected latency in the
+    architecture loss; ``latency_limit`` (with ``latency_limit_weight``): a hard limit, a penalty
+    above it and an exact constrained export. ``costs`` with ``cost_spec``: several costs, each its
+    loss form, weight or limit (:func:`proxyless_rs.costs.cost_loss`).
+    """
+
+    exact: bool = False
+    mode: str = 'full'
+    warmup_epochs: int = 0
+    arch_update_every: int = 1
+    latency_table: LatencyTable | dict | None = None
+    latency_weight: float = 0.0
+    latency_form: str = 'log'
+    latency_target: float | None = None
+    latency_limit: float | None = None
+    latency_limit_weight: float = 5.0
+    costs: Any = None
+    cost_spec: dict[str, CostSpec | dict] | None = None
+
+    @classmethod
+    def split(cls, kwargs: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Takes this class's fields out of ``kwargs`` (but those in ``keep``) and returns them."""
+        names = {field.name for field in dataclasses.fields(cls)} - set(keep)
+        return {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+
+    def __post_init__(self) -> None:
+        # An unknown mode is refused by the layers as the mutation hooks build them.
+        if self.exact and (self.mode != 'full' or self.latency_weight or self.arch_update_every != 1
+                           or self.latency_limit is not None or self.costs is not None):
+            raise ValueError('exact=True reproduces NNI step for step; NNI has no two-path mode, latency loss, '
+                             'latency limit or arch_update_every')
+        if self.warmup_epochs < 0 or self.arch_update_every < 1:
+            raise ValueError(f'warmup_epochs must be >= 0 and arch_update_every >= 1, got {self.warmup_epochs} and '
+                             f'{self.arch_update_every}')
+        self.cost_terms()  # refuses inconsistent cost options now rather than at the first step
+
+    def cost_terms(self) -> tuple[LatencyTable | None, CostTable | None, dict[str, CostSpec]]:
+        """The latency table, the table of every cost the loss includes and each cost's spec: the
+        latency term and limit are the ``'latency'`` cost of the one ``cost_loss`` call."""
+        latency_table = None if self.latency_table is None else LatencyTable(self.latency_table)
+        tables = {} if self.costs is None else dict(CostTable.of(self.costs))
+        cost_spec = {name: spec if isinstance(spec, CostSpec) else CostSpec(**spec)
+                     for name, spec in (self.cost_spec or {}).items()}
+        if (self.costs is None) != (not cost_spec):
+            raise ValueError('costs and cost_spec go together: a table of costs and what each adds to the loss')
+        unknown = set(cost_spec) - set(tables)
+        if unknown:
+            raise ValueError(f'cost_spec names costs {sorted(unknown)} that the table lacks (it has {list(tables)})')
+        if self.latency_limit is not None and latency_table is None:
+            raise ValueError('latency_limit is set but no latency_table was given')
+        if latency_table is not None:
+            # A bad form, weight or target is refused here.
+            latency_loss(torch.zeros(()), torch.ones(()), self.latency_form, self.latency_weight, self.latency_target)
+            if self.latency_weight or self.latency_limit is not None:
+                if 'latency' in tables:
+                    raise ValueError("latency_table and a 'latency' cost in costs: give latency one way")
+                tables['latency'] = latency_table
+                cost_spec['latency'] = CostSpec(form=self.latency_form, weight=self.latency_weight,
+                                                target=self.latency_target, limit=self.latency_limit,
+                                                penalty=self.latency_limit_weight)
+        elif self.latency_weight:
+            raise ValueError('latency_weight is set but no latency_table was given')
+        return latency_table, (CostTable(tables) if tables else None), cost_spec
 
 
 class ProxylessSearchStep:
@@ -44,48 +119,12 @@ class ProxylessSearchStep:
     latency_table: LatencyTable | None
     gradient_clip_val: float | None
 
-    def _init_search(self, *, exact: bool, mode: str, warmup_epochs: int, arch_update_every: int,
-                     latency_table: LatencyTable | dict | None, latency_weight: float, latency_form: str,
-                     latency_target: float | None, latency_limit: float | None = None,
-                     latency_limit_weight: float = 5.0, costs: Any = None,
-                     cost_spec: dict[str, CostSpec | dict] | None = None) -> None:
-        # An unknown mode is refused by the layers as the mutation hooks build them.
-        if exact and (mode != 'full' or latency_weight or arch_update_every != 1 or latency_limit is not None
-                      or costs is not None):
-            raise ValueError('exact=True reproduces NNI step for step; NNI has no two-path mode, latency loss, '
-                             'latency limit or arch_update_every')
-        if warmup_epochs < 0 or arch_update_every < 1:
-            raise ValueError(f'warmup_epochs must be >= 0 and arch_update_every >= 1, got {warmup_epochs} and '
-                             f'{arch_update_every}')
-        self.exact = exact
-        self.mode = mode
-        self.warmup_epochs = warmup_epochs
-        self.arch_update_every = arch_update_every
-        self.latency_table = None if latency_table is None else LatencyTable(latency_table)
-        # Several costs (cost_loss, CostSpec): each its loss form, weight or hard limit.
-        tables = {} if costs is None else dict(CostTable.of(costs))
-        self.cost_spec = {name: spec if isinstance(spec, CostSpec) else CostSpec(**spec)
-                          for name, spec in (cost_spec or {}).items()}
-        if (costs is None) != (not self.cost_spec):
-            raise ValueError('costs and cost_spec go together: a table of costs and what each adds to the loss')
-        unknown = set(self.cost_spec) - set(tables)
-        if unknown:
-            raise ValueError(f'cost_spec names costs {sorted(unknown)} that the table lacks (it has {list(tables)})')
-        if latency_limit is not None and self.latency_table is None:
-            raise ValueError('latency_limit is set but no latency_table was given')
-        if self.latency_table is not None:
-            # Refuse a bad form, weight or target now rather than at the first step.
-            latency_loss(torch.zeros(()), torch.ones(()), latency_form, latency_weight, latency_target)
-            if latency_weight or latency_limit is not None:
-                # The latency term and limit are the 'latency' cost of the one cost_loss call.
-                if 'latency' in tables:
-                    raise ValueError("latency_table and a 'latency' cost in costs: give latency one way")
-                tables['latency'] = self.latency_table
-                self.cost_spec['latency'] = CostSpec(form=latency_form, weight=latency_weight, target=latency_target,
-                                                     limit=latency_limit, penalty=latency_limit_weight)
-        elif latency_weight:
-            raise ValueError('latency_weight is set but no latency_table was given')
-        self.costs = CostTable(tables) if tables else None
+    def _init_search(self, options: SearchOptions) -> None:
+        self.exact = options.exact
+        self.mode = options.mode
+        self.warmup_epochs = options.warmup_epochs
+        self.arch_update_every = options.arch_update_every
+        self.latency_table, self.costs, self.cost_spec = options.cost_terms()
 
     # What the version glue provides.
     def setup(self, stage: str | None = None):
