@@ -23,7 +23,7 @@ from nni.nas.oneshot.pytorch.supermodule.proxyless import (
 )
 
 import proxyless_rs
-from proxyless_rs._nni_version import NNI3
+from proxyless_rs.nni.version import NNI3
 
 # The running torch's (major, minor), for the few checks that differ by release.
 TORCH_RELEASE = tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])

@@ -30,8 +30,8 @@ from proxyless_rs import (
     predicted_costs,
     predicted_latency,
 )
-from proxyless_rs._nni_version import NNI3
-from proxyless_rs.costs import _options
+from proxyless_rs.hardware.costs import _options
+from proxyless_rs.nni.version import NNI3
 
 
 class Space(nn.Module):

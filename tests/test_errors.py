@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from proxyless_rs import ProxylessContext, ProxylessMixedInput, ProxylessMixedLayer
-from proxyless_rs._nni_version import NNI3
+from proxyless_rs.nni.version import NNI3
 
 
 class Returns(nn.Module):

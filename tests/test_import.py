@@ -54,7 +54,7 @@ def test_strategy_lightning_and_distributed_load_on_first_use():
         'from nni.nas.oneshot.pytorch.strategy import Proxyless',
         'assert isinstance(strategy, Proxyless), type(strategy).__mro__',
         'assert proxyless_rs.distributed.setup is not None',
-        'assert proxyless_rs.ProxylessLightningModule.__module__.startswith("proxyless_rs._nni")',
+        'assert proxyless_rs.ProxylessLightningModule.__module__.startswith("proxyless_rs.nni.v")',
     ])
     modules = modules_after(code)
     assert {'proxyless_rs.strategy', 'proxyless_rs.lightning', 'proxyless_rs.distributed'} <= modules

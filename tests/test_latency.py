@@ -19,7 +19,7 @@ from proxyless_rs import (
     predicted_latency,
     profile_latency,
 )
-from proxyless_rs._nni_version import NNI3
+from proxyless_rs.nni.version import NNI3
 
 
 class Net(nn.Module):

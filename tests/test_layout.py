@@ -44,18 +44,31 @@ def rust_imports() -> dict[str, set[str]]:
 
 
 def python_imports() -> dict[str, set[str]]:
-    """Imports inside the package, module level only (an import inside a function is a lazy one,
-    run after both modules have loaded)."""
+    """Imports inside the package (dotted names below it, a package by its ``__init__``), module
+    level only: an import inside a function is a lazy one, run after both modules have loaded."""
     package = ROOT / 'python' / 'proxyless_rs'
-    modules = {p.stem for p in package.glob('*.py')}
+
+    def dotted(path: Path) -> tuple[str, ...]:
+        parts = path.relative_to(package).with_suffix('').parts
+        return parts[:-1] if parts[-1] == '__init__' else parts
+
+    files = sorted(package.rglob('*.py'))
+    modules = {dotted(path) for path in files}
     graph = {}
-    for path in sorted(package.glob('*.py')):
+    for path in files:
+        name = dotted(path)
+        here = name if path.name == '__init__.py' else name[:-1]  # the package a relative import starts at
         deps = set()
         for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                names = [node.module] if node.module else [alias.name for alias in node.names]
-                deps.update(name.split('.')[0] for name in names if name.split('.')[0] in modules)
-        graph[path.stem] = deps - {path.stem}
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = here[:len(here) - (node.level - 1)]
+                target = base + tuple(node.module.split('.')) if node.module else base
+                for alias in node.names:
+                    if target + (alias.name,) in modules:
+                        deps.add(target + (alias.name,))
+                    elif target in modules:
+                        deps.add(target)
+        graph['.'.join(name)] = {'.'.join(dep) for dep in deps} - {'.'.join(name)}
     return graph
 
 
@@ -78,4 +91,6 @@ def test_lib_rs_only_registers():
 
 def test_no_python_module_imports_one_that_imports_it_back():
     graph = python_imports()
+    assert {'nni.v2.layers', 'nni.v3.strategy', 'hardware.costs', '_layer'} <= set(graph)
+    assert 'hardware.latency' in graph['hardware.costs'] and '_layer' in graph['nni.v2.layers']
     assert cycle(graph) is None, f'import cycle in python/proxyless_rs/: {" -> ".join(cycle(graph) or [])}'

@@ -322,7 +322,7 @@ def test_default_search_exports_a_complete_architecture_and_skips_the_weight_ste
 
 
 def penalty_loss(strategy_modules, penalty, task):
-    from proxyless_rs._nni3_lightning import probabilities_with_grad
+    from proxyless_rs.nni.v3.lightning import probabilities_with_grad
 
     loss, _ = penalty(task, probabilities_with_grad(strategy_modules))
     return loss

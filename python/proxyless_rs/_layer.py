@@ -1,6 +1,6 @@
 """What proxyless_rs's mixed layers share, whichever NNI they subclass (no NNI import here).
 
-The version-specific classes (``_nni2_supermodule``, ``_nni3_supermodule``) put this mixin in
+The version-specific classes (``nni.v2.layers``, ``nni.v3.layers``) put this mixin in
 front of NNI's ``DifferentiableMixedLayer`` / ``DifferentiableMixedInput``; the Rust core does
 the rest. State has one owner each: a layer's mode, partner and live-call count are its
 ``ProxylessContext``'s; a two-path draw waiting for its rescale and the distributed agreement

@@ -1,5 +1,5 @@
 """The training step of proxyless_rs's one-shot Lightning modules, shared by the NNI 2.10 and NNI 3.0
-glue (``_nni2_lightning``, ``_nni3_lightning``), which say where the inner module and the mixed
+glue (``nni.v2.lightning``, ``nni.v3.lightning``), which say where the inner module and the mixed
 modules are.
 
 One step is NNI's: an architecture step on the validation batch (resample, forward, backward,
@@ -30,8 +30,8 @@ import torch
 import torch.optim as optim
 
 from ._layer import no_arch_grad, rescale_two_path
-from .costs import CostSpec, CostTable, constrained_export, cost_loss
-from .latency import LatencyTable, latency_loss, predicted_latency
+from .hardware.costs import CostSpec, CostTable, constrained_export, cost_loss
+from .hardware.latency import LatencyTable, latency_loss, predicted_latency
 from .supermodule import ProxylessMixedRepeat
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._nni_version import NNI3
+from .nni.version import NNI3
 from .supermodule import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat
 
 __all__ = ['patch_nni']

@@ -4,11 +4,11 @@ proxyless_rs's layers and step."""
 
 from __future__ import annotations
 
-from ._nni_version import NNI3
+from .nni.version import NNI3
 
 if NNI3:
-    from ._nni3_strategy import Proxyless
+    from .nni.v3.strategy import Proxyless
 else:
-    from ._nni2_strategy import Proxyless
+    from .nni.v2.strategy import Proxyless
 
 __all__ = ['Proxyless']

@@ -10,9 +10,9 @@ import torch
 from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 
-from ._layer import ProxylessLayer
-from ._nni3_supermodule import ProxylessMixedInput, ProxylessMixedRepeat
-from ._search_step import ProxylessSearchStep, SearchOptions
+from ..._layer import ProxylessLayer
+from ..._search_step import ProxylessSearchStep, SearchOptions
+from .layers import ProxylessMixedInput, ProxylessMixedRepeat
 
 __all__ = ['ProxylessLightningModule', 'probabilities_with_grad']
 

@@ -10,7 +10,7 @@ import nni.nas.strategy  # noqa: F401  (import order matters)
 from nni.nas.evaluator.pytorch.lightning import Lightning
 from nni.nas.oneshot.pytorch.strategy import Proxyless as NNIProxyless
 
-from ._nni2_lightning import ProxylessLightningModule
+from .lightning import ProxylessLightningModule
 
 __all__ = ['Proxyless']
 

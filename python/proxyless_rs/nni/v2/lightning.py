@@ -12,8 +12,8 @@ import torch.nn as nn
 from nni.nas.oneshot.pytorch.base_lightning import MutationHook, no_default_hook as nni_no_default_hook
 from nni.nas.oneshot.pytorch.differentiable import ProxylessLightningModule as NNIProxylessLightningModule
 
-from ._nni2_supermodule import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, register_repeat_layers
-from ._search_step import ProxylessSearchStep, SearchOptions
+from ..._search_step import ProxylessSearchStep, SearchOptions
+from .layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, register_repeat_layers
 
 __all__ = ['ProxylessLightningModule', 'unsupported_primitive_hook']
 

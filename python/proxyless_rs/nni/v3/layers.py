@@ -20,7 +20,7 @@ from nni.nas.nn.pytorch import Repeat, recursive_freeze
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
 
-from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, check_alpha_length
+from ..._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, check_alpha_length
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'suppress_already_mutated']
 

@@ -8,9 +8,9 @@ from typing import Any
 from nni.nas.oneshot.pytorch.strategy import MutationHook, Proxyless as NNIProxyless, no_default_hook
 from nni.nas.oneshot.pytorch.supermodule.differentiable import MixedOpDifferentiablePolicy
 
-from ._nni3_lightning import ProxylessLightningModule
-from ._nni3_supermodule import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, suppress_already_mutated
-from ._search_step import SearchOptions
+from ..._search_step import SearchOptions
+from .layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, suppress_already_mutated
+from .lightning import ProxylessLightningModule
 
 __all__ = ['Proxyless']
 
