@@ -105,7 +105,8 @@ def training_step(net: nn.Module, x: torch.Tensor) -> None:
         proxyless_rs.rescale_two_path(net)
 
 
-def time_case(case: Case, impls, baseline: str = 'nni', contender: str = 'proxyless_rs') -> dict:
+def time_case(case: Case, impls, baseline: str = 'nni', contender: str = 'proxyless_rs',
+              steps: dict[str, Callable] | None = None) -> dict:
     nets, inputs = {}, {}
     for name, (layer_cls, input_cls) in impls.items():
         torch.manual_seed(0)
@@ -118,8 +119,9 @@ def time_case(case: Case, impls, baseline: str = 'nni', contender: str = 'proxyl
             torch.manual_seed(sample)
             sync()
             start = time.perf_counter()
+            step = (steps or {}).get(name, training_step)
             for _ in range(case.steps_per_sample):
-                training_step(nets[name], inputs[name])
+                step(nets[name], inputs[name])
             sync()
             elapsed = (time.perf_counter() - start) / case.steps_per_sample
             if sample:
@@ -149,6 +151,31 @@ def two_path_cases(smoke: bool) -> list[dict]:
             result = time_case(case, modes, baseline='full', contender='two')
             result['case'] = f'two-path {case.name}'
             results.append(result)
+    return results
+
+
+def arch_step_cases(smoke: bool) -> list[dict]:
+    """proxyless_rs's architecture step with every weight gradient computed (what NNI and a plain
+    backward do) against :func:`proxyless_rs.no_weight_grad` (alpha's gradient only), full and
+    two-path, on the compute-bound chain of Linear(1024) + ReLU: same nets, seeds, draws."""
+    import functools
+
+    import proxyless_rs
+
+    def frozen_step(net: nn.Module, x: torch.Tensor) -> None:
+        with proxyless_rs.no_weight_grad(net):
+            training_step(net, x)
+
+    depth, dim, batch = (2, 16, 4) if smoke else (8, 1024, 256)
+    results = []
+    for mode in ('full', 'two'):
+        layers = (functools.partial(proxyless_rs.ProxylessMixedLayer, mode=mode), proxyless_rs.ProxylessMixedInput)
+        case = Case(f'arch step {mode}', f'L={depth}, n=7, Linear({dim}) + ReLU, batch {batch}',
+                    partial(MixedChain, depth=depth, n=7, dim=dim, act=torch.relu),
+                    lambda: torch.randn(batch, dim), 3 if smoke else 11, 1)
+        result = time_case(case, {'weights': layers, 'alpha only': layers}, baseline='weights',
+                           contender='alpha only', steps={'alpha only': frozen_step})
+        results.append(result)
     return results
 
 
@@ -320,7 +347,7 @@ def markdown(results: list[dict], header: str) -> str:
                          '| speed-up (median of paired ratios) |', '| --- | --- | --- | --- |']
     fmt = lambda d: f"{d['min']:.3g} / {d['median']:.3g} / {d['max']:.3g}"  # noqa: E731
     for r in results:
-        if r['case'] == 'memory' or 'full' in r:
+        if r['case'] == 'memory' or 'full' in r or 'weights' in r:
             continue
         lines.append(f"| {r['case']}: {r['description']} ({r['unit']}) | {fmt(r['nni'])} | {fmt(r['proxyless_rs'])} "
                      f"| {r['speedup']:.2f}x |")
@@ -330,6 +357,13 @@ def markdown(results: list[dict], header: str) -> str:
                       'two min / median / max | speed-up (median of paired ratios) |', '| --- | --- | --- | --- |']
         lines += [f"| {r['case']}: {r['description']} ({r['unit']}) | {fmt(r['full'])} | {fmt(r['two'])} "
                   f"| {r['speedup']:.2f}x |" for r in two_path]
+    arch_steps = [r for r in results if 'weights' in r]
+    if arch_steps:
+        lines += ['', '| architecture step: every weight gradient vs alpha\'s only (`no_weight_grad`) | weights '
+                      'min / median / max | alpha only min / median / max | speed-up (median of paired ratios) |',
+                  '| --- | --- | --- | --- |']
+        lines += [f"| {r['case']}: {r['description']} ({r['unit']}) | {fmt(r['weights'])} | {fmt(r['alpha only'])} "
+                  f"| {r['speedup']:.2f}x |" for r in arch_steps]
     for r in results:
         if r['case'] == 'memory':
             lines += ['', f"{r['description']}: NNI 2.10 {r['nni']['after_validation']} "
@@ -347,14 +381,16 @@ def chart(results: list[dict], path: Path) -> None:
     timed = [r for r in results if 'speedup' in r]
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(timed) + 1.5))
     names = [r['case'] for r in timed]
-    ax.barh(names, [r['speedup'] for r in timed], color=['tab:blue' if 'full' in r else 'tab:orange' for r in timed])
+    colors = ['tab:blue' if 'full' in r else 'tab:green' if 'weights' in r else 'tab:orange' for r in timed]
+    ax.barh(names, [r['speedup'] for r in timed], color=colors)
     ax.axvline(1.0, color='k', lw=1)
     ax.set_xscale('log')
     for i, r in enumerate(timed):
         ax.text(r['speedup'], i, f" {r['speedup']:.2f}x", va='center')
     ax.invert_yaxis()
     ax.set_xlabel('speed-up, median of paired time ratios (log scale)')
-    ax.set_title('orange: proxyless_rs over NNI 2.10; blue: two-path over full mode')
+    ax.set_title('orange: proxyless_rs over NNI 2.10; blue: two-path over full mode; green: alpha-only arch step',
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -374,7 +410,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--smoke', action='store_true', help='tiny shapes, a few steps: checks the harness runs')
     parser.add_argument('--case', action='append', help='run only these cases (overhead, medium, compute, conv, '
-                                                         'input, two-path, hook, search, memory)')
+                                                         'input, two-path, arch-step, hook, search, memory)')
     parser.add_argument('--threads', type=int, default=1, help='torch.set_num_threads (default 1)')
     parser.add_argument('--out', type=Path, default=RESULTS)
     parser.add_argument('--device', default='cpu', help="where the supernets run: 'cpu' (default) or 'cuda'")
@@ -385,7 +421,8 @@ def main(argv=None):
         parser.error('--device cuda: CUDA is not available on this machine')
     torch.set_num_threads(args.threads)
     impls = implementations()
-    everything = ['overhead', 'medium', 'compute', 'conv', 'input', 'two-path', 'hook', 'search', 'memory']
+    everything = ['overhead', 'medium', 'compute', 'conv', 'input', 'two-path', 'arch-step', 'hook', 'search',
+                  'memory']
     if DEVICE.type != 'cpu':
         everything.remove('search')  # the Lightning search of the demo runs on the CPU only
     wanted = set(args.case or everything)
@@ -401,6 +438,11 @@ def main(argv=None):
             results.append(r)
             print(f"{r['case']:>9}: full {r['full']['median']:.3f} ms, two {r['two']['median']:.3f} ms, "
                   f"{r['speedup']:.2f}x", flush=True)
+    if 'arch-step' in wanted:
+        for r in arch_step_cases(args.smoke):
+            results.append(r)
+            print(f"{r['case']:>9}: weights {r['weights']['median']:.3f} ms, alpha only "
+                  f"{r['alpha only']['median']:.3f} ms, {r['speedup']:.2f}x", flush=True)
     if 'hook' in wanted:
         for n in (4, 8):
             for r in hook_cost(impls, n=n, dim=8 if args.smoke else 64, batch=2 if args.smoke else 8,

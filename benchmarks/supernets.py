@@ -7,10 +7,11 @@ import torch.nn as nn
 
 
 class MixedChain(nn.Module):
-    """``depth`` mixed layers in a row, each over ``n`` Linear(dim) candidates, tanh in between."""
+    """``depth`` mixed layers in a row, each over ``n`` Linear(dim) candidates, ``act`` (tanh) in between."""
 
-    def __init__(self, layer_cls, input_cls, depth: int, n: int, dim: int):
+    def __init__(self, layer_cls, input_cls, depth: int, n: int, dim: int, act=torch.tanh):
         super().__init__()
+        self.act = act
         self.layers = nn.ModuleList([
             layer_cls([(f'op{k}', nn.Linear(dim, dim)) for k in range(n)],
                       nn.Parameter(torch.randn(n) * 1e-3), nn.Softmax(-1), f'layer{i}')
@@ -22,7 +23,7 @@ class MixedChain(nn.Module):
 
     def forward(self, x):
         for layer in self.layers:
-            x = torch.tanh(layer(x))
+            x = self.act(layer(x))
         return x
 
 

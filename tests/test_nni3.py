@@ -321,6 +321,30 @@ def test_default_search_exports_a_complete_architecture_and_skips_the_weight_ste
     assert architecture is not None
 
 
+@pytest.mark.parametrize('mode', ['full', 'two'])
+def test_architecture_step_without_weight_gradients_ends_where_a_full_backward_ends(monkeypatch, mode):
+    # As tests/test_strategy.py checks under NNI 2.10: with no_weight_grad made a no-op, the same
+    # alphas and weights, bit for bit (the depth choice's chain included).
+    import contextlib
+
+    import proxyless_rs._search_step as search_step
+
+    def finals(strategy):
+        return {name: p.detach().clone() for name, p in strategy.oneshot_module.named_parameters()}
+
+    frozen = proxyless_rs.strategy.Proxyless(mode=mode)
+    run(frozen, max_epochs=2)
+    monkeypatch.setattr(search_step, 'no_weight_grad', lambda *modules, keep=(): contextlib.nullcontext())
+    plain = proxyless_rs.strategy.Proxyless(mode=mode)
+    run(plain, max_epochs=2)
+    a, b = finals(frozen), finals(plain)
+    # The depth choice's skip-or-block layers hold alphas too (blocks.blocks.<i>._arch_alpha).
+    assert a.keys() == b.keys() and any(name.startswith('training_module._model.blocks.') and
+                                        name.endswith('_arch_alpha') for name in a)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 def penalty_loss(strategy_modules, penalty, task):
     from proxyless_rs.nni.v3.lightning import probabilities_with_grad
 

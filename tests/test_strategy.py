@@ -274,3 +274,26 @@ def test_arch_update_every_k_steps(monkeypatch):
     assert len(steps) == 10 + 4
     with pytest.raises(ValueError, match='arch_update_every >= 1'):
         run(Proxyless(arch_update_every=0), max_epochs=1)
+
+
+@pytest.mark.parametrize('mode', ['full', 'two'])
+def test_architecture_step_without_weight_gradients_ends_where_a_full_backward_ends(monkeypatch, mode):
+    # The strategy's architecture step runs under no_weight_grad; with it made a no-op (every weight
+    # gradient computed, then cleared by the weight step's zero_grad, as in NNI) the search ends with
+    # the same alphas and weights, bit for bit.
+    import contextlib
+
+    import proxyless_rs._search_step as search_step
+
+    def finals(strategy):
+        return {name: p.detach().clone() for name, p in strategy.model.named_parameters()}
+
+    frozen = Proxyless(mode=mode)
+    run(frozen, max_epochs=2)
+    monkeypatch.setattr(search_step, 'no_weight_grad', lambda *modules, keep=(): contextlib.nullcontext())
+    plain = Proxyless(mode=mode)
+    run(plain, max_epochs=2)
+    a, b = finals(frozen), finals(plain)
+    assert a.keys() == b.keys() and any(name.endswith('_arch_alpha') for name in a)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -52,6 +52,7 @@ _LAZY_NAMES = {
     "ProxylessMixedRepeat": "supermodule",
     "depth_distribution": "supermodule",
     "no_arch_grad": "supermodule",
+    "no_weight_grad": "supermodule",
     "rescale_two_path": "supermodule",
     "MODES": "supermodule",
     "LatencyTable": "latency",
@@ -103,6 +104,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (re-exported: `X as X`); at
         ProxylessMixedRepeat as ProxylessMixedRepeat,
         depth_distribution as depth_distribution,
         no_arch_grad as no_arch_grad,
+        no_weight_grad as no_weight_grad,
         rescale_two_path as rescale_two_path,
     )
 

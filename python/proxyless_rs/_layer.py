@@ -70,6 +70,34 @@ def no_arch_grad(*modules: nn.Module) -> Iterator[None]:
             ctx.enabled = enabled
 
 
+@contextlib.contextmanager
+def no_weight_grad(*modules: nn.Module, keep: Iterable[torch.Tensor] = ()) -> Iterator[None]:
+    """Within this block, backward computes the architecture gradients only: every parameter of
+    ``modules`` but the ProxylessNAS layers' alphas (and the tensors in ``keep``) has
+    ``requires_grad`` off, restored on exit. The mirror image of :func:`no_arch_grad`, for an
+    architecture step.
+
+    Why: the architecture step uses alpha's gradient alone, yet a plain backward also computes
+    the gradient of every weight on the sampled path (half a linear layer's or a convolution's
+    backward arithmetic), and autograd keeps each such layer's input alive for it. Here autograd
+    neither computes those nor saves what only they need; the gradient still flows through the
+    sampled paths to every mixed layer's output (whose gradient tap carries alpha's path whatever
+    its input and weights require), so every alpha gets exactly the gradient it gets without the
+    block. What differs: no weight gets a gradient from the step (one-shot strategies clear them
+    before the weight step anyway), and a hook on a weight does not fire.
+    """
+    kept = {id(layer._arch_alpha) for layer in _proxyless_layers(*modules)} | {id(t) for t in keep}
+    frozen = list({id(p): p for root in modules for p in root.parameters()
+                   if p.requires_grad and id(p) not in kept}.values())
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def rescale_two_path(*modules: nn.Module) -> None:
     """Call right after the architecture optimizer's step when layers run in two-path mode.
 

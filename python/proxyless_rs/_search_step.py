@@ -8,6 +8,9 @@ architecture optimizer), then a weight step on the training batch. What differs 
 - the weight step runs under :func:`proxyless_rs.no_arch_grad`: NNI evaluates every unsampled
   candidate there to compute alpha gradients that the next architecture step's ``zero_grad``
   discards (NNI 3.0's ``_ProxylessFunction`` does so even in every step, warm-up included);
+- the architecture step runs under :func:`proxyless_rs.no_weight_grad`: its backward computes
+  alpha's gradient only, where NNI also computes every sampled weight's, which its weight step's
+  ``zero_grad`` then discards;
 - during the first ``warmup_epochs`` epochs there is no architecture step and no alpha work at all
   (the paper's code warms up the weights for 40 of 120 epochs);
 - with ``arch_update_every`` = k > 1 (the paper code's ``grad_update_arch_step``), the architecture
@@ -29,7 +32,7 @@ from typing import Any
 import torch
 import torch.optim as optim
 
-from ._layer import no_arch_grad, rescale_two_path
+from ._layer import no_arch_grad, no_weight_grad, rescale_two_path
 from .hardware.costs import CostSpec, CostTable, constrained_export, cost_loss
 from .hardware.latency import LatencyTable, latency_loss, predicted_latency
 from .supermodule import ProxylessMixedRepeat
@@ -203,13 +206,18 @@ class ProxylessSearchStep:
         if not self._in_warmup() and batch_idx % self.arch_update_every == 0:
             self.resample()  # type: ignore[attr-defined]
             arc_optim.zero_grad()
-            arc_step_loss = self._inner_training_step(val_batch, 2 * batch_idx)
-            if isinstance(arc_step_loss, dict):
-                arc_step_loss = arc_step_loss['loss']
-            if self.costs is not None:
-                arc_step_loss, expected = cost_loss(arc_step_loss, self._model_root(), self.costs, self.cost_spec)
-            arc_step_loss = self._penalized(arc_step_loss)
-            self.manual_backward(arc_step_loss)  # type: ignore[attr-defined]
+            # Alpha's gradient only: no weight gradient is computed, nor anything saved for one (the
+            # weight step's optimizer clears weight gradients before its own backward, in NNI too).
+            arch_params = [p for group in arc_optim.param_groups for p in group['params']]
+            with no_weight_grad(self._model_root(), keep=arch_params):
+                arc_step_loss = self._inner_training_step(val_batch, 2 * batch_idx)
+                if isinstance(arc_step_loss, dict):
+                    arc_step_loss = arc_step_loss['loss']
+                if self.costs is not None:
+                    arc_step_loss, expected = cost_loss(arc_step_loss, self._model_root(), self.costs,
+                                                        self.cost_spec)
+                arc_step_loss = self._penalized(arc_step_loss)
+                self.manual_backward(arc_step_loss)  # type: ignore[attr-defined]
             arc_optim.step()
             # Each parameter's pending two-path draw says whether it is rescaled (full mode: none).
             rescale_two_path(*mixed)

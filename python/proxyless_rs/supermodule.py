@@ -8,7 +8,7 @@ the forward and the per-call backward, is in ``_layer`` and the Rust core.
 
 from __future__ import annotations
 
-from ._layer import MODES, ProxylessLayer, depth_distribution, no_arch_grad, rescale_two_path
+from ._layer import MODES, ProxylessLayer, depth_distribution, no_arch_grad, no_weight_grad, rescale_two_path
 from .nni.version import NNI3
 
 if NNI3:
@@ -17,4 +17,4 @@ else:
     from .nni.v2.layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'ProxylessLayer', 'MODES',
-           'no_arch_grad', 'rescale_two_path', 'depth_distribution']
+           'no_arch_grad', 'no_weight_grad', 'rescale_two_path', 'depth_distribution']

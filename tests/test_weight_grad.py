@@ -1,0 +1,113 @@
+"""``no_weight_grad``: an architecture step that computes alpha's gradient only (the mirror image of
+``no_arch_grad``). Alpha gradients are the same as without it, weights get none, autograd saves
+less, and the strategy's search ends where it ended before."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import proxyless_rs
+from conftest import arch_parameters, build, weight_parameters
+from proxyless_rs import ProxylessMixedInput, ProxylessMixedLayer, no_weight_grad
+
+
+def alpha_grads(net: nn.Module, x: torch.Tensor, seed: int, frozen: bool) -> dict[str, torch.Tensor]:
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    net.resample()
+    if frozen:
+        with no_weight_grad(net):
+            net(x).square().mean().backward()
+    else:
+        net(x).square().mean().backward()
+    return {name: p.grad for name, p in arch_parameters(net).items()}
+
+
+@pytest.mark.parametrize('mode', ['full', 'two'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_alpha_gradients_are_those_of_a_full_backward(mode, dtype):
+    # The regression supernet: a layer called twice, two layers sharing one alpha, kwargs, tuple
+    # outputs and a mixed input; the first layer's input requires no grad.
+    net = build('rs', dtype=dtype)
+    for layer in net.mixed():
+        layer.mode = mode if len(layer._arch_alpha) > 1 else 'full'
+    x = torch.randn(6, 8, dtype=dtype)
+    for seed in range(6):
+        expected = alpha_grads(net, x, seed, frozen=False)
+        got = alpha_grads(net, x, seed, frozen=True)
+        assert expected.keys() == got.keys()
+        for name in expected:
+            if expected[name] is None:
+                assert got[name] is None, name
+            else:
+                torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
+        # No weight got a gradient, and each requires grad again after the block.
+        assert all(p.grad is None and p.requires_grad for p in weight_parameters(net).values())
+
+
+def test_depth_chain_and_cost_terms_get_the_same_alpha_gradients():
+    torch.manual_seed(0)
+    block = lambda: nn.Sequential(nn.Linear(8, 8), nn.Tanh())  # noqa: E731
+    chain = [ProxylessMixedLayer([('0', nn.Identity()), ('1', block())], nn.Parameter(torch.randn(2)),
+                                 nn.Softmax(-1), f'depth_block{i}') for i in range(3)]
+    net = nn.Sequential(nn.Linear(8, 8), *chain, nn.Linear(8, 3))
+    table = proxyless_rs.LatencyTable({f'depth_block{i}': {'0': 0.0, '1': 1.0 + i} for i in range(3)})
+    x = torch.randn(5, 8)
+
+    def step(frozen: bool) -> list[torch.Tensor]:
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        for layer in chain:
+            layer.resample({})
+        with no_weight_grad(net) if frozen else torch.enable_grad():
+            loss = net(x).square().mean() + 0.1 * proxyless_rs.expected_latency(net, table)
+            loss.backward()
+        return [layer._arch_alpha.grad for layer in chain]
+
+    for a, b in zip(step(False), step(True)):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_a_mixed_input_over_inputs_that_require_no_grad_still_gives_alpha_a_gradient():
+    # Nothing upstream requires grad inside the block: the output must carry alpha's path itself.
+    pick = ProxylessMixedInput(3, 1, nn.Parameter(torch.randn(3)), nn.Softmax(-1), 'pick')
+    head = nn.Linear(4, 2)
+    model = nn.ModuleList([pick, head])
+    torch.manual_seed(0)
+    pick.resample({})
+    with no_weight_grad(model):
+        head(pick([torch.randn(2, 4) for _ in range(3)])).sum().backward()
+    assert pick._arch_alpha.grad is not None and pick._arch_alpha.grad.abs().sum() > 0
+    assert head.weight.grad is None
+
+
+def saved_tensor_bytes(net: nn.Module, x: torch.Tensor, frozen: bool) -> int:
+    """What autograd saves for backward during the forward, in bytes (through saved-tensor hooks)."""
+    saved = []
+    torch.manual_seed(0)
+    net.resample()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                  lambda t: t):
+        with no_weight_grad(net) if frozen else torch.enable_grad():
+            net(x)
+    return sum(saved)
+
+
+def test_autograd_saves_less_for_linear_candidates():
+    net = build('rs')
+    x = torch.randn(64, 8)
+    full, frozen = saved_tensor_bytes(net, x, False), saved_tensor_bytes(net, x, True)
+    # A linear layer saves its input only for its weight's gradient.
+    assert frozen < full
+
+
+def test_requires_grad_is_restored_when_the_block_raises_and_frozen_parameters_stay_frozen():
+    net = build('rs')
+    net.head.bias.requires_grad_(False)
+    with pytest.raises(RuntimeError, match='inside'):
+        with no_weight_grad(net):
+            assert not net.head.weight.requires_grad and net.first._arch_alpha.requires_grad
+            raise RuntimeError('inside')
+    assert net.head.weight.requires_grad and not net.head.bias.requires_grad
