@@ -345,6 +345,31 @@ def test_architecture_step_without_weight_gradients_ends_where_a_full_backward_e
         assert torch.equal(a[name], b[name]), name
 
 
+def test_freeze_builds_the_child_of_the_searched_space():
+    # A layer choice, a depth choice (Repeat) and an input choice, searched by NNI 3.0's NasExperiment:
+    # the child is a plain module giving the supernet's outputs with the exported architecture fixed.
+    from proxyless_rs.child import ChosenInput
+
+    strategy = proxyless_rs.strategy.Proxyless(arc_learning_rate=0.05)
+    run(strategy, max_epochs=1)
+    module = strategy.oneshot_module
+    exported = module.export()
+    supernet = module.training_module._model
+    child = proxyless_rs.freeze(supernet, exported)
+    assert [type(m).__name__ for m in child.modules() if type(m).__module__.startswith('proxyless_rs')
+            and not isinstance(m, ChosenInput)] == []
+    assert isinstance(child.blocks, nn.Sequential) and len(child.blocks) == exported['depth']
+    memo = dict(exported)
+    for m in module.supernet_modules():
+        if hasattr(m, 'resample'):
+            m.resample(memo)
+    supernet.eval()
+    child.eval()
+    x = torch.rand(5, 64)
+    with torch.no_grad():
+        assert torch.equal(child(x), supernet(x))
+
+
 def penalty_loss(strategy_modules, penalty, task):
     from proxyless_rs.nni.v3.lightning import probabilities_with_grad
 

@@ -42,7 +42,7 @@ def _version() -> str:
 __version__ = _version()
 
 # Submodules loaded on first attribute access (``proxyless_rs.strategy``).
-_LAZY_MODULES = ("strategy", "lightning", "distributed", "supermodule", "latency", "costs", "patch")
+_LAZY_MODULES = ("strategy", "lightning", "distributed", "supermodule", "latency", "costs", "patch", "child")
 
 # Names loaded on first access (``proxyless_rs.ProxylessMixedLayer``, ``from proxyless_rs import ...``),
 # with the submodule that defines each.
@@ -72,10 +72,12 @@ _LAZY_NAMES = {
     "cost_loss": "costs",
     "ProxylessLightningModule": "lightning",
     "patch_nni": "patch",
+    "freeze": "child",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see (re-exported: `X as X`); at run time these load lazily
     from . import costs, distributed, lightning, strategy
+    from .child import freeze as freeze
     from .costs import (
         CostSpec as CostSpec,
         CostTable as CostTable,

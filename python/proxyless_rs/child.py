@@ -1,0 +1,123 @@
+"""The child network of a search: :func:`freeze` turns a supernet into a plain ``nn.Module`` with
+the chosen architecture and the supernet's trained weights (once-for-all's ``get_active_subnet``).
+
+What it builds, layer by layer: a mixed layer becomes a copy of its chosen candidate; a mixed input
+becomes :class:`ChosenInput` (or :class:`ChosenInputs`, for several); a depth choice becomes an
+``nn.Sequential`` of its first blocks, as many as the chosen depth. Everything else is copied as
+it is. The child holds no architecture parameter, no hook and no module of proxyless_rs but the two
+small input selectors, which TorchScript, tracing, ONNX export and ``torch.compile(fullgraph=True)``
+take; in eval mode it gives the supernet's outputs with that architecture fixed, bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, List, Mapping
+
+import torch
+import torch.nn as nn
+
+from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, _proxyless_layers
+
+__all__ = ['freeze', 'ChosenInput', 'ChosenInputs']
+
+
+class ChosenInput(nn.Module):
+    """The one input an input choice chose: ``inputs[index]``."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:  # noqa: UP006 (TorchScript reads List)
+        return inputs[self.index]
+
+    def extra_repr(self) -> str:
+        return f'index={self.index}'
+
+
+class ChosenInputs(nn.Module):
+    """Several chosen inputs, reduced: their sum, or their mean (``mean=True``)."""
+
+    def __init__(self, indices: list[int], mean: bool):
+        super().__init__()
+        self.indices = list(indices)
+        self.mean = mean
+
+    def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:  # noqa: UP006 (TorchScript reads List)
+        out = inputs[self.indices[0]]
+        for i in self.indices[1:]:
+            out = out + inputs[i]
+        if self.mean:
+            out = out / len(self.indices)
+        return out
+
+    def extra_repr(self) -> str:
+        return f'indices={self.indices}, mean={self.mean}'
+
+
+def _export(model: nn.Module) -> dict[str, Any]:
+    """The architecture the layers export (the most probable choices), in module order."""
+    memo: dict[str, Any] = {}
+    for module in model.modules():
+        if isinstance(module, (ProxylessLayer, DepthChain)):
+            memo.update(module.export(memo))  # type: ignore[attr-defined]
+    return memo
+
+
+def _chosen(module: nn.Module, arch: Mapping[str, Any], label: Any) -> Any:
+    if label not in arch:
+        raise KeyError(f'{module._name()}: the architecture has no choice for {label!r}; '  # type: ignore[operator]
+                       f'it has {sorted(map(str, arch))}')
+    return arch[label]
+
+
+def _frozen(module: nn.Module, arch: Mapping[str, Any], reduction: str | None) -> nn.Module:
+    if isinstance(module, DepthChain):
+        depth = arch.get(module.depth_label)
+        if depth is None:  # the chain's own choices: its first blocks taken
+            depth = module.min_depth + sum(_chosen(layer, arch, layer.label) == '1' for layer in module._choices())
+        blocks = [module.blocks[i] if i < module.min_depth else module.blocks[i]._modules['1']
+                  for i in range(int(depth))]
+        return nn.Sequential(*[_frozen(block, arch, reduction) for block in blocks])
+    if isinstance(module, ProxylessLayerChoice):
+        name = _chosen(module, arch, module.label)
+        if name not in module.names:
+            raise ValueError(f'{module._name()}: the architecture chose {name!r}, which is not one of its '
+                             f'candidates {module.names}')
+        # Submodules are registered by the candidate's name as a str (NNI 3.0 names a list's candidates 0, 1, ...).
+        return _frozen(module._modules[str(name)], arch, reduction)  # type: ignore[arg-type]
+    if isinstance(module, ProxylessLayer):  # a mixed input
+        chosen = _chosen(module, arch, module.label)
+        indices = [chosen] if isinstance(chosen, int) else list(chosen)
+        if len(indices) == 1:
+            return ChosenInput(indices[0])
+        if reduction not in ('sum', 'mean'):
+            raise ValueError(f'{module._name()}: the architecture chose the inputs {indices}; say how to reduce '
+                             "them with reduction='sum' or 'mean' (NNI's mixed input does not keep the InputChoice's "
+                             'reduction)')
+        return ChosenInputs(indices, reduction == 'mean')
+    for name, child in list(module._modules.items()):
+        if child is not None:
+            module._modules[name] = _frozen(child, arch, reduction)
+    return module
+
+
+def freeze(model: nn.Module, arch: Mapping[str, Any] | None = None, *, reduction: str | None = None) -> nn.Module:
+    """The child network of ``model`` for ``arch``: a plain ``nn.Module`` holding copies of the
+    supernet's trained weights (``model`` is left as it is).
+
+    ``arch`` defaults to what the layers export (the most probable choice of each); it takes the
+    output of ``export``, :func:`proxyless_rs.constrained_export` or a strategy's
+    ``export_top_models()`` entry. A depth choice takes its depth from ``arch`` or, without it,
+    from its chain's skip-or-block choices. An input choice that chose several inputs needs
+    ``reduction`` (``'sum'`` or ``'mean'``).
+    """
+    if reduction not in (None, 'sum', 'mean'):
+        raise ValueError(f"freeze: reduction must be 'sum', 'mean' or None, got {reduction!r}")
+    arch = _export(model) if arch is None else dict(arch)
+    child = _frozen(copy.deepcopy(model), arch, reduction)
+    left = [type(m).__name__ for m in _proxyless_layers(child)]
+    if left:  # a mixed layer no rule reached (e.g. inside a container freeze does not enter)
+        raise TypeError(f'freeze: mixed layers are left in the child: {left}')
+    return child
