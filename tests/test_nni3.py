@@ -368,6 +368,13 @@ def test_freeze_builds_the_child_of_the_searched_space():
     x = torch.rand(5, 64)
     with torch.no_grad():
         assert torch.equal(child(x), supernet(x))
+    # The export round-trips through NNI 3.0: ModelSpace.freeze takes it (the depth choice's chain
+    # labels included), and NNI's child holds the same weights under the same keys.
+    nni_child = Space().freeze(exported)
+    nni_child.load_state_dict(child.state_dict())
+    nni_child.eval()
+    with torch.no_grad():
+        assert torch.equal(nni_child(x), child(x))
 
 
 def penalty_loss(strategy_modules, penalty, task):

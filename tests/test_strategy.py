@@ -234,6 +234,27 @@ def test_depth_choice_is_searched_and_exported_as_its_most_probable_depth():
     (architecture,) = experiment.export_top_models()
     assert architecture['depth'] == 1 + int(probs[1] > probs[0])
     assert architecture['depth/in_repeat_1'] == ('1' if architecture['depth'] == 2 else '0')
+    # The child: freeze gives the supernet's outputs with the architecture fixed, and the export
+    # round-trips through NNI 2.10's fixed_arch (the chain's labels included), whose child holds the
+    # same weights under the same keys.
+    from nni.retiarii import fixed_arch
+
+    supernet = strategy.model.model.model  # the one-shot module > the evaluator's module > the space
+    child = proxyless_rs.freeze(supernet, architecture)
+    memo = dict(architecture)
+    for module in strategy.model.nas_modules:
+        memo.update(module.resample(memo))
+    supernet.eval()
+    child.eval()
+    x = torch.rand(6, 64)
+    with torch.no_grad():
+        assert torch.equal(child(x), supernet(x))
+    with fixed_arch(architecture):
+        nni_child = RepeatSpace()
+    nni_child.load_state_dict(child.state_dict())
+    nni_child.eval()
+    with torch.no_grad():
+        assert torch.equal(nni_child(x), child(x))
 
 
 def count_hook_forwards(monkeypatch) -> list:
