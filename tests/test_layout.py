@@ -94,3 +94,12 @@ def test_no_python_module_imports_one_that_imports_it_back():
     assert {'nni.v2.layers', 'nni.v3.strategy', 'hardware.costs', '_layer'} <= set(graph)
     assert 'hardware.latency' in graph['hardware.costs'] and '_layer' in graph['nni.v2.layers']
     assert cycle(graph) is None, f'import cycle in python/proxyless_rs/: {" -> ".join(cycle(graph) or [])}'
+
+
+def test_the_version_is_written_once():
+    # pyproject.toml's; the crate has none of its own (Cargo's default, 0.0.0, is never shown), and
+    # __version__ is the installed distribution's (with a wheel's +torchX.Y).
+    import tomllib
+
+    assert 'version' not in tomllib.loads((ROOT / 'Cargo.toml').read_text())['package']
+    assert tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['version']
