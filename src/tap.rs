@@ -101,13 +101,39 @@ impl OutputGradHook {
 /// the backward needs).
 struct GradientTap {
     class: PyObject,
-    /// `torch._C._FunctionBase.apply` bound to the class: what `Function.apply` calls when no
-    /// functorch transform is active, after unwrapping dead functorch wrappers (torch 2.0 to
-    /// 2.15 alike). Called directly it spares a Python frame, a closure and a generator on every
-    /// forward (about 1.3 us of the layer's overhead); under a transform, `Function.apply` runs.
+    /// Where `Function.apply` is a Python method (torch 2.0 to 2.14), what it does when no
+    /// functorch transform is active, done from here: unwrap dead functorch wrappers, then
+    /// `torch._C._FunctionBase.apply` bound to the class. That spares a Python frame, a closure
+    /// and a generator on every forward (about 1.3 us of the layer's overhead). Where
+    /// `Function.apply` is that C method itself (torch 2.15) or a part is missing, `None`: the
+    /// class's own `apply` runs.
+    python_apply: Option<PythonApply>,
+}
+
+struct PythonApply {
     direct_apply: PyObject,
     transforms_active: PyObject,
     unwrap_if_dead: PyObject,
+}
+
+impl PythonApply {
+    fn find(py: Python<'_>, function: &Bound<'_, PyAny>, class: &Bound<'_, PyAny>) -> PyResult<Option<Self>> {
+        let c_apply = py.import("torch._C")?.getattr("_FunctionBase")?.getattr("__dict__")?.get_item("apply")?;
+        if function.getattr("__dict__")?.get_item("apply")?.is(&c_apply) {
+            return Ok(None);
+        }
+        let (Ok(transforms_active), Ok(unwrap_if_dead)) = (
+            py.import("torch._C")?.getattr("_are_functorch_transforms_active"),
+            py.import("torch._functorch.utils").and_then(|utils| utils.getattr("unwrap_if_dead")),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            direct_apply: c_apply.call_method1("__get__", (py.None(), class))?.unbind(),
+            transforms_active: transforms_active.unbind(),
+            unwrap_if_dead: unwrap_if_dead.unbind(),
+        }))
+    }
 }
 
 impl GradientTap {
@@ -124,35 +150,28 @@ impl GradientTap {
                 "__doc__",
                 "Identity on a mixed layer's output tensors; its backward gives alpha the binary-gate gradient.",
             )?;
-            let class = function.get_type().call1(("GradientTap", (function,), namespace))?;
-            let torch_c = py.import("torch._C")?;
-            let direct_apply = torch_c
-                .getattr("_FunctionBase")?
-                .getattr("__dict__")?
-                .get_item("apply")?
-                .call_method1("__get__", (py.None(), &class))?;
-            Ok(GradientTap {
-                direct_apply: direct_apply.unbind(),
-                transforms_active: torch_c.getattr("_are_functorch_transforms_active")?.unbind(),
-                unwrap_if_dead: py.import("torch._functorch.utils")?.getattr("unwrap_if_dead")?.unbind(),
-                class: class.unbind(),
-            })
+            let class = function.get_type().call1(("GradientTap", (&function,), namespace))?;
+            let python_apply = PythonApply::find(py, &function, &class)?;
+            Ok(GradientTap { class: class.unbind(), python_apply })
         })
     }
 
     /// `GradientTap.apply(hook, *tensors)`.
     fn apply<'py>(&self, py: Python<'py>, hook: PyObject, tensors: Vec<PyObject>) -> PyResult<Bound<'py, PyAny>> {
-        if self.transforms_active.call0(py)?.extract::<bool>(py)? {
-            let mut args = vec![hook];
-            args.extend(tensors);
-            return self.class.bind(py).call_method1(intern!(py, "apply"), PyTuple::new(py, args)?);
-        }
-        let unwrap = self.unwrap_if_dead.bind(py);
         let mut args = vec![hook];
-        for tensor in tensors {
-            args.push(unwrap.call1((tensor,))?.unbind());
+        match &self.python_apply {
+            Some(fast) if !fast.transforms_active.call0(py)?.extract::<bool>(py)? => {
+                let unwrap = fast.unwrap_if_dead.bind(py);
+                for tensor in tensors {
+                    args.push(unwrap.call1((tensor,))?.unbind());
+                }
+                fast.direct_apply.bind(py).call1(PyTuple::new(py, args)?)
+            }
+            _ => {
+                args.extend(tensors);
+                self.class.bind(py).call_method1(intern!(py, "apply"), PyTuple::new(py, args)?)
+            }
         }
-        self.direct_apply.bind(py).call1(PyTuple::new(py, args)?)
     }
 }
 
