@@ -51,17 +51,6 @@ impl ProxylessContext {
         &self.layer.name
     }
 
-    /// Two-path mode: the other candidate of the pending draw of this layer's parameter, if that
-    /// draw chose `index` (the parameter's draw is the one record of it: a rescale ends it, and a
-    /// forward after that, or of an index the draw did not choose, falls back to full mode).
-    fn partner_for(&self, index: i64) -> Option<i64> {
-        if self.two_path.load(Ordering::Relaxed) {
-            self.layer.arch.get().partner_of(index)
-        } else {
-            None
-        }
-    }
-
     fn check_mode(&self, py: Python<'_>, mode: &str) -> PyResult<bool> {
         match mode {
             "full" => Ok(false),
@@ -228,9 +217,15 @@ impl ProxylessContext {
     }
 
     /// Two-path mode: the candidate whose gate joins `index`'s in the backward of a forward
-    /// running `index` now (the other candidate of the parameter's pending draw), or None.
+    /// running `index` now: the other candidate of the pending draw of this layer's parameter, if
+    /// that draw chose `index` (the parameter's draw is the one record of it: a rescale ends it,
+    /// and a forward after that, or of an index the draw did not choose, falls back to full mode).
     fn partner_of(&self, index: i64) -> Option<i64> {
-        self.partner_for(index)
+        if self.two_path.load(Ordering::Relaxed) {
+            self.layer.arch.get().partner_of(index)
+        } else {
+            None
+        }
     }
 
     /// Sets the path for the next forwards and returns its index: `chosen` (taken from a memo; in
@@ -295,7 +290,7 @@ impl ProxylessContext {
             input,
             &output,
             index,
-            ctx.partner_for(index),
+            ctx.partner_of(index),
             alpha.unbind(),
             LiveCall::new(&ctx.live),
         )?;

@@ -31,7 +31,6 @@ pub struct OutputGradHook {
     /// holds; the module below keeps that context alive.
     layer: Arc<Layer>,
     module: PyObject,
-    n_outputs: usize,
     call: Mutex<Option<SavedCall>>,
 }
 
@@ -66,7 +65,7 @@ impl OutputGradHook {
                 self.layer.name
             )))
         } else {
-            let mut all: Vec<Option<Tensor>> = (0..self.n_outputs).map(|_| None).collect();
+            let mut all: Vec<Option<Tensor>> = (0..call.output().tensors.len()).map(|_| None).collect();
             tree::optional_tensors(grads)
                 .map(|tapped| {
                     for (position, grad) in call.tapped().iter().zip(tapped) {
@@ -254,12 +253,7 @@ pub fn tap(
     }
     let hook = Py::new(
         py,
-        OutputGradHook {
-            layer: layer.clone(),
-            module: module.clone().unbind(),
-            n_outputs: output.tensors.len(),
-            call: Mutex::new(Some(call)),
-        },
+        OutputGradHook { layer: layer.clone(), module: module.clone().unbind(), call: Mutex::new(Some(call)) },
     )?;
     let tapped = GradientTap::get(py)?.apply(py, hook.into_any(), tap_args)?;
     let outs = tapped.try_iter()?.map(|out| out.map(Bound::unbind)).collect::<PyResult<Vec<_>>>()?;

@@ -238,6 +238,11 @@ class ProxylessLayerChoice(ProxylessLayer):
         """The index of the path the next forwards run (None before the first ``resample``)."""
         return self._sample_idx
 
+    def candidate(self, index: int) -> nn.Module:
+        """Candidate ``index``, the submodule registered under its name (as a str: NNI 3.0 names a
+        list's candidates 0, 1, ...)."""
+        return self._modules[str(self.names[index])]  # type: ignore[return-value]
+
     def forward(self, *args, **kwargs):
         """Forward pass of the sampled path only."""
         return self._forward_call(args, kwargs, self._sample_idx)
@@ -275,6 +280,12 @@ class DepthChain:
 
     def _choices(self) -> list[Any]:
         return [self.blocks[d] for d in range(self.min_depth, self.max_depth)]
+
+    def _block(self, i: int) -> nn.Module:
+        """Block ``i`` of the depth choice itself (beyond ``min_depth``, the ``'1'`` candidate of its
+        skip-or-block choice)."""
+        layer = self.blocks[i]
+        return layer if i < self.min_depth else layer.candidate(layer.names.index('1'))
 
     @staticmethod
     def _skip_or_block_chain(blocks: Iterable[nn.Module], min_depth: int, label_of: Callable[[int], Any],

@@ -27,6 +27,7 @@ architecture optimizer), then a weight step on the training batch. What differs 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -81,8 +82,9 @@ class SearchOptions:
         if self.warmup_epochs < 0 or self.arch_update_every < 1:
             raise ValueError(f'warmup_epochs must be >= 0 and arch_update_every >= 1, got {self.warmup_epochs} and '
                              f'{self.arch_update_every}')
-        self.cost_terms()  # refuses inconsistent cost options now rather than at the first step
+        self.cost_terms  # noqa: B018 (built once here: refuses inconsistent cost options now, not at the first step)
 
+    @functools.cached_property
     def cost_terms(self) -> tuple[LatencyTable | None, CostTable | None, dict[str, CostSpec]]:
         """The latency table, the table of every cost the loss includes and each cost's spec: the
         latency term and limit are the ``'latency'`` cost of the one ``cost_loss`` call."""
@@ -127,7 +129,7 @@ class ProxylessSearchStep:
         self.mode = options.mode
         self.warmup_epochs = options.warmup_epochs
         self.arch_update_every = options.arch_update_every
-        self.latency_table, self.costs, self.cost_spec = options.cost_terms()
+        self.latency_table, self.costs, self.cost_spec = options.cost_terms
 
     # What the version glue provides.
     def setup(self, stage: str | None = None):

@@ -77,16 +77,13 @@ def _frozen(module: nn.Module, arch: Mapping[str, Any], reduction: str | None) -
         depth = arch.get(module.depth_label)
         if depth is None:  # the chain's own choices: its first blocks taken
             depth = module.min_depth + sum(_chosen(layer, arch, layer.label) == '1' for layer in module._choices())
-        blocks = [module.blocks[i] if i < module.min_depth else module.blocks[i]._modules['1']
-                  for i in range(int(depth))]
-        return nn.Sequential(*[_frozen(block, arch, reduction) for block in blocks])
+        return nn.Sequential(*[_frozen(module._block(i), arch, reduction) for i in range(int(depth))])
     if isinstance(module, ProxylessLayerChoice):
         name = _chosen(module, arch, module.label)
         if name not in module.names:
             raise ValueError(f'{module._name()}: the architecture chose {name!r}, which is not one of its '
                              f'candidates {module.names}')
-        # Submodules are registered by the candidate's name as a str (NNI 3.0 names a list's candidates 0, 1, ...).
-        return _frozen(module._modules[str(name)], arch, reduction)  # type: ignore[arg-type]
+        return _frozen(module.candidate(module.names.index(name)), arch, reduction)
     if isinstance(module, ProxylessLayer):  # a mixed input
         chosen = _chosen(module, arch, module.label)
         indices = [chosen] if isinstance(chosen, int) else list(chosen)

@@ -165,7 +165,7 @@ def _tensors(tree: Any) -> list[torch.Tensor]:
 
 def _count_candidate(layer: nn.Module, k: int, args: tuple, kwargs: dict, costs: tuple[str, ...]) -> dict[str, float]:
     result: dict[str, float] = {}
-    module = layer._modules[str(layer.op_names[k])] if isinstance(layer, ProxylessLayerChoice) else None
+    module = layer.candidate(k) if isinstance(layer, ProxylessLayerChoice) else None
     if 'params' in costs:
         unique = {} if module is None else {id(p): p for p in module.parameters()}
         result['params'] = float(sum(p.numel() for p in unique.values()))

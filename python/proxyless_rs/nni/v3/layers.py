@@ -182,11 +182,8 @@ class ProxylessMixedRepeat(DepthChain, Repeat, BaseSuperNetModule):
         if exception is not None:
             return exception
         depth = self.depth_choice.freeze(sample)
-        for i, block in enumerate(self.blocks):
-            if i >= depth:
-                break
-            inner = block if i < self.min_depth else cast(ProxylessMixedLayer, block)['1']
-            exception = self._check_any_module_contains(inner, sample, str(i))
+        for i in range(min(depth, len(self.blocks))):
+            exception = self._check_any_module_contains(self._block(i), sample, str(i))
             if exception is not None:
                 return exception
         return None
@@ -194,13 +191,8 @@ class ProxylessMixedRepeat(DepthChain, Repeat, BaseSuperNetModule):
     def freeze(self, sample: Sample) -> nn.Sequential:
         self.validate(sample)
         depth = self.depth_choice.freeze(sample)
-        blocks = []
-        for i, block in enumerate(self.blocks):
-            if i >= depth:
-                break
-            inner = block if i < self.min_depth else cast(ProxylessMixedLayer, block)['1']
-            blocks.append(recursive_freeze(inner, sample)[0])
-        return nn.Sequential(*blocks)
+        blocks = range(min(depth, len(self.blocks)))
+        return nn.Sequential(*[recursive_freeze(self._block(i), sample)[0] for i in blocks])
 
     @classmethod
     def mutate(cls, module, name, memo, mutate_kwargs):
