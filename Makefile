@@ -64,7 +64,7 @@ WHEEL_STAMP := dist/.wheel
 
 DEPS := $(VENV)/.deps
 DEVELOP := $(VENV)/.develop
-RUST_INPUTS := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock pyproject.toml torch-span.toml .cargo/config.toml
+RUST_INPUTS := $(wildcard src/*.rs src/*/*.rs) build.rs Cargo.toml Cargo.lock pyproject.toml torch-span.toml .cargo/config.toml
 # What a wheel (or a pip install) is built from.
 PACKAGE_INPUTS := $(RUST_INPUTS) $(wildcard build_backend/*/*.py) $(shell find python -name '*.py' -o -name '*.pyi' -o -name py.typed)
 LINT_PATHS := python tests benchmarks examples build_backend scripts

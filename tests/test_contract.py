@@ -373,7 +373,7 @@ def test_a_custom_softmax_giving_negative_probabilities_is_libtorchs_error_namin
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('n', [2, 3, 7, 20])
 def test_draws_are_torch_multinomials_under_the_same_seed(n, dtype):
-    # The layer draws with multinomial's own algorithm (src/sampling.rs), not multinomial itself:
+    # The layer draws with multinomial's own algorithm (src/arch/sampling.rs), not multinomial itself:
     # the same index, and the generator left in the same state, in both modes.
     generator = torch.Generator().manual_seed(n)
     for seed in range(50):

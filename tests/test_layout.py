@@ -31,15 +31,31 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def rust_imports() -> dict[str, set[str]]:
+    """Module (``layer::tap``; a directory's ``mod.rs`` is the directory's module) -> the modules
+    its ``crate::`` paths name, each path resolved to the longest module it starts with."""
+    src = ROOT / 'src'
+
+    def module(path: Path) -> str:
+        parts = path.relative_to(src).with_suffix('').parts
+        return '::'.join(parts[:-1] if parts[-1] == 'mod' else parts)
+
+    files = sorted(src.rglob('*.rs'))
+    modules = {module(path) for path in files}
+
+    def resolve(dotted: str) -> str:
+        parts = dotted.split('::')
+        return next('::'.join(parts[:n]) for n in range(len(parts), 0, -1) if '::'.join(parts[:n]) in modules)
+
     graph = {}
-    for path in sorted((ROOT / 'src').glob('*.rs')):
+    for path in files:
         text = path.read_text()
         deps: set[str] = set()
-        for match in re.finditer(r'crate::(\{[^}]*\}|\w+)', text):
-            for name in match.group(1).strip('{}').split(','):
+        for match in re.finditer(r'crate::((?:\w+::)*)(\{[^}]*\}|\w+)', text):
+            prefix, tail = match.group(1), match.group(2)
+            for name in tail.strip('{}').split(','):
                 if name.strip():
-                    deps.add(name.strip().split('::')[0])
-        graph[path.stem] = deps - {path.stem}
+                    deps.add(resolve(prefix + name.strip()))
+        graph[module(path)] = deps - {module(path)}
     return graph
 
 
@@ -79,8 +95,22 @@ def test_cycle_finds_a_cycle():
 
 def test_no_rust_module_imports_one_that_imports_it_back():
     graph = rust_imports()
-    assert {'context', 'tap', 'gate', 'saved_call', 'layer'} <= set(graph)
+    assert {'layer::context', 'layer::tap', 'layer::gate', 'layer::saved_call', 'layer', 'arch::kernel'} <= set(graph)
+    assert 'layer::saved_call' in graph['layer::tap'] and 'arch::kernel' in graph['layer::gate']
     assert cycle(graph) is None, f'import cycle in src/: {" -> ".join(cycle(graph) or [])}'
+
+
+def test_rust_groups_depend_downwards():
+    # layer (forward, saved call, tap, backward) -> arch (parameters, draws, kernel, export)
+    # -> interop (torch and CPython) -> errors: what each group's mod.rs says of it.
+    below = {
+        'layer': {'arch', 'interop', 'errors'}, 'arch': {'interop', 'errors'}, 'interop': {'errors'}, 'errors': set(),
+    }
+    for name, deps in rust_imports().items():
+        group = name.split('::')[0]
+        if group in below:
+            outside = {dep.split('::')[0] for dep in deps} - {group} - below[group]
+            assert not outside, f'src/ module {name} reaches up to {sorted(outside)}'
 
 
 def test_lib_rs_only_registers():

@@ -86,4 +86,4 @@ def constrained_choice(values: list[list[float]], costs: list[list[list[float]]]
     ``costs[g][i][k]``: its cost ``k``; ``limits[k]``: the limit of cost ``k`` (``inf``: none).
     Returns ``(choice, value, nodes)`` (candidate index per group, summed value, search nodes
     visited), or None when no choice meets every limit (up to a relative 1e-9). Branch and bound
-    (``src/constrained.rs``)."""
+    (``src/arch/constrained.rs``)."""

@@ -1,6 +1,6 @@
 """What to tell a user whose torch is not the one the compiled core was built against.
 
-The core checks the torch release itself when it loads (``src/torch_version.rs``). Under a torch
+The core checks the torch release itself when it loads (``src/interop/torch_version.rs``). Under a torch
 whose libtorch differs enough, the dynamic loader refuses the extension before that check can
 run (undefined symbols), and without torch it cannot load at all; then this module reads what the
 binary records (the torch it was built against, the span of releases proxyless-rs builds against,

@@ -297,7 +297,7 @@ def constrained_export(model: nn.Module, table: TableLike, limit: float | Mappin
     product of its entries). Limits allow a relative 1e-9 for rounding.
 
     Solved exactly in the Rust core (a multiple-choice knapsack with one constraint per limit;
-    branch and bound with admissible LP and Lagrangian bounds: ``src/constrained.rs``).
+    branch and bound with admissible LP and Lagrangian bounds: ``src/arch/constrained.rs``).
     An impossible limit raises ``ValueError`` stating the smallest achievable value of each cost.
     With ``return_info=True`` returns ``(architecture, info)``, ``info`` holding the
     ``probability``, the predicted ``costs`` and the search ``nodes``.

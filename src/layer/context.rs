@@ -16,12 +16,12 @@ use pyo3::types::{PyDict, PyTuple};
 use tch::Tensor;
 
 use crate::arch::{ArchParameter, TwoPathDraw};
-use crate::autograd_state::grad_mode_enabled;
 use crate::errors::in_context;
+use crate::interop::autograd_state::grad_mode_enabled;
+use crate::interop::py_vectorcall::call_candidate;
+use crate::layer::saved_call::{LiveCall, SavedCall, SavedInput};
 use crate::layer::Layer;
-use crate::py_vectorcall::call_candidate;
-use crate::saved_call::{LiveCall, SavedCall, SavedInput};
-use crate::{tap, tree};
+use crate::{interop::tree, layer::tap};
 
 /// What `ProxylessContext.__new__` takes back when unpickled: arch, softmax, label, name, mode.
 type ContextArgs = (Py<ArchParameter>, PyObject, PyObject, String, &'static str);
@@ -74,11 +74,11 @@ impl ProxylessContext {
         if self.layer.softmax_dim.is_none() {
             // A custom softmax may return anything: libtorch's own checks say what is wrong.
             return match n {
-                1 => Ok(vec![crate::sampling::draw(probs).map_err(in_layer)?]),
-                _ => crate::sampling::draw_pair(probs).map(|(a, b)| vec![a, b]).map_err(in_layer),
+                1 => Ok(vec![crate::arch::sampling::draw(probs).map_err(in_layer)?]),
+                _ => crate::arch::sampling::draw_pair(probs).map(|(a, b)| vec![a, b]).map_err(in_layer),
             };
         }
-        crate::sampling::draw_from_softmax(probs, n).map_err(in_layer)?.ok_or_else(|| {
+        crate::arch::sampling::draw_from_softmax(probs, n).map_err(in_layer)?.ok_or_else(|| {
             PyRuntimeError::new_err(format!(
                 "{}: softmax(alpha) is not a probability distribution (alpha holds NaN or infinite values), so no \
                  path can be drawn; the architecture step diverged, or alpha was set to such a value",

@@ -1,4 +1,13 @@
-//! The state of one architecture parameter, shared by every layer that shares it (one label).
+//! The architecture parameters: the state of one (shared by every layer that shares its label,
+//! in this file), the draws of paths from it, alpha's gradient, and the exact most probable
+//! architecture under cost limits. Depends on `crate::interop` only.
+
+/// The most probable architecture under cost limits (branch and bound).
+pub mod constrained;
+/// Alpha's gradient from the binary gates' gradients, in closed form; the two-path rescale.
+pub mod kernel;
+/// Draws of paths on torch's default generator.
+pub mod sampling;
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -8,7 +17,7 @@ use pyo3::types::PyList;
 use tch::Tensor;
 
 use crate::errors::in_context;
-use crate::tree;
+use crate::interop::tree;
 
 /// A two-path draw waiting for the optimizer step that its rescale follows.
 pub struct TwoPathDraw {
@@ -147,7 +156,7 @@ impl ArchParameter {
         let Some(draw) = locked(&self.pending).take() else { return Ok(false) };
         let _no_grad = tch::no_grad_guard();
         let alpha = self.tensor(py)?;
-        crate::kernel::rescale_subset(&alpha, &[draw.active, draw.inactive], &draw.before)
+        crate::arch::kernel::rescale_subset(&alpha, &[draw.active, draw.inactive], &draw.before)
             .map_err(in_context("rescale_two_path"))?;
         Ok(true)
     }

@@ -12,7 +12,7 @@ use pyo3::types::{PyDict, PyTuple};
 use tch::Tensor;
 
 use crate::errors::in_context;
-use crate::tree;
+use crate::interop::tree;
 
 /// Counts a layer's calls whose saved forward is still alive (`len(ctx)`).
 pub struct LiveCall(Arc<AtomicUsize>);

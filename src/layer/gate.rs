@@ -9,10 +9,10 @@ use pyo3::types::PyTuple;
 use tch::Tensor;
 
 use crate::errors::in_context;
+use crate::interop::py_vectorcall::call_candidate;
+use crate::layer::saved_call::SavedCall;
 use crate::layer::Layer;
-use crate::py_vectorcall::call_candidate;
-use crate::saved_call::SavedCall;
-use crate::{kernel, tree};
+use crate::{arch::kernel, interop::tree};
 
 /// Says where an exception raised by a candidate came from: a note (Python 3.11+), or, where
 /// exceptions have no notes (3.9, 3.10), the same text appended to a one-string message.

@@ -1,6 +1,20 @@
-//! What a mixed layer is, as its forward and its calls' backwards both need it: the architecture
-//! parameter, the softmax that turns it into path probabilities, the name errors give it. Immutable after construction, so the layer's context and every saved
-//! call share one copy (`Arc<Layer>`).
+//! A mixed layer: its forward, one call's saved state, the gradient tap its output passes
+//! through, and the binary-gate backward, in the order a training step runs them. The modules
+//! below depend on `crate::arch` and `crate::interop`, never the other way round.
+//!
+//! This file holds what the forward and the calls' backwards all need: the architecture
+//! parameter, the softmax that turns it into path probabilities, the name errors give it.
+//! Immutable after construction, so the layer's context and every saved call share one copy
+//! (`Arc<Layer>`).
+
+/// The forward: mode, draws of one or two paths, the call of the chosen candidate.
+pub mod context;
+/// The binary-gate backward of one call.
+pub mod gate;
+/// One call's saved state, built in one place.
+pub mod saved_call;
+/// The autograd node each call's output passes through, with alpha as its input.
+pub mod tap;
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -8,7 +22,7 @@ use tch::{Kind, Tensor};
 
 use crate::arch::ArchParameter;
 use crate::errors::in_context;
-use crate::tree;
+use crate::interop::tree;
 
 /// `dim` if `softmax` is exactly `torch.nn.Softmax` with an explicit `dim`, else `None`.
 fn plain_softmax_dim(softmax: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
@@ -67,7 +81,7 @@ impl Layer {
 
     /// `alpha[indices]`.
     pub fn alpha_at(&self, py: Python<'_>, indices: &[i64]) -> PyResult<Tensor> {
-        crate::kernel::gather(&self.arch.get().tensor(py)?, indices).map_err(in_context(&self.name))
+        crate::arch::kernel::gather(&self.arch.get().tensor(py)?, indices).map_err(in_context(&self.name))
     }
 
     pub fn n_candidates(&self, py: Python<'_>) -> PyResult<i64> {

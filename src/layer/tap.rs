@@ -17,11 +17,11 @@ use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyTuple};
 use tch::Tensor;
 
-use crate::autograd_state::{backward_keeps_graph, engine_will_execute, grad_mode_enabled};
 use crate::errors::in_context;
+use crate::interop::autograd_state::{backward_keeps_graph, engine_will_execute, grad_mode_enabled};
+use crate::layer::saved_call::SavedCall;
 use crate::layer::Layer;
-use crate::saved_call::SavedCall;
-use crate::{gate, tree};
+use crate::{interop::tree, layer::gate};
 
 /// The backward of one call (see [`tap`]): it owns that call's saved forward and lives in the
 /// autograd graph only (in the gradient tap's node), so it is released with the graph.

@@ -10,7 +10,7 @@ use tch::kind::Element;
 use tch::{Kind, TchError, Tensor};
 
 use crate::errors::in_context;
-use crate::tree::PyTensor;
+use crate::interop::tree::PyTensor;
 
 /// `b = sum over tensor pairs of sum(out * grad)`: the gradient of one binary gate.
 ///

@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use tch::{TchError, Tensor};
 
 use crate::errors::in_context;
-use crate::tree::PyTensor;
+use crate::interop::tree::PyTensor;
 
 /// Draws one index from the categorical distribution `probs` (1-d, non-negative).
 ///
