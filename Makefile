@@ -70,6 +70,11 @@ PACKAGE_INPUTS := $(RUST_INPUTS) $(wildcard build_backend/*/*.py) $(shell find p
 LINT_PATHS := python tests benchmarks examples build_backend scripts
 
 # $(call start,WHAT) / $(call done,WHAT): a phase's first and last lines, the last with its duration.
+# $(call watch,WHAT) before a long command: its output passed through, and a line every 30 s it
+# stays silent (torch-sys's C++ wrapper and pip's downloads print nothing for minutes).
+# $(call watch,WHAT,REGEX) also leaves out the lines that match REGEX.
+watch = $(PYTHON) scripts/heartbeat.py --what "$(1)" $(if $(2),--drop '$(2)') --
+PIP_NOISE := ^ *(Requirement already satisfied|Link requires|Skipping link|Found link)
 start = echo "==> $(1)"; SECONDS=0
 done = echo "    $(1): done in $$((SECONDS / 60)) min $$((SECONDS % 60)) s"
 
@@ -85,7 +90,7 @@ $(DEPS): requirements-dev.txt requirements-nni2.txt
 	echo "    2-3 minutes on a fast connection, 10-20 on a slow one. Later runs: seconds."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt
+	$(call watch,pip install into $(VENV)) $(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 	$(call done,Python packages)
 
@@ -97,19 +102,21 @@ $(DEVELOP): $(DEPS) $(RUST_INPUTS)
 	@$(call start,[set-up 2/2] building the Rust extension with maturin develop --release (first build: 2-3 min on 2 cores))
 	if [ -f $@ ] && ls $(VENV)/lib/python*/site-packages/proxyless_rs*.dist-info >/dev/null 2>&1 \
 	      && ! echo "$?" | grep -qE 'pyproject.toml|\.deps'; then \
-	    maturin develop --release --skip-install; \
+	    $(call watch,maturin develop) maturin develop --release --skip-install; \
 	else \
-	    maturin develop --release; \
+	    $(call watch,maturin develop) maturin develop --release; \
 	fi
 	touch $@
 	$(call done,Rust extension)
 
-# The NNI 3.0 demo runs in .venv-nni3 (made on first use: requirements-nni3.txt and the wheel).
-demo: $(DEVELOP) $(NNI3_VENV)/.installed
+# The NNI 2.10 searches first; then the NNI 3.0 one, in .venv-nni3 (made on first use:
+# requirements-nni3.txt and proxyless-rs built against its torch), so the first results come
+# before the second environment's minutes of set-up.
+demo: $(DEVELOP)
 	$(PY) examples/digits_search.py
 	$(PY) examples/digits_nni.py
 	$(PY) examples/digits_constrained.py
-	$(NNI3_VENV)/bin/python examples/digits_nni3.py
+	$(MAKE) --no-print-directory demo-nni3
 
 # Each writes its output to target/ as well, for the one summary line of `make test`.
 pytest: $(DEVELOP)
@@ -122,7 +129,7 @@ pytest: $(DEVELOP)
 cargo-test: $(DEPS)
 	@$(call start,Rust unit tests: cargo test --release --lib)
 	mkdir -p target
-	LD_LIBRARY_PATH=$(TORCH_LIB) cargo test --release --lib 2>&1 | tee target/cargo-test.log
+	LD_LIBRARY_PATH=$(TORCH_LIB) $(call watch,cargo test) cargo test --release --lib 2>&1 | tee target/cargo-test.log
 	$(call done,Rust unit tests)
 
 test: pytest cargo-test
@@ -147,7 +154,7 @@ fmt-check:
 # profile (about 2 min).
 clippy: $(DEPS)
 	@$(call start,cargo clippy --all-targets -- -D warnings)
-	cargo clippy --all-targets -- -D warnings
+	$(call watch,cargo clippy) cargo clippy --all-targets -- -D warnings
 	$(call done,clippy)
 
 ruff: $(DEPS)
@@ -176,7 +183,7 @@ wheel: $(WHEEL_STAMP)
 $(WHEEL_STAMP): $(DEPS) $(PACKAGE_INPUTS)
 	@$(call start,wheel into dist/ against the torch of $(VENV) (first build: 2-3 min on 2 cores))
 	rm -f dist/proxyless_rs-*.whl
-	CARGO_TARGET_DIR=$(TARGET_ROOT)/pep517/torch-2.13 $(PY) -m pip wheel --no-build-isolation --no-deps --wheel-dir dist .
+	CARGO_TARGET_DIR=$(TARGET_ROOT)/pep517/torch-2.13 $(call watch,pip wheel) $(PY) -m pip wheel --no-build-isolation --no-deps --wheel-dir dist .
 	ls -l dist/proxyless_rs-*.whl
 	touch $@
 	$(call done,wheel)
@@ -195,14 +202,13 @@ nni3-env: $(NNI3_VENV)/.installed
 $(NNI3_VENV)/.deps: requirements-nni3.txt
 	@$(call start,[nni3 1/2] Python packages into $(NNI3_VENV): requirements-nni3.txt (torch $(NNI3_TORCH), NNI 3.0))
 	test -x $(NNI3_VENV)/bin/python || $(PYTHON) -m venv $(NNI3_VENV)
-	$(NNI3_VENV)/bin/python -m pip install --disable-pip-version-check -r requirements-nni3.txt
+	$(call watch,pip install into $(NNI3_VENV)) $(NNI3_VENV)/bin/python -m pip install --disable-pip-version-check -r requirements-nni3.txt
 	touch $@
 	$(call done,NNI 3.0 packages)
 $(NNI3_VENV)/.installed: $(NNI3_VENV)/.deps $(PACKAGE_INPUTS)
 	@$(call start,[nni3 2/2] pip install --no-build-isolation . into $(NNI3_VENV) (first build: 2-3 min))
-	CARGO_TARGET_DIR=$(TARGET_ROOT)/pep517/torch-$(NNI3_RELEASE) \
-	    $(NNI3_VENV)/bin/python -m pip install --disable-pip-version-check --no-build-isolation --no-deps -v . 2>&1 \
-	    | grep -vE "^ *(Requirement already satisfied|Link requires|Skipping link|Found link)"
+	CARGO_TARGET_DIR=$(TARGET_ROOT)/pep517/torch-$(NNI3_RELEASE) $(call watch,pip install .,$(PIP_NOISE)) \
+	    $(NNI3_VENV)/bin/python -m pip install --disable-pip-version-check --no-build-isolation --no-deps -v .
 	$(NNI3_VENV)/bin/python scripts/check_install.py $(NNI3_TORCH)
 	touch $@
 	$(call done,proxyless-rs built against torch $(NNI3_TORCH))
@@ -224,15 +230,14 @@ regression-env: $(REG_VENV)/.installed
 $(REG_VENV)/.deps-$(TORCH): requirements-nni2.txt
 	@$(call start,[torch $(TORCH) 1/2] Python packages into $(REG_VENV): torch==$(TORCH) and requirements-nni2.txt)
 	test -x $(REG_VENV)/bin/python || $(PYTHON) -m venv $(REG_VENV)
-	$(REG_VENV)/bin/python -m pip install --disable-pip-version-check "torch==$(TORCH)" -r requirements-nni2.txt
+	$(call watch,pip install into $(REG_VENV)) $(REG_VENV)/bin/python -m pip install --disable-pip-version-check "torch==$(TORCH)" -r requirements-nni2.txt
 	rm -f $(REG_VENV)/.deps-* $(REG_VENV)/.installed
 	touch $@
 	$(call done,torch $(TORCH) and the NNI 2.10 stack)
 $(REG_VENV)/.installed: $(REG_VENV)/.deps-$(TORCH) $(PACKAGE_INPUTS)
 	@$(call start,[torch $(TORCH) 2/2] pip install --no-build-isolation . into $(REG_VENV) (first build: 2-3 min))
-	CARGO_TARGET_DIR=$(TARGET_ROOT)/pep517/torch-$(TORCH_RELEASE) \
-	    $(REG_VENV)/bin/python -m pip install --disable-pip-version-check --no-build-isolation -v . 2>&1 \
-	    | grep -vE "^ *(Requirement already satisfied|Link requires|Skipping link|Found link)"
+	CARGO_TARGET_DIR=$(TARGET_ROOT)/pep517/torch-$(TORCH_RELEASE) $(call watch,pip install .,$(PIP_NOISE)) \
+	    $(REG_VENV)/bin/python -m pip install --disable-pip-version-check --no-build-isolation -v .
 	$(REG_VENV)/bin/python scripts/check_install.py $(TORCH)
 	touch $@
 	$(call done,proxyless-rs built against torch $(TORCH))
