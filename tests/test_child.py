@@ -92,6 +92,31 @@ def test_child_scripts_and_traces():
     torch.testing.assert_close(traced(x), expected, rtol=0, atol=0)
 
 
+def test_child_exports_to_onnx_and_runs_there():
+    # The TorchScript-based exporter (dynamo=False: the dynamo one needs onnxscript and is
+    # torch's default from 2.9); the file is checked by onnx and run by onnxruntime.
+    import io
+
+    import onnx
+    import onnxruntime
+
+    torch.manual_seed(0)
+    child = freeze(Small()).eval()
+    x = torch.randn(4, 8)
+    buffer = io.BytesIO()
+    kwargs = {'dynamo': False} if TORCH_RELEASE >= (2, 5) else {}
+    torch.onnx.export(child, (x,), buffer, input_names=['x'], output_names=['y'],
+                      dynamic_axes={'x': {0: 'batch'}, 'y': {0: 'batch'}}, **kwargs)
+    model = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(model)
+    ops = {node.op_type for node in model.graph.node}
+    assert 'Gemm' in ops or 'MatMul' in ops
+    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=['CPUExecutionProvider'])
+    batch = torch.randn(9, 8)
+    (got,) = session.run(None, {'x': batch.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), child(batch).detach(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.skipif(TORCH_RELEASE < (2, 1), reason='torch.compile needs torch 2.1 or later on Python 3.11')
 def test_child_compiles_in_one_graph():
     torch.manual_seed(0)
