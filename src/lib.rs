@@ -20,6 +20,6 @@ fn _core(py: Python<'_>, m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<layer::tap::OutputGradHook>()?;
     m.add_function(wrap_pyfunction!(arch::sampling::sample_index, m)?)?;
     m.add_function(wrap_pyfunction!(arch::kernel::py_alpha_grad, m)?)?;
-    m.add_function(wrap_pyfunction!(arch::constrained::py_constrained_choice, m)?)?;
+    m.add_function(wrap_pyfunction!(arch::constrained::py_constrained_choices, m)?)?;
     Ok(())
 }

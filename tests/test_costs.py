@@ -29,6 +29,7 @@ from proxyless_rs import (
     limit_penalty,
     predicted_costs,
     predicted_latency,
+    top_architectures,
 )
 from proxyless_rs.hardware.costs import _options
 from proxyless_rs.nni.version import NNI3
@@ -358,3 +359,96 @@ def test_counted_costs_feed_a_constrained_export():
     arch = constrained_export(net, table, {'params': 700, 'flops': 3500})
     assert arch == {'conv': 'depthwise', 'mlp': 'linear', 'pick': [0] if NNI3 else 0}  # as each NNI exports
     assert predicted_costs(arch, net, table) == {'params': 72 + 544, 'flops': 2304 + 1024}
+
+
+# --- the k best architectures --------------------------------------------------------------------
+
+@pytest.mark.parametrize('costs', [None, ['latency'], ['latency', 'params']])
+@pytest.mark.parametrize('seed', range(4))
+def test_the_k_best_architectures_equal_brute_force(seed, costs):
+    generator = torch.Generator().manual_seed(100 + seed)
+    space = Space(generator, scale=1.0)
+    table = random_table(space, costs or ['latency'], generator)
+    everything = every_architecture(space, table)
+    if costs is None:
+        limits, within = None, everything
+    else:
+        unconstrained = predicted_costs(space_export(space), space, table)
+        least = {c: min(totals[c] for _, _, totals in everything) for c in costs}
+        limits = {c: least[c] + 0.5 * (unconstrained[c] - least[c]) for c in costs}
+        within = [item for item in everything if all(item[2][c] <= limits[c] for c in costs)]
+    ranked_by_hand = sorted(within, key=lambda item: -item[1])
+    for k in (1, 2, 7, 40, len(within) + 5):
+        got = top_architectures(space, k, table=None if costs is None else table, limit=limits)
+        expected = ranked_by_hand[:k]
+        assert [r.architecture for r in got] == [arch for arch, _, _ in expected], k
+        assert [r.probability for r in got] == pytest.approx([p for _, p, _ in expected], rel=1e-9)
+        if costs is None:
+            assert all(r.costs == {} for r in got)
+        else:
+            assert [r.costs for r in got] == [pytest.approx(totals) for _, _, totals in expected]
+    # The first is the export (unconstrained) or constrained_export's; with k, constrained_export
+    # gives the same list.
+    if costs is None:
+        assert top_architectures(space, 1)[0].architecture == space_export(space)
+    else:
+        assert top_architectures(space, 1, table=table, limit=limits)[0].architecture == \
+            constrained_export(space, table, limits)
+        assert constrained_export(space, table, limits, k=5) == \
+            [r.architecture for r in top_architectures(space, 5, table=table, limit=limits)]
+        pairs = constrained_export(space, table, limits, k=2, return_info=True)
+        assert [info['probability'] for _, info in pairs] == pytest.approx([p for _, p, _ in ranked_by_hand[:2]])
+
+
+def test_the_k_best_refuse_a_bad_k_and_a_limit_without_a_table():
+    space = Space(torch.Generator().manual_seed(0))
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match='k must be a positive integer'):
+            top_architectures(space, k)
+    with pytest.raises(ValueError, match='a limit needs the table'):
+        top_architectures(space, 2, limit=1.0)
+
+
+@pytest.mark.skipif(NNI3, reason="NNI 2.10's ProxylessMixedRepeat constructor; tests/test_nni3.py builds NNI 3.0's")
+def test_a_depth_choice_is_one_choice_among_its_depths():
+    # A depth choice of 1 to 4 blocks (a chain of three skip-or-block choices) beside a layer: its
+    # options are its depths, of probability P(depth) (the chain's Poisson-binomial), each built
+    # from the first blocks; the costs those of the blocks taken and the skips.
+    from proxyless_rs import ProxylessMixedRepeat, depth_distribution, freeze
+
+    torch.manual_seed(0)
+    blocks = [nn.Linear(4, 4) for _ in range(4)]
+    chain = [blocks[0]] + [ProxylessMixedLayer([('0', nn.Identity()), ('1', block)],
+                                               nn.Parameter(torch.randn(2, dtype=torch.float64)), nn.Softmax(-1),
+                                               f'depth/in_repeat_{i}') for i, block in enumerate(blocks[1:], start=1)]
+    model = nn.Sequential(
+        ProxylessMixedLayer([('a', nn.Identity()), ('b', nn.Tanh()), ('c', nn.ReLU())],
+                            nn.Parameter(torch.randn(3, dtype=torch.float64)), nn.Softmax(-1), 'act'),
+        ProxylessMixedRepeat(chain, 'depth', [1, 2, 4], 1, 4))
+    latency = {'act': {'a': 0.0, 'b': 1.0, 'c': 2.0}}
+    for i in range(1, 4):
+        latency[f'depth/in_repeat_{i}'] = {'0': 0.1, '1': 1.0 + i}
+    table = LatencyTable(latency)
+    p_act = torch.softmax(model[0]._arch_alpha.detach(), -1).tolist()
+    p_depth = depth_distribution([torch.softmax(layer._arch_alpha.detach(), -1)[1] for layer in chain[1:]]).tolist()
+    everything = []
+    for (act, pa), depth in itertools.product(zip('abc', p_act), [1, 2, 4]):
+        arch = {'act': act, 'depth': depth, **{f'depth/in_repeat_{i}': '1' if i < depth else '0' for i in range(1, 4)}}
+        everything.append((arch, pa * p_depth[depth - 1], predicted_latency(arch, model, table)))
+    everything.sort(key=lambda item: -item[1])
+    got = top_architectures(model, 9, table=table)
+    assert [r.architecture for r in got] == [arch for arch, _, _ in everything]
+    assert [r.probability for r in got] == pytest.approx([p for _, p, _ in everything], rel=1e-9)
+    assert [r.costs['latency'] for r in got] == pytest.approx([ms for _, _, ms in everything])
+    # The first is the export (the most probable depth); under a limit, the best that fits.
+    memo: dict = {}
+    for module in (model[0], model[1]):
+        memo.update(module.export(memo))
+    assert got[0].architecture == memo
+    limit = sorted(ms for _, _, ms in everything)[3]
+    fitting = [arch for arch, _, ms in everything if ms <= limit]
+    assert constrained_export(model, table, limit, k=3) == fitting[:3]
+    # Each is a child network of that depth.
+    for ranked in got[:3]:
+        child = freeze(model, ranked.architecture)
+        assert len(child[1]) == ranked.architecture['depth']

@@ -183,6 +183,15 @@ def test_search_under_a_latency_limit_exports_within_it():
     (architecture,) = strategy.export_top_models()
     assert strategy.export_latency() <= 8.0
     assert predicted_latency(architecture, strategy.model.model, LatencyTable(table)) <= 8.0
+    # The k best within the limit: every architecture of the space that fits (3 x 2 = 6 in all, 4
+    # within 8 ms), the first the export, in order of probability.
+    top = strategy.export_top_models(top_k=10)
+    fits = [{'a': a, 'b': b} for a in '012' for b in '01' if table['a'][a] + table['b'][b] <= 8.0]
+    assert top[0] == architecture and sorted(map(str, top)) == sorted(map(str, fits))
+    ranked = strategy.model.export_top(10)
+    assert [r.architecture for r in ranked] == top
+    probs = [r.probability for r in ranked]
+    assert probs == sorted(probs, reverse=True) and all(r.costs['latency'] <= 8.0 for r in ranked)
     expected = expected_latency(strategy.model.model, LatencyTable(table)).item()
     assert expected < sum(sum(row.values()) / len(row) for row in table.values())  # the penalty pulled it down
     with pytest.raises(ValueError, match='latency_limit is set but no latency_table'):

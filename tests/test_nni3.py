@@ -310,7 +310,7 @@ def test_default_search_exports_a_complete_architecture_and_skips_the_weight_ste
 
         monkeypatch.setattr(cls, 'forward_path', counting)
     ours = proxyless_rs.strategy.Proxyless(warmup_epochs=1)
-    run(ours, max_epochs=2)
+    experiment = run(ours, max_epochs=2)
     theirs = NNIProxyless(warmup_epochs=1)
     run(theirs, max_epochs=2)
     # NNI 3.0 runs the extra candidate forwards in every step, weight steps and warm-up included;
@@ -319,6 +319,19 @@ def test_default_search_exports_a_complete_architecture_and_skips_the_weight_ste
     (architecture,) = ours.list_models()
     assert set(ours.oneshot_module.export()) >= {'first', 'depth', 'readout'}
     assert architecture is not None
+    # The k best (3 x 3 depths x 2 = 18 architectures), through NasExperiment as NNI 3.0 asks for
+    # them: the first is the export, the depth one choice among the depths, each a frozen space.
+    top = experiment.export_top_models(top_k=4, formatter='dict')
+    ranked = ours.oneshot_module.export_top(4)
+    assert len(top) == 4 and len({str(sorted(a.items())) for a in top}) == 4
+    assert [dict(a) for a in top] == [r.architecture for r in ranked]
+    assert {k: top[0][k] for k in ('first', 'depth', 'readout')} == \
+        {k: ours.oneshot_module.export()[k] for k in ('first', 'depth', 'readout')}
+    probs = [r.probability for r in ranked]
+    assert probs == sorted(probs, reverse=True)
+    for a in top:
+        taken = [a[f'depth/in_repeat_{i}'] for i in (1, 2)]
+        assert taken == ['1' if i < a['depth'] else '0' for i in (1, 2)]
 
 
 @pytest.mark.parametrize('mode', ['full', 'two'])

@@ -107,6 +107,11 @@ def test_search_exports_a_complete_architecture():
     assert architecture['second'] == second.names[int(second._arch_alpha.argmax())]
     assert architecture['readout'] == int(readout._arch_alpha.argmax())
     assert strategy.export_top_models() == [architecture]
+    # The three most probable, the first the export; no warning (NNI 2.10 warns and gives one).
+    top = strategy.export_top_models(top_k=3)
+    probs = [r.probability for r in strategy.model.export_top(3)]
+    assert top[0] == architecture and len(top) == 3 and len({str(a) for a in top}) == 3
+    assert probs == sorted(probs, reverse=True) and probs[0] > probs[-1]
 
 
 def test_exact_mode_reproduces_nni_strategy(recorded_samples):

@@ -67,6 +67,7 @@ _LAZY_NAMES = {
     "expected_costs": "costs",
     "predicted_costs": "costs",
     "constrained_export": "costs",
+    "top_architectures": "costs",
     "limit_penalty": "costs",
     "LagrangeMultiplier": "costs",
     "cost_loss": "costs",
@@ -88,6 +89,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (re-exported: `X as X`); at
         expected_costs as expected_costs,
         limit_penalty as limit_penalty,
         predicted_costs as predicted_costs,
+        top_architectures as top_architectures,
     )
     from .latency import (
         CandidateTable as CandidateTable,

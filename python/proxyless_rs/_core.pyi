@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 __all__ = ["TORCH_VERSION", "TORCH_SPAN", "ArchParameter", "ProxylessContext", "OutputGradHook", "sample_index",
-           "alpha_grad", "constrained_choice"]
+           "alpha_grad", "constrained_choices"]
 
 TORCH_VERSION: str
 """``torch.__version__`` of the torch this core was built against (its release is checked at import)."""
@@ -78,12 +78,13 @@ def sample_index(probs: torch.Tensor) -> int:
 def alpha_grad(probs: torch.Tensor, binary_grads: torch.Tensor) -> torch.Tensor:
     """``probs * (binary_grads - <binary_grads, probs>)``: the gradient of alpha through binary gates."""
 
-def constrained_choice(values: list[list[float]], costs: list[list[list[float]]],
-                       limits: list[float]) -> Optional[tuple[list[int], float, int]]:
-    """The exact most valuable choice of one item per group under limits on summed costs.
+def constrained_choices(values: list[list[float]], costs: list[list[list[float]]], limits: list[float],
+                        k: int = 1) -> tuple[list[tuple[list[int], float]], int]:
+    """The ``k`` most valuable choices of one item per group under limits on summed costs, exactly.
 
     ``values[g][i]``: log-probability of candidate ``i`` of group ``g`` (``-inf`` for zero);
     ``costs[g][i][k]``: its cost ``k``; ``limits[k]``: the limit of cost ``k`` (``inf``: none).
-    Returns ``(choice, value, nodes)`` (candidate index per group, summed value, search nodes
-    visited), or None when no choice meets every limit (up to a relative 1e-9). Branch and bound
+    Returns ``(ranked, nodes)``: up to ``k`` pairs ``(choice, value)`` best first (candidate index
+    per group, summed value; ties in the choices' lexicographic order; empty when no choice meets
+    every limit, up to a relative 1e-9) and the search nodes visited. Branch and bound
     (``src/arch/constrained.rs``)."""

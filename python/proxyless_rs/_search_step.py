@@ -34,9 +34,8 @@ import torch
 import torch.optim as optim
 
 from ._layer import no_arch_grad, no_weight_grad, rescale_two_path
-from .hardware.costs import CostSpec, CostTable, constrained_export, cost_loss
+from .hardware.costs import CostSpec, CostTable, RankedArchitecture, constrained_export, cost_loss, top_architectures
 from .hardware.latency import LatencyTable, latency_loss, predicted_latency
-from .supermodule import ProxylessMixedRepeat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,18 +168,23 @@ class ProxylessSearchStep:
 
     def export(self):
         """NNI's export, or under cost limits (``latency_limit``, a ``limit`` in ``cost_spec``) the most
-        probable architecture whose predicted costs are within them (exact; a depth choice follows the
-        skip-or-block choices it is built from)."""
+        probable architecture whose predicted costs are within them (exact; a depth choice is one
+        choice among its depths)."""
         architecture = super().export()  # type: ignore[misc]
         limits = self._cost_limits()
         if not limits:
             return architecture
         architecture.update(constrained_export(self._model_root(), self.costs, limits))
-        for module in self._mixed_modules():
-            if isinstance(module, ProxylessMixedRepeat):
-                taken = sum(architecture[layer.label] == '1' for layer in module._choices())
-                architecture[module.depth_label] = module.min_depth + taken
         return architecture
+
+    def export_top(self, k: int) -> list[RankedArchitecture]:
+        """The ``k`` most probable architectures within the search's cost limits (if any), best
+        first, each with its probability and the costs its table predicts
+        (:func:`proxyless_rs.top_architectures`); each architecture is completed with NNI's export
+        for what the proxyless layers do not choose. The first is :meth:`export`'s."""
+        base = super().export()  # type: ignore[misc]
+        ranked = top_architectures(self._model_root(), k, table=self.costs, limit=self._cost_limits() or None)
+        return [r._replace(architecture={**base, **r.architecture}) for r in ranked]
 
     def export_latency(self) -> float:
         """The latency (ms) that ``latency_table`` predicts for :meth:`export`'s architecture."""

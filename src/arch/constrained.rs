@@ -6,9 +6,13 @@
 //! solver returns the choice of highest total value whose summed costs are at most `limit[k]`
 //! for every `k`: the most probable architecture under the limits.
 //!
+//! The k best choices (`solve_top`): the same search keeping the k best leaves found, pruning
+//! against the k-th; an item is dropped beforehand only when k others of its group dominate it
+//! (each of those, put in its place, gives a choice at least as good that fits).
+//!
 //! Exact depth-first branch and bound. Before the search, items that another item of their group
-//! dominates (no lower value, no higher cost in any dimension) are dropped, and groups are ordered
-//! by the spread of their values. At a node that fixed the first `d` groups with value `V` and
+//! dominates (no lower value, no higher cost in any dimension; for the k best, k others) are
+//! dropped, and groups are ordered by the spread of their values. At a node that fixed the first `d` groups with value `V` and
 //! costs `C`, the subtree is pruned when no completion fits (`C_k + sum of the remaining groups'
 //! least cost k > limit_k` for some `k`) or when an admissible upper bound on its best value is
 //! no better than the incumbent. The bound is the least of LP relaxations of surrogate problems,
@@ -54,6 +58,13 @@ pub struct Solution {
     pub choice: Vec<usize>,
     pub value: f64,
     pub nodes: u64,
+}
+
+/// One of the k best choices: an item index per group (the problem's order) and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked {
+    pub choice: Vec<usize>,
+    pub value: f64,
 }
 
 /// `limit` plus the slack [`LIMIT_RTOL`] allows.
@@ -201,16 +212,21 @@ fn finite_floor(values: &[Vec<f64>]) -> f64 {
     n * lo - n * hi - 1.0
 }
 
-/// Drops dominated items and sorts the rest by decreasing value.
-fn prepare_group(index: usize, values: &[f64], costs: &[Vec<f64>]) -> Group {
+/// Drops the items that `keep` others dominate (they cannot be among the `keep` best choices)
+/// and sorts the rest by decreasing value.
+fn prepare_group(index: usize, values: &[f64], costs: &[Vec<f64>], keep: usize) -> Group {
     let n = values.len();
+    // Ties go to the lower index, as the ranking of equal choices does.
     let dominated = |j: usize| {
-        (0..n).any(|i| {
-            i != j
-                && values[i] >= values[j]
-                && costs[i].iter().zip(&costs[j]).all(|(a, b)| a <= b)
-                && (values[i] > values[j] || costs[i].iter().zip(&costs[j]).any(|(a, b)| a < b) || i < j)
-        })
+        (0..n)
+            .filter(|&i| {
+                i != j
+                    && values[i] >= values[j]
+                    && costs[i].iter().zip(&costs[j]).all(|(a, b)| a <= b)
+                    && (values[i] > values[j] || costs[i].iter().zip(&costs[j]).any(|(a, b)| a < b) || i < j)
+            })
+            .count()
+            >= keep
     };
     let mut items: Vec<usize> = (0..n).filter(|&j| !dominated(j)).collect();
     items.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
@@ -287,8 +303,13 @@ struct Search<'a> {
     /// Surrogate directions (one per limited cost, and the fitted multipliers' when they mix
     /// several), each with the LP relaxation of the groups from each depth on.
     surrogates: Vec<(Vec<f64>, Vec<LpSuffix>)>,
-    best_value: f64,
-    best: Option<Vec<usize>>,
+    /// `best_rest[d]`: the sum of the best values of the groups from depth `d` on (the bound
+    /// without limits).
+    best_rest: Vec<f64>,
+    /// How many choices to keep.
+    keep: usize,
+    /// The best leaves so far, best first: (value, the choice in the problem's group order).
+    found: Vec<(f64, Vec<usize>)>,
     path: Vec<usize>,
     nodes: u64,
 }
@@ -296,7 +317,7 @@ struct Search<'a> {
 impl Search<'_> {
     /// The least of the surrogate LP bounds: each relaxes the limits into one, so each is admissible.
     fn bound(&self, depth: usize, value: f64, costs: &[f64]) -> f64 {
-        let mut bound = f64::INFINITY;
+        let mut bound = value + self.best_rest[depth];
         for (weights, suffixes) in &self.surrogates {
             let capacity: f64 =
                 (0..costs.len()).filter(|&k| weights[k] != 0.0).map(|k| weights[k] * (self.limits[k] - costs[k])).sum();
@@ -305,13 +326,33 @@ impl Search<'_> {
         bound
     }
 
+    /// The value a subtree must be able to reach to be searched: the k-th best so far, less what
+    /// rounding could explain; `-inf` until k leaves are found.
+    fn threshold(&self) -> f64 {
+        match self.found.get(self.keep - 1) {
+            Some((kth, _)) => kth - 1e-9 * (1.0 + kth.abs()),
+            None => f64::NEG_INFINITY,
+        }
+    }
+
+    /// Keeps a leaf among the k best: by decreasing value, ties by the choice in lexicographic
+    /// order (in the problem's group order), so the ranking does not depend on the search's.
+    fn record(&mut self, value: f64) {
+        let mut choice = vec![0; self.groups.len()];
+        for (group, slot) in self.groups.iter().zip(&self.path) {
+            choice[group.index] = group.items[*slot];
+        }
+        let at = self.found.partition_point(|(v, c)| *v > value || (*v == value && *c < choice));
+        if at < self.keep {
+            self.found.insert(at, (value, choice));
+            self.found.truncate(self.keep);
+        }
+    }
+
     fn visit(&mut self, depth: usize, value: f64, costs: &mut Vec<f64>) {
         self.nodes += 1;
         if depth == self.groups.len() {
-            if self.best.is_none() || value > self.best_value {
-                self.best_value = value;
-                self.best = Some(self.path.clone());
-            }
+            self.record(value);
             return;
         }
         let group = &self.groups[depth];
@@ -325,10 +366,8 @@ impl Search<'_> {
             }
             let child = value + v;
             let bound = self.bound(depth + 1, child, costs);
-            // Prune only when the bound is below the incumbent by more than rounding could explain.
-            if bound > f64::NEG_INFINITY
-                && (self.best.is_none() || bound > self.best_value - 1e-9 * (1.0 + self.best_value.abs()))
-            {
+            // Prune only when the bound is below the k-th best by more than rounding could explain.
+            if bound > f64::NEG_INFINITY && (self.found.len() < self.keep || bound > self.threshold()) {
                 self.path.push(slot);
                 self.visit(depth + 1, child, costs);
                 self.path.pop();
@@ -342,13 +381,23 @@ impl Search<'_> {
 
 /// Solves `problem` exactly; `None` when no choice meets every limit.
 pub fn solve(problem: &Problem) -> Result<Option<Solution>, String> {
+    let (mut ranked, nodes) = solve_top(problem, 1)?;
+    Ok(ranked.pop().map(|best| Solution { choice: best.choice, value: best.value, nodes }))
+}
+
+/// The `keep` best choices within the limits, best first (fewer when fewer fit; ties in the
+/// lexicographic order of the choices), and the number of search nodes visited.
+pub fn solve_top(problem: &Problem, keep: usize) -> Result<(Vec<Ranked>, u64), String> {
+    if keep == 0 {
+        return Err("k must be at least 1".to_string());
+    }
     let n_costs = problem.validate()?;
     let floor = finite_floor(&problem.values);
     let values: Vec<Vec<f64>> =
         problem.values.iter().map(|g| g.iter().map(|&v| if v.is_finite() { v } else { floor }).collect()).collect();
     let limits: Vec<f64> = problem.limits.iter().map(|&l| slack_limit(l)).collect();
     let mut groups: Vec<Group> =
-        values.iter().zip(&problem.costs).enumerate().map(|(g, (v, c))| prepare_group(g, v, c)).collect();
+        values.iter().zip(&problem.costs).enumerate().map(|(g, (v, c))| prepare_group(g, v, c, keep)).collect();
     // Decisive groups first: the widest spread of values.
     let spread = |g: &Group| g.values[0] - g.values[g.values.len() - 1];
     groups.sort_by(|a, b| spread(b).total_cmp(&spread(a)).then(a.index.cmp(&b.index)));
@@ -362,7 +411,11 @@ pub fn solve(problem: &Problem) -> Result<Option<Solution>, String> {
         }
     }
     if (0..n_costs).any(|k| least[0][k] > limits[k]) {
-        return Ok(None);
+        return Ok((Vec::new(), 0));
+    }
+    let mut best_rest = vec![0.0; depth_count + 1];
+    for d in (0..depth_count).rev() {
+        best_rest[d] = best_rest[d + 1] + groups[d].values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     }
     let multipliers = fit_multipliers(&groups, &limits);
     // Items most promising under the multipliers first: good incumbents early.
@@ -393,40 +446,47 @@ pub fn solve(problem: &Problem) -> Result<Option<Solution>, String> {
         limits,
         least,
         surrogates,
-        best_value: f64::NEG_INFINITY,
-        best: None,
+        best_rest,
+        keep,
+        found: Vec::with_capacity(keep.min(1024) + 1),
         path: Vec::with_capacity(depth_count),
         nodes: 0,
     };
     search.visit(0, 0.0, &mut vec![0.0; n_costs]);
-    let nodes = search.nodes;
-    let Some(path) = search.best else { return Ok(None) };
-    let mut choice = vec![0; depth_count];
-    for (group, slot) in groups.iter().zip(&path) {
-        choice[group.index] = group.items[*slot];
-    }
-    let value = choice.iter().enumerate().map(|(g, &i)| problem.values[g][i]).sum();
-    Ok(Some(Solution { choice, value, nodes }))
+    // The values as the problem gives them (a zero probability's -inf, not its finite stand-in).
+    let ranked = search
+        .found
+        .into_iter()
+        .map(|(_, choice)| {
+            let value = choice.iter().enumerate().map(|(g, &i)| problem.values[g][i]).sum();
+            Ranked { choice, value }
+        })
+        .collect();
+    Ok((ranked, search.nodes))
 }
 
-/// The exact most valuable choice under the limits, for `proxyless_rs.constrained_export`.
+/// The `k` most valuable choices under the limits, exactly, for `proxyless_rs.constrained_export`
+/// and the strategies' `export_top_models`.
 ///
 /// `values[g][i]` is the log-probability of candidate `i` of group `g` (`-inf` for zero),
 /// `costs[g][i][k]` its cost `k`, `limits[k]` the limit of cost `k` (`inf`: none). Returns
-/// `(choice, value, nodes)`: the candidate index per group, the summed value, and the number of
-/// search nodes visited; `None` when no choice meets every limit (up to a relative 1e-9).
+/// `(ranked, nodes)`: up to `k` pairs `(choice, value)`, best first (the candidate index per
+/// group and the summed value; empty when no choice meets every limit, up to a relative 1e-9),
+/// and the number of search nodes visited.
 #[pyfunction]
-#[pyo3(name = "constrained_choice")]
-pub fn py_constrained_choice(
+#[pyo3(name = "constrained_choices", signature = (values, costs, limits, k = 1))]
+pub fn py_constrained_choices(
     py: Python<'_>,
     values: Vec<Vec<f64>>,
     costs: Vec<Vec<Vec<f64>>>,
     limits: Vec<f64>,
-) -> PyResult<Option<(Vec<usize>, f64, u64)>> {
+    k: usize,
+) -> PyResult<(Vec<(Vec<usize>, f64)>, u64)> {
     let problem = Problem { values, costs, limits };
-    let solution =
-        py.allow_threads(|| solve(&problem)).map_err(|e| PyValueError::new_err(format!("constrained_choice: {e}")))?;
-    Ok(solution.map(|s| (s.choice, s.value, s.nodes)))
+    let (ranked, nodes) = py
+        .allow_threads(|| solve_top(&problem, k))
+        .map_err(|e| PyValueError::new_err(format!("constrained_choices: {e}")))?;
+    Ok((ranked.into_iter().map(|r| (r.choice, r.value)).collect(), nodes))
 }
 
 #[cfg(test)]
@@ -504,6 +564,66 @@ mod tests {
                 (s, e) => panic!("case {case}: solver {s:?}, brute force {e:?}"),
             }
         }
+    }
+
+    /// Every choice within the limits, best first, ties in lexicographic order.
+    fn brute_force_ranking(problem: &Problem) -> Vec<(Vec<usize>, f64)> {
+        let limits: Vec<f64> = problem.limits.iter().map(|&l| slack_limit(l)).collect();
+        let mut all = Vec::new();
+        let mut choice = vec![0; problem.values.len()];
+        loop {
+            let value: f64 = choice.iter().enumerate().map(|(g, &i)| problem.values[g][i]).sum();
+            let fits = (0..limits.len())
+                .all(|k| choice.iter().enumerate().map(|(g, &i)| problem.costs[g][i][k]).sum::<f64>() <= limits[k]);
+            if fits {
+                all.push((choice.clone(), value));
+            }
+            let mut g = 0;
+            loop {
+                if g == choice.len() {
+                    all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                    return all;
+                }
+                choice[g] += 1;
+                if choice[g] < problem.values[g].len() {
+                    break;
+                }
+                choice[g] = 0;
+                g += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn the_k_best_equal_brute_force_on_random_problems() {
+        let mut rng = Rng(0x2545f4914f6cdd1d);
+        for case in 0..300 {
+            let n_costs = case % 4; // 0: no limits at all
+            let tightness = [0.05, 0.2, 0.4, 0.7, 1.0][case % 5];
+            let problem = random_problem(&mut rng, 2 + case % 4, 2 + case % 3, n_costs, tightness);
+            let keep = [1, 2, 3, 5, 10, 40][case % 6];
+            let (ranked, _) = solve_top(&problem, keep).unwrap();
+            let expected = brute_force_ranking(&problem);
+            let expected = &expected[..expected.len().min(keep)];
+            assert_eq!(ranked.len(), expected.len(), "case {case}: {problem:?}");
+            for (got, (choice, value)) in ranked.iter().zip(expected) {
+                assert_eq!(&got.choice, choice, "case {case}, k {keep}: {problem:?}");
+                assert!((got.value - value).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn k_best_keep_dominated_items_and_refuse_zero() {
+        // One group: the second item is dominated by the first, yet it is the second best.
+        let problem = Problem {
+            values: vec![vec![-0.1, -0.2, -3.0]],
+            costs: vec![vec![vec![1.0], vec![2.0], vec![0.5]]],
+            limits: vec![5.0],
+        };
+        let (ranked, _) = solve_top(&problem, 3).unwrap();
+        assert_eq!(ranked.iter().map(|r| r.choice[0]).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert!(solve_top(&problem, 0).unwrap_err().contains("at least 1"));
     }
 
     #[test]

@@ -12,13 +12,13 @@ import json
 import math
 import weakref
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Union
+from typing import Any, Iterator, Mapping, NamedTuple, Union
 
 import torch
 import torch.nn as nn
 
-from .._core import constrained_choice
-from .._layer import ProxylessLayerChoice, _proxyless_layers
+from .._core import constrained_choices
+from .._layer import DepthChain, ProxylessLayerChoice, _proxyless_layers, depth_distribution
 from .._torch_compat import TorchDispatchMode, flop_counter_mode, tree_leaves
 from ..nni.version import NNI3
 from .latency import (
@@ -34,7 +34,8 @@ from .latency import (
 )
 
 __all__ = ['CostTable', 'CostSpec', 'count_costs', 'expected_costs', 'predicted_costs', 'constrained_export',
-           'limit_penalty', 'LagrangeMultiplier', 'cost_loss', 'COUNTED_COSTS']
+           'top_architectures', 'RankedArchitecture', 'limit_penalty', 'LagrangeMultiplier', 'cost_loss',
+           'COUNTED_COSTS']
 
 COUNTED_COSTS = ('params', 'flops', 'memory')
 """What :func:`count_costs` counts: parameters (a number), FLOPs (a number) and peak activation
@@ -282,8 +283,132 @@ def _limits(table: CostTable, limit: float | Mapping[str, float]) -> dict[str, f
     return limits
 
 
+class RankedArchitecture(NamedTuple):
+    """One of :func:`top_architectures`'s answers."""
+
+    architecture: dict[str, Any]
+    """``{label: choice}`` as ``export`` gives it (a depth choice: its depth and its chain's choices)."""
+    probability: float
+    """The product over distinct labels of the chosen candidates' ``softmax(alpha)`` entries (a
+    depth choice: the probability of its depth, :func:`proxyless_rs.depth_distribution`)."""
+    costs: dict[str, float]
+    """What the table predicts for it, per cost (empty without a table)."""
+
+
+@dataclasses.dataclass
+class _Group:
+    """One choice of the architecture: a label (several layers may share it) or a depth choice.
+    ``options[i]`` is what option ``i`` writes into the architecture, ``values[i]`` its log
+    probability, ``costs[i][j]`` its cost ``j`` summed over the layers it covers."""
+
+    owner: nn.Module
+    options: list[dict[str, Any]]
+    values: list[float]
+    costs: list[list[float]]
+
+
+def _choice_groups(model: nn.Module, table: CostTable | None) -> list[_Group]:
+    names = list(table or ())
+    depth_chains = [m for m in model.modules() if isinstance(m, DepthChain)]
+    in_chain = {id(layer) for chain in depth_chains for layer in chain._choices()}
+    groups: dict[Any, _Group] = {}
+    for layer in _proxyless_layers(model):
+        if id(layer) in in_chain:
+            continue
+        options = _options(layer)
+        group = groups.get(layer.label)
+        if group is None:
+            logp = _log_probs(layer).tolist()
+            if isinstance(layer, ProxylessLayerChoice):
+                values = [logp[i] for i in range(len(options))]
+            else:
+                values = [sum(logp[int(key)] for key in keys) for _, keys in options]
+            group = groups[layer.label] = _Group(layer, [{layer.label: value} for value, _ in options], values,
+                                                 [[0.0] * len(names) for _ in options])
+        elif len(options) != len(group.options):
+            raise ValueError(f'{layer._name()}: shares its label with {group.owner._name()} but has other choices')
+        for option, (_, keys) in zip(group.costs, options):
+            for j, cost in enumerate(names):
+                option[j] += sum(table[cost][layer.label][key] for key in keys)
+    result = list(groups.values())
+    for chain in depth_chains:
+        # A depth choice is one choice among its depths, each built from its first blocks (as Repeat
+        # builds it and `freeze` copies it), with the probability of that depth: the chain's
+        # skip-or-block choices are not choices of their own.
+        layers = chain._choices()
+        taken = [_log_probs(layer).exp()[layer.names.index('1')] for layer in layers]
+        probs = depth_distribution(taken).tolist()
+        options, values, costs = [], [], []
+        for depth in sorted({v for v in chain.depth_values if chain.min_depth <= v <= chain.max_depth}):
+            picks = {layer.label: '1' if i < depth - chain.min_depth else '0' for i, layer in enumerate(layers)}
+            options.append({chain.depth_label: depth, **picks})
+            values.append(math.log(probs[depth - chain.min_depth]) if probs[depth - chain.min_depth] > 0 else -math.inf)
+            costs.append([sum(table[cost][label][pick] for label, pick in picks.items()) for cost in names])
+        result.append(_Group(chain, options, values, costs))
+    return result
+
+
+def _ranked(caller: str, model: nn.Module, table: CostTable | None, limits: Mapping[str, float],
+            k: int) -> tuple[list[RankedArchitecture], int]:
+    """The ``k`` most probable architectures within ``limits``, best first, and the search's nodes."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f'{caller}: k must be a positive integer, got {k!r}')
+    if table is not None:
+        table.check(model)
+    groups = _choice_groups(model, table)
+    if not groups:
+        raise ValueError(f'{caller}: the model has no ProxylessNAS mixed layers')
+    names = list(table or ())
+    values = [group.values for group in groups]
+    costs = [group.costs for group in groups]
+    ranked, nodes = constrained_choices(values, costs, [limits.get(cost, math.inf) for cost in names], k)
+    if not ranked:
+        least = {cost: sum(min(option[j] for option in group) for group in costs) for j, cost in enumerate(names)}
+        limited = {cost: least[cost] for cost in names if cost in limits}
+        over = [cost for cost, value in limited.items() if value > limits[cost] + 1e-9 * max(1.0, abs(limits[cost]))]
+        described = ', '.join(f'{cost} {value:.6g}' for cost, value in limited.items())
+        asked = ', '.join(f'{cost} <= {limits[cost]:.6g}' for cost in limited)
+        if over:
+            raise ValueError(f'{caller}: no architecture meets {asked}; the smallest achievable '
+                             f'{"values are" if len(limited) > 1 else "value is"} {described} '
+                             f'(each cost on its own); {", ".join(over)} cannot be met')
+        raise ValueError(f'{caller}: no architecture meets {asked} at once, although each limit can '
+                         f'be met on its own (smallest achievable {described})')
+    answers = []
+    for choice, value in ranked:
+        architecture: dict[str, Any] = {}
+        for group, i in zip(groups, choice):
+            architecture.update(group.options[i])
+        totals = {cost: sum(costs[g][i][j] for g, i in enumerate(choice)) for j, cost in enumerate(names)}
+        answers.append(RankedArchitecture(architecture, math.exp(value), totals))
+    return answers, nodes
+
+
+def top_architectures(model: nn.Module, k: int, *, table: TableLike | None = None,
+                      limit: float | Mapping[str, float] | None = None) -> list[RankedArchitecture]:
+    """The ``k`` most probable architectures of ``model``'s mixed layers, exactly, best first.
+
+    An architecture's probability is the product over distinct labels of the chosen candidates'
+    ``softmax(alpha)`` entries; a depth choice counts as one choice among its depths, with the
+    probability of that depth (its chain's skip-or-block choices are those of its first blocks).
+    The first is ``export``'s architecture. With a ``table`` each answer carries its predicted
+    costs; with a ``limit`` too (as :func:`constrained_export` takes it) only architectures
+    within it count. Fewer than ``k`` come back when fewer exist (or fit). Ties are ranked by the
+    choices' indices, in the order of the model's layers.
+
+    Solved in the Rust core by the branch and bound of :func:`constrained_export`, keeping the
+    ``k`` best leaves; an option is left out beforehand only when ``k`` others of its choice cost
+    no more and are no less probable.
+    """
+    if table is None and limit is not None:
+        raise ValueError('top_architectures: a limit needs the table its costs come from')
+    cost_table = CostTable.of(table) if table is not None else None
+    limits = _limits(cost_table, limit) if cost_table is not None and limit is not None else {}
+    return _ranked('top_architectures', model, cost_table, limits, k)[0]
+
+
 def constrained_export(model: nn.Module, table: TableLike, limit: float | Mapping[str, float],
-                       return_info: bool = False) -> Any:
+                       return_info: bool = False, *, k: int | None = None) -> Any:
     """The most probable architecture whose predicted costs are within the limits: exact.
 
     Returns ``{label: choice}`` as ``export`` does: among all architectures whose predicted cost
@@ -294,62 +419,24 @@ def constrained_export(model: nn.Module, table: TableLike, limit: float | Mappin
     limited; a number if the table has one cost). Layers that share a label take one choice: its
     probability counts once, its cost once per layer. Input choices take part like layer choices
     (with ``n_chosen > 1``, every subset of ``n_chosen`` inputs is one option, of probability the
-    product of its entries). Limits allow a relative 1e-9 for rounding.
+    product of its entries). A depth choice is one choice among its depths (the probability of the
+    depth; the costs of its first blocks and of the other blocks' skips). Limits allow a relative
+    1e-9 for rounding.
 
     Solved exactly in the Rust core (a multiple-choice knapsack with one constraint per limit;
     branch and bound with admissible LP and Lagrangian bounds: ``src/arch/constrained.rs``).
     An impossible limit raises ``ValueError`` stating the smallest achievable value of each cost.
     With ``return_info=True`` returns ``(architecture, info)``, ``info`` holding the
-    ``probability``, the predicted ``costs`` and the search ``nodes``.
+    ``probability``, the predicted ``costs`` and the search ``nodes``. With ``k``, the ``k`` most
+    probable within the limits, best first, as a list (of ``(architecture, info)`` pairs with
+    ``return_info``): :func:`top_architectures` with a limit.
     """
     table = CostTable.of(table)
     limits = _limits(table, limit)
-    table.check(model)
-    layers = list(_proxyless_layers(model))
-    if not layers:
-        raise ValueError('constrained_export: the model has no ProxylessNAS mixed layers')
-    names = list(table)
-    groups: dict[Any, dict[str, Any]] = {}
-    for layer in layers:
-        group = groups.get(layer.label)
-        if group is None:
-            options = _options(layer)
-            logp = _log_probs(layer).tolist()
-            if isinstance(layer, ProxylessLayerChoice):
-                values = [logp[i] for i in range(len(options))]
-            else:
-                values = [sum(logp[int(key)] for key in keys) for _, keys in options]
-            group = groups[layer.label] = {'layer': layer, 'options': options, 'values': values,
-                                           'costs': [[0.0] * len(names) for _ in options]}
-        elif len(_options(layer)) != len(group['options']):
-            raise ValueError(f'{layer._name()}: shares its label with {group["layer"]._name()} but has other choices')
-        for option, (_, keys) in zip(group['costs'], group['options']):
-            for j, cost in enumerate(names):
-                option[j] += sum(table[cost][layer.label][key] for key in keys)
-    labels = list(groups)
-    values = [groups[label]['values'] for label in labels]
-    costs = [groups[label]['costs'] for label in labels]
-    bounds = [limits.get(cost, math.inf) for cost in names]
-    solution = constrained_choice(values, costs, bounds)
-    if solution is None:
-        least = {cost: sum(min(option[j] for option in group) for group in costs) for j, cost in enumerate(names)}
-        limited = {cost: least[cost] for cost in names if cost in limits}
-        over = [cost for cost, value in limited.items() if value > limits[cost] + 1e-9 * max(1.0, abs(limits[cost]))]
-        described = ', '.join(f'{cost} {value:.6g}' for cost, value in limited.items())
-        asked = ', '.join(f'{cost} <= {limits[cost]:.6g}' for cost in limited)
-        if over:
-            raise ValueError(f'constrained_export: no architecture meets {asked}; the smallest achievable '
-                             f'{"values are" if len(limited) > 1 else "value is"} {described} '
-                             f'(each cost on its own); {", ".join(over)} cannot be met')
-        raise ValueError(f'constrained_export: no architecture meets {asked} at once, although each limit can '
-                         f'be met on its own (smallest achievable {described})')
-    choice, value, nodes = solution
-    architecture = {label: groups[label]['options'][i][0] for label, i in zip(labels, choice)}
-    if not return_info:
-        return architecture
-    info = {'probability': math.exp(value), 'nodes': nodes,
-            'costs': {cost: sum(costs[g][i][j] for g, i in enumerate(choice)) for j, cost in enumerate(names)}}
-    return architecture, info
+    answers, nodes = _ranked('constrained_export', model, table, limits, 1 if k is None else k)
+    results = [(a.architecture, {'probability': a.probability, 'nodes': nodes, 'costs': a.costs}) if return_info
+               else a.architecture for a in answers]
+    return results if k is not None else results[0]
 
 
 # --- the loss -----------------------------------------------------------------------------------

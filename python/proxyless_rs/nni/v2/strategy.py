@@ -37,6 +37,16 @@ class Proxyless(NNIProxyless):
             raise RuntimeError('One-shot strategy needs to be run before export.')
         return self.model.export_latency()
 
+    def export_top_models(self, top_k: int = 1) -> list[Any]:
+        """The ``top_k`` most probable architectures within the cost limits, best first (NNI 2.10's
+        one-shot strategies export one and warn). The first is NNI's export (``export()``); their
+        probabilities and predicted costs: ``strategy.model.export_top(top_k)``."""
+        if self.model is None:
+            raise RuntimeError('One-shot strategy needs to be run before export.')
+        if top_k == 1:
+            return [self.model.export()]
+        return [ranked.architecture for ranked in self.model.export_top(top_k)]
+
     def run(self, base_model, applied_mutators):
         evaluator = getattr(base_model, 'evaluator', None)
         if not isinstance(evaluator, Lightning):

@@ -3,7 +3,7 @@ layers and one-shot module."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 from nni.nas.oneshot.pytorch.strategy import MutationHook, Proxyless as NNIProxyless, no_default_hook
 from nni.nas.oneshot.pytorch.supermodule.differentiable import MixedOpDifferentiablePolicy
@@ -58,3 +58,15 @@ class Proxyless(NNIProxyless):
     def export_latency(self) -> float:
         """The latency (ms) the latency table predicts for the exported architecture."""
         return self.oneshot_module.export_latency()
+
+    def list_models(self, sort: bool = True, limit: int | None = 1) -> Iterator[Any]:
+        """The model space frozen with each of the ``limit`` most probable architectures within the
+        cost limits, best first (``NasExperiment.export_top_models(top_k)`` asks for them; NNI
+        3.0's one-shot strategies give one and warn). Their probabilities and predicted costs:
+        ``strategy.oneshot_module.export_top(limit)``."""
+        if limit is None or limit == 1:
+            yield from super().list_models(sort=sort, limit=1)
+            return
+        self.oneshot_module.set_model(self.supernet)
+        for ranked in self.oneshot_module.export_top(limit):
+            yield self.model_space.freeze(ranked.architecture)
