@@ -116,6 +116,7 @@ demo: $(DEVELOP)
 	$(PY) examples/digits_search.py
 	$(PY) examples/digits_nni.py
 	$(PY) examples/digits_constrained.py
+	$(PY) examples/digits_retrain.py
 	$(MAKE) --no-print-directory demo-nni3
 
 # Each writes its output to target/ as well, for the one summary line of `make test`.
