@@ -10,7 +10,7 @@ For each release, in a venv of its own (removed afterwards: a torch is 4-5 GB in
    scripts/wheel_check.sh in the same venv: the wheel installed with no Rust or C++ compiler on
    PATH, the regression tests again against it.
 
-Results go to docs/torch-span.json (one entry per release, from the last run of each), and
+Results go to docs/torch-span.json as each release ends (one entry per release, from the last run of each), and
 docs/torch-span.md's table is rendered from it and torch-span.toml (``span.py table``).
 
     python scripts/span.py run                  # all releases (make span)
@@ -175,6 +175,15 @@ def render_table(results: dict[str, dict]) -> str:
     return '\n'.join(rows)
 
 
+def record(result: dict) -> None:
+    """``result`` into docs/torch-span.json (replacing that release's last one) and the table."""
+    previous = json.loads(RESULTS.read_text())['releases'] if RESULTS.exists() else {}
+    previous[result['torch']] = result
+    ordered = {r: previous[r] for r in sorted(previous, key=key)}
+    RESULTS.write_text(json.dumps({'releases': ordered}, indent=1) + '\n')
+    write_table()
+
+
 def write_table() -> None:
     results = json.loads(RESULTS.read_text())['releases'] if RESULTS.exists() else {}
     runs = sorted({(r['date'], r['commit'], r['python'], r['host'], r.get('jobs', 1)) for r in results.values()})
@@ -211,20 +220,21 @@ def main(argv: list[str]) -> int:
     WHEELS.mkdir(parents=True, exist_ok=True)
     tests = args.command == 'run'
     start = time.monotonic()
+
+    def run_one(release: str) -> dict:
+        result = dict(one_release(SPAN[release], target_root, args.python, tests), jobs=args.jobs)
+        if tests:  # recorded as each release ends, so that a span stopped half-way keeps what it ran
+            with _print_lock:
+                record(result)
+        return result
+
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        done = list(pool.map(lambda r: dict(one_release(SPAN[r], target_root, args.python, tests), jobs=args.jobs),
-                             releases))
+        done = list(pool.map(run_one, releases))
     failed = [r['torch'] for r in done if 'failed' in r]
     for r in done:
         failure = f"; FAILED at {r['failed']}" if 'failed' in r else ''
         print(f"torch {r['tested']} (tch {r['tch']}): build {build_seconds(r)} s; tests {r.get('tests', '-')}; "
               f"wheel {r.get('wheel', '-')}: {r.get('wheel_tests', '-')}{failure}")
-    if tests:
-        previous = json.loads(RESULTS.read_text())['releases'] if RESULTS.exists() else {}
-        previous.update({r['torch']: r for r in done})
-        ordered = {r: previous[r] for r in sorted(previous, key=key)}
-        RESULTS.write_text(json.dumps({'releases': ordered}, indent=1) + '\n')
-        write_table()
     print(f'span: {len(done) - len(failed)} of {len(done)} releases passed in {(time.monotonic() - start) / 60:.0f} min'
           + (f'; failed: {failed}' if failed else ''))
     return 1 if failed else 0
