@@ -42,7 +42,8 @@ def _version() -> str:
 __version__ = _version()
 
 # Submodules loaded on first attribute access (``proxyless_rs.strategy``).
-_LAZY_MODULES = ("strategy", "lightning", "distributed", "supermodule", "latency", "costs", "patch", "child")
+_LAZY_MODULES = ("strategy", "lightning", "distributed", "supermodule", "latency", "costs", "patch", "child",
+                 "checkpoint")
 
 # Names loaded on first access (``proxyless_rs.ProxylessMixedLayer``, ``from proxyless_rs import ...``),
 # with the submodule that defines each.
@@ -77,7 +78,7 @@ _LAZY_NAMES = {
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see (re-exported: `X as X`); at run time these load lazily
-    from . import costs, distributed, lightning, strategy
+    from . import checkpoint, costs, distributed, lightning, strategy
     from .child import freeze as freeze
     from .costs import (
         CostSpec as CostSpec,

@@ -34,6 +34,8 @@ import torch
 import torch.optim as optim
 
 from ._layer import no_arch_grad, no_weight_grad, rescale_two_path
+from ._lightning_compat import count_optimizer_step
+from .checkpoint import rng_state, set_rng_state
 from .hardware.costs import CostSpec, CostTable, RankedArchitecture, constrained_export, cost_loss, top_architectures
 from .hardware.latency import LatencyTable, latency_loss, predicted_latency
 
@@ -144,6 +146,32 @@ class ProxylessSearchStep:
             self._distributed_search = distributed.setup(self)  # type: ignore[arg-type]
         return super().setup(stage)  # type: ignore[misc]
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Lightning's hook: the random streams and the cost terms' multipliers go into every
+        checkpoint, so that a search resumed from it (``ckpt_path``) ends where the uninterrupted
+        one ends (:mod:`proxyless_rs.checkpoint`)."""
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        checkpoint['proxyless_rs'] = {
+            'rng': rng_state(),
+            # NNI's round-robin over several weight optimizers (NNI 2.10's module has it).
+            'optimizer_progress': getattr(self, '_optimizer_progress', None),
+            'multipliers': {name: spec.multiplier.state_dict() for name, spec in self.cost_spec.items()
+                            if spec.multiplier is not None},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        state = checkpoint.get('proxyless_rs')
+        if state is None:
+            raise ValueError('this checkpoint was not written by proxyless_rs\'s strategy (it has no '
+                             '"proxyless_rs" entry: random streams, multipliers); resuming from it would not '
+                             'continue the search it came from')
+        set_rng_state(state['rng'])
+        if state['optimizer_progress'] is not None:
+            self._optimizer_progress = state['optimizer_progress']
+        for name, multiplier in state['multipliers'].items():
+            self.cost_spec[name].multiplier.load_state_dict(multiplier)
+
     def _mixed_modules(self) -> list[Any]:
         raise NotImplementedError
 
@@ -225,6 +253,7 @@ class ProxylessSearchStep:
                 arc_step_loss = self._penalized(arc_step_loss)
                 self.manual_backward(arc_step_loss)  # type: ignore[attr-defined]
             arc_optim.step()
+            count_optimizer_step(self.trainer)  # type: ignore[attr-defined]
             # Each parameter's pending two-path draw says whether it is rescaled (full mode: none).
             rescale_two_path(*mixed)
             for name, spec in self.cost_spec.items():
@@ -237,6 +266,7 @@ class ProxylessSearchStep:
             loss_and_metrics = self._inner_training_step(trn_batch, 2 * batch_idx + 1)
             w_step_loss = loss_and_metrics['loss'] if isinstance(loss_and_metrics, dict) else loss_and_metrics
             self.advance_optimization(w_step_loss, batch_idx, self.gradient_clip_val)  # type: ignore[attr-defined]
+            count_optimizer_step(self.trainer)  # type: ignore[attr-defined]
 
         self.advance_lr_schedulers(batch_idx)  # type: ignore[attr-defined]
         if self._log_this_step(batch_idx):

@@ -24,12 +24,18 @@ class Proxyless(NNIProxyless):
     ``gradient_clip_val`` as in NNI, and ``exact``, ``mode``, ``warmup_epochs``, ``arch_update_every``,
     ``latency_table``, ``latency_weight``, ``latency_form``, ``latency_target``, ``latency_limit``,
     ``latency_limit_weight``, ``costs`` with ``cost_spec`` (several costs, each with its loss form,
-    weight or hard limit; see :func:`proxyless_rs.costs.cost_loss`) (see the module).
+    weight or hard limit; see :func:`proxyless_rs.costs.cost_loss`) (see the module). ``resume``, a
+    Lightning checkpoint of an earlier run of the same search, continues it: the same alphas,
+    weights and export as the run never interrupted (its random streams are in the checkpoint).
     """
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, *, resume: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.oneshot_module = ProxylessLightningModule
+        # A Lightning checkpoint of an earlier run of this search (``last.ckpt`` of its
+        # ModelCheckpoint) to resume from, as the paper's code has --resume (NNI 3.0's evaluators
+        # take ``fit_kwargs={'ckpt_path': ...}`` for the same).
+        self.resume = resume
 
     def export_latency(self) -> float:
         """The latency (ms) the latency table predicts for the exported architecture."""
@@ -58,4 +64,11 @@ class Proxyless(NNIProxyless):
             raise ValueError(f'proxyless_rs.strategy.Proxyless needs {" and ".join(missing)} on the evaluator: '
                              'ProxylessNAS trains the weights on training batches and the architecture on '
                              'validation batches.')
-        return super().run(base_model, applied_mutators)
+        if self.resume is None:
+            return super().run(base_model, applied_mutators)
+        if applied_mutators:
+            raise ValueError('Mutator is not empty: run the one-shot strategy with the oneshot execution engine.')
+        # NNI 2.10's run, with the checkpoint handed to fit.
+        self.attach_model(base_model)
+        train_loader, val_loader = self.preprocess_dataloader(evaluator.train_dataloaders, evaluator.val_dataloaders)
+        evaluator.trainer.fit(self.model, train_loader, val_loader, ckpt_path=self.resume)

@@ -25,16 +25,25 @@ class Proxyless(NNIProxyless):
     ``InputChoice`` and ``Repeat`` with a categorical depth are searched, as by NNI 3.0. With
     ``latency_limit``, the export is the most probable architecture within the limit.
     ``export_top_models()`` / ``list_models()`` freeze the model space with the most probable choices
-    (NNI 3.0's layers export a random draw).
+    (NNI 3.0's layers export a random draw). ``resume``, a Lightning checkpoint of an earlier run of
+    the same search, continues it: the same alphas, weights and export as the run never interrupted.
     """
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, *, resume: str | None = None, **kwargs: Any):
+        # A Lightning checkpoint of an earlier run of this search to resume from (what NNI 3.0's
+        # own load_state_dict({'ckpt_path': ...}) sets, given before the experiment runs).
+        self.resume = resume
         # proxyless_rs's options (SearchOptions) are checked now and go to the one-shot module;
         # the rest, warmup_epochs included, are NNI 3.0's.
         options = SearchOptions.split(kwargs, keep=('warmup_epochs',))
         self.search_options = SearchOptions(**options)
         self.proxyless_kwargs = options
         super().__init__(**kwargs)
+
+    def _run(self) -> None:
+        if self.resume is not None:
+            self.load_state_dict({'ckpt_path': self.resume})
+        super()._run()
 
     def configure_oneshot_module(self, training_module) -> ProxylessLightningModule:
         return ProxylessLightningModule(
