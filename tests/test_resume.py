@@ -14,9 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
-
-import proxyless_rs
 
 WORKER = Path(__file__).with_name('resume_worker.py')
 

@@ -136,6 +136,7 @@ __all__ = [
     "lightning",
     "distributed",
     "costs",
+    "checkpoint",
     "ProxylessContext",
     "alpha_grad",
     "sample_index",
