@@ -131,6 +131,12 @@ def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool
     table = {'first': {'0': 1.0, '1': 2.0, '2': 0.5}, 'readout': {'0': 0.1, '1': 0.1}}
     options = dict(arc_learning_rate=0.05, mode=mode, costs={'latency': table}, cost_spec=cost_spec,
                    resume=str(out / 'last.ckpt') if resume else None)
+
+    def loaders(data_loader) -> dict:  # the NNI version's traced DataLoader
+        return dict(
+            train_dataloaders=data_loader(torch.utils.data.TensorDataset(xt, yt), batch_size=32, shuffle=True),
+            val_dataloaders=data_loader(torch.utils.data.TensorDataset(xv, yv), batch_size=32, shuffle=True))
+
     torch.manual_seed(0)
     if NNI3:
         import nni.nas.nn.pytorch as nas_nn
@@ -150,10 +156,7 @@ def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool
                 h = torch.relu(self.stem(x))
                 return self.head(self.readout([h, self.first(h)]))
 
-        evaluator = Classification(
-            train_dataloaders=DataLoader(torch.utils.data.TensorDataset(xt, yt), batch_size=32, shuffle=True),
-            val_dataloaders=DataLoader(torch.utils.data.TensorDataset(xv, yv), batch_size=32, shuffle=True),
-            num_classes=10, **kwargs)
+        evaluator = Classification(**loaders(DataLoader), num_classes=10, **kwargs)
         search = proxyless_rs.strategy.Proxyless(**options)
         experiment = NasExperiment(Space(), evaluator, search)
         experiment.run()
@@ -181,10 +184,7 @@ def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool
                 h = torch.relu(self.stem(x))
                 return self.head(self.readout([h, self.first(h)]))
 
-        evaluator = Classification(
-            train_dataloaders=DataLoader(torch.utils.data.TensorDataset(xt, yt), batch_size=32, shuffle=True),
-            val_dataloaders=DataLoader(torch.utils.data.TensorDataset(xv, yv), batch_size=32, shuffle=True),
-            **kwargs)
+        evaluator = Classification(**loaders(DataLoader), **kwargs)
         search = proxyless_rs.strategy.Proxyless(**options)
         experiment = RetiariiExperiment(Space(), evaluator, [], search)
         config = RetiariiExeConfig()

@@ -521,29 +521,7 @@ mod tests {
     }
 
     fn brute_force(problem: &Problem) -> Option<(Vec<usize>, f64)> {
-        let limits: Vec<f64> = problem.limits.iter().map(|&l| slack_limit(l)).collect();
-        let mut best: Option<(Vec<usize>, f64)> = None;
-        let mut choice = vec![0; problem.values.len()];
-        loop {
-            let value: f64 = choice.iter().enumerate().map(|(g, &i)| problem.values[g][i]).sum();
-            let fits = (0..limits.len())
-                .all(|k| choice.iter().enumerate().map(|(g, &i)| problem.costs[g][i][k]).sum::<f64>() <= limits[k]);
-            if fits && best.as_ref().is_none_or(|(_, b)| value > *b) {
-                best = Some((choice.clone(), value));
-            }
-            let mut g = 0;
-            loop {
-                if g == choice.len() {
-                    return best;
-                }
-                choice[g] += 1;
-                if choice[g] < problem.values[g].len() {
-                    break;
-                }
-                choice[g] = 0;
-                g += 1;
-            }
-        }
+        brute_force_ranking(problem).into_iter().next()
     }
 
     #[test]
