@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
+
+import proxyless_rs
 
 WORKER = Path(__file__).with_name('resume_worker.py')
 
@@ -94,3 +97,33 @@ def test_a_checkpoint_from_elsewhere_is_refused_by_the_strategys_module():
 
     with pytest.raises(ValueError, match='not written by proxyless_rs'):
         Module().on_load_checkpoint({'state_dict': {}})
+
+
+def test_a_checkpoint_of_another_search_space_is_refused_naming_the_first_layer_that_differs():
+    from proxyless_rs._search_step import ProxylessSearchStep
+
+    class Lightning(nn.Module):
+        def on_load_checkpoint(self, checkpoint):
+            pass
+
+    class Module(ProxylessSearchStep, Lightning):
+        def __init__(self, sizes):
+            super().__init__()
+            self.cost_spec = {}
+            self.layers = nn.ModuleList([
+                proxyless_rs.ProxylessMixedLayer([(f'op{i}', nn.Identity()) for i in range(n)],
+                                                 nn.Parameter(torch.zeros(n)), nn.Softmax(-1), f'block{b}')
+                for b, n in enumerate(sizes)])
+
+    def checkpoint_of(module):
+        return {'state_dict': module.state_dict(), 'proxyless_rs': {
+            'rng': proxyless_rs.checkpoint.rng_state(), 'optimizer_progress': None, 'multipliers': {}}}
+
+    Module([3, 2]).on_load_checkpoint(checkpoint_of(Module([3, 2])))  # the same space loads
+    with pytest.raises(ValueError, match=r"ProxylessMixedLayer 'block1': .*'layers.1._arch_alpha' has 4 candidates "
+                                         r"there, 2 here"):
+        Module([3, 2]).on_load_checkpoint(checkpoint_of(Module([3, 4])))
+    with pytest.raises(ValueError, match=r"ProxylessMixedLayer 'block2': .*no 'layers.2._arch_alpha'"):
+        Module([3, 2, 2]).on_load_checkpoint(checkpoint_of(Module([3, 2])))
+    with pytest.raises(ValueError, match=r"layers this one lacks \(\['layers.2._arch_alpha'\]\)"):
+        Module([3, 2]).on_load_checkpoint(checkpoint_of(Module([3, 2, 5])))

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.optim as optim
 
-from ._layer import no_arch_grad, no_weight_grad, rescale_two_path
+from ._layer import ProxylessLayer, no_arch_grad, no_weight_grad, rescale_two_path
 from ._lightning_compat import count_optimizer_step
 from .checkpoint import rng_state, set_rng_state
 from .hardware.costs import CostSpec, CostTable, RankedArchitecture, constrained_export, cost_loss, top_architectures
@@ -166,11 +166,29 @@ class ProxylessSearchStep:
             raise ValueError('this checkpoint was not written by proxyless_rs\'s strategy (it has no '
                              '"proxyless_rs" entry: random streams, multipliers); resuming from it would not '
                              'continue the search it came from')
+        self._check_same_search_space(checkpoint.get('state_dict', {}))
         set_rng_state(state['rng'])
         if state['optimizer_progress'] is not None:
             self._optimizer_progress = state['optimizer_progress']
         for name, multiplier in state['multipliers'].items():
             self.cost_spec[name].multiplier.load_state_dict(multiplier)
+
+    def _check_same_search_space(self, saved: dict[str, Any]) -> None:
+        """Refuses a checkpoint of another search space, naming the first layer that differs (before
+        Lightning's own load, whose error lists every key)."""
+        here = {f'{name}._arch_alpha': module for name, module in self.named_modules()  # type: ignore[attr-defined]
+                if isinstance(module, ProxylessLayer)}
+        there = {key: value for key, value in saved.items() if key.endswith('_arch_alpha')}
+        for key, layer in here.items():
+            if key not in there:
+                raise ValueError(f'{layer._name()}: the checkpoint is of another search space; it has no '
+                                 f'{key!r} (its layers: {sorted(there)})')
+            if tuple(there[key].shape) != tuple(layer._arch_alpha.shape):
+                raise ValueError(f'{layer._name()}: the checkpoint is of another search space; {key!r} has '
+                                 f'{len(there[key])} candidates there, {len(layer._arch_alpha)} here')
+        extra = sorted(set(there) - set(here))
+        if extra:
+            raise ValueError(f'the checkpoint is of another search space: it has layers this one lacks ({extra})')
 
     def _mixed_modules(self) -> list[Any]:
         raise NotImplementedError
