@@ -316,6 +316,9 @@ def test_default_search_exports_a_complete_architecture_and_skips_the_weight_ste
     # NNI 3.0 runs the extra candidate forwards in every step, weight steps and warm-up included;
     # ours only in the architecture steps after the warm-up (half the steps of one epoch of two).
     assert 0 < calls['ours'] < calls['nni'] / 3
+    # Each optimizer step counts once in the global step, as NNI 3.0's own module counts them: a
+    # warm-up epoch of 10 weight steps, then 10 steps of two.
+    assert ours.oneshot_module.trainer.global_step == theirs.oneshot_module.trainer.global_step == 10 + 2 * 10
     (architecture,) = ours.list_models()
     assert set(ours.oneshot_module.export()) >= {'first', 'depth', 'readout'}
     assert architecture is not None

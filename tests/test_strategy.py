@@ -107,6 +107,9 @@ def test_search_exports_a_complete_architecture():
     assert architecture['second'] == second.names[int(second._arch_alpha.argmax())]
     assert architecture['readout'] == int(readout._arch_alpha.argmax())
     assert strategy.export_top_models() == [architecture]
+    # Each optimizer step counts in the global step (NNI 2.10's own module leaves it at 0): two
+    # epochs of 10 steps, an architecture and a weight step each.
+    assert strategy.model.trainer.global_step == 2 * 10 * 2
     # The three most probable, the first the export; no warning (NNI 2.10 warns and gives one).
     top = strategy.export_top_models(top_k=3)
     probs = [r.probability for r in strategy.model.export_top(3)]

@@ -34,7 +34,7 @@ import torch
 import torch.optim as optim
 
 from ._layer import ProxylessLayer, no_arch_grad, no_weight_grad, rescale_two_path
-from ._lightning_compat import count_optimizer_step
+from ._lightning_compat import counted_optimizer_step
 from .checkpoint import rng_state, set_rng_state
 from .hardware.costs import CostSpec, CostTable, RankedArchitecture, constrained_export, cost_loss, top_architectures
 from .hardware.latency import LatencyTable, latency_loss, predicted_latency
@@ -270,8 +270,8 @@ class ProxylessSearchStep:
                                                         self.cost_spec)
                 arc_step_loss = self._penalized(arc_step_loss)
                 self.manual_backward(arc_step_loss)  # type: ignore[attr-defined]
-            arc_optim.step()
-            count_optimizer_step(self.trainer)  # type: ignore[attr-defined]
+            with counted_optimizer_step(self.trainer):  # type: ignore[attr-defined]
+                arc_optim.step()
             # Each parameter's pending two-path draw says whether it is rescaled (full mode: none).
             rescale_two_path(*mixed)
             for name, spec in self.cost_spec.items():
@@ -283,8 +283,8 @@ class ProxylessSearchStep:
         with no_arch_grad(*mixed):
             loss_and_metrics = self._inner_training_step(trn_batch, 2 * batch_idx + 1)
             w_step_loss = loss_and_metrics['loss'] if isinstance(loss_and_metrics, dict) else loss_and_metrics
-            self.advance_optimization(w_step_loss, batch_idx, self.gradient_clip_val)  # type: ignore[attr-defined]
-            count_optimizer_step(self.trainer)  # type: ignore[attr-defined]
+            with counted_optimizer_step(self.trainer):  # type: ignore[attr-defined]
+                self.advance_optimization(w_step_loss, batch_idx, self.gradient_clip_val)  # type: ignore[attr-defined]
 
         self.advance_lr_schedulers(batch_idx)  # type: ignore[attr-defined]
         if self._log_this_step(batch_idx):
