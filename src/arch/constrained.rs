@@ -465,6 +465,9 @@ pub fn solve_top(problem: &Problem, keep: usize) -> Result<(Vec<Ranked>, u64), S
     Ok((ranked, search.nodes))
 }
 
+/// `(ranked, nodes)`: up to k `(choice, value)` pairs, best first, and the search nodes visited.
+pub type RankedChoices = (Vec<(Vec<usize>, f64)>, u64);
+
 /// The `k` most valuable choices under the limits, exactly, for `proxyless_rs.constrained_export`
 /// and the strategies' `export_top_models`.
 ///
@@ -481,7 +484,7 @@ pub fn py_constrained_choices(
     costs: Vec<Vec<Vec<f64>>>,
     limits: Vec<f64>,
     k: usize,
-) -> PyResult<(Vec<(Vec<usize>, f64)>, u64)> {
+) -> PyResult<RankedChoices> {
     let problem = Problem { values, costs, limits };
     let (ranked, nodes) = py
         .allow_threads(|| solve_top(&problem, k))
