@@ -145,7 +145,9 @@ def one_release(entry: Release, target_root: Path, python: str, tests: bool) -> 
 
 def provenance() -> dict[str, str]:
     git = lambda *a: subprocess.run(['git', *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    dirty = git('status', '--porcelain', '--untracked-files=no')
+    # The results files are written by the run itself (after each release): not a change to the code.
+    dirty = git('status', '--porcelain', '--untracked-files=no', '--', '.', ':!docs/torch-span.json',
+                ':!docs/torch-span.md')
     commit = git('rev-parse', '--short', 'HEAD') + ('+changes' if dirty else '')
     return {'date': datetime.date.today().isoformat(), 'commit': commit,
             'host': f'{os.cpu_count()} cores, {platform.machine()}'}
