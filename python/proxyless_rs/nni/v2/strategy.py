@@ -33,8 +33,8 @@ class Proxyless(NNIProxyless):
         super().__init__(**kwargs)
         self.oneshot_module = ProxylessLightningModule
         # A Lightning checkpoint of an earlier run of this search (``last.ckpt`` of its
-        # ModelCheckpoint) to resume from, as the paper's code has --resume (NNI 3.0's evaluators
-        # take ``fit_kwargs={'ckpt_path': ...}`` for the same).
+        # ModelCheckpoint) to resume from, as the paper's code has --resume (NNI 3.0's strategies
+        # take ``load_state_dict({'ckpt_path': ...})`` for the same).
         self.resume = resume
 
     def export_latency(self) -> float:
