@@ -334,12 +334,16 @@ class DepthChain:
             return {}
         with torch.no_grad():
             probs = self.depth_probs().cpu().tolist()
-        values = [v for v in self.depth_values if self.min_depth <= v <= self.max_depth]
-        depth = max(values, key=lambda v: (probs[v - self.min_depth], -v))
-        result: dict[str, Any] = {self.depth_label: depth}
-        for i, layer in enumerate(self._choices()):
-            result[layer.label] = '1' if self.min_depth + i < depth else '0'
-        return result
+        depth = max(self._depths(), key=lambda v: (probs[v - self.min_depth], -v))
+        return {self.depth_label: depth, **self._chain_for(depth)}
+
+    def _depths(self) -> list[int]:
+        """The depths the choice allows, in increasing order."""
+        return sorted({v for v in self.depth_values if self.min_depth <= v <= self.max_depth})
+
+    def _chain_for(self, depth: int) -> dict[Any, str]:
+        """The chain's choices that build ``depth``: its first blocks taken, the rest skipped."""
+        return {layer.label: '1' if self.min_depth + i < depth else '0' for i, layer in enumerate(self._choices())}
 
     def _depth_probs_by_depth(self) -> dict[int, float]:
         with torch.no_grad():

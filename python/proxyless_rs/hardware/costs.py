@@ -339,10 +339,11 @@ def _choice_groups(model: nn.Module, table: CostTable | None) -> list[_Group]:
         taken = [_log_probs(layer).exp()[layer.names.index('1')] for layer in layers]
         probs = depth_distribution(taken).tolist()
         options, values, costs = [], [], []
-        for depth in sorted({v for v in chain.depth_values if chain.min_depth <= v <= chain.max_depth}):
-            picks = {layer.label: '1' if i < depth - chain.min_depth else '0' for i, layer in enumerate(layers)}
+        for depth in chain._depths():
+            picks = chain._chain_for(depth)
+            p = probs[depth - chain.min_depth]
             options.append({chain.depth_label: depth, **picks})
-            values.append(math.log(probs[depth - chain.min_depth]) if probs[depth - chain.min_depth] > 0 else -math.inf)
+            values.append(math.log(p) if p > 0 else -math.inf)
             costs.append([sum(table[cost][label][pick] for label, pick in picks.items()) for cost in names])
         result.append(_Group(chain, options, values, costs))
     return result
