@@ -79,7 +79,7 @@ start = echo "==> $(1)"; SECONDS=0
 done = echo "    $(1): done in $$((SECONDS / 60)) min $$((SECONDS % 60)) s"
 
 .PHONY: demo test pytest cargo-test lint fmt-check clippy ruff stubtest bench bench-smoke gpu develop deps wheel \
-	wheel-check test-nni3 demo-nni3 nni3-env test-regression regression-env span wheels clean
+	wheel-check test-nni3 checkpoint-fixtures demo-nni3 nni3-env test-regression regression-env span wheels clean
 
 deps: $(DEPS)
 develop: $(DEVELOP)
@@ -221,6 +221,24 @@ test-nni3: $(NNI3_VENV)/.installed
 	@$(call start,pytest under NNI 3.0 ($(NNI3_VENV)))
 	$(NNI3_VENV)/bin/python -m pytest -rs --durations=5
 	$(call done,pytest under NNI 3.0)
+
+# The checkpoints that tests/test_resume.py loads across NNI versions (tests/data/checkpoints/):
+# a script's and the strategy's, one epoch of tests/resume_worker.py's searches under NNI 2.10
+# (.venv) and under NNI 3.0 (.venv-nni3). Rewrite them when the checkpoint's layout changes.
+checkpoint-fixtures: $(DEVELOP) $(NNI3_VENV)/.installed
+	rm -rf target/checkpoint-fixtures
+	mkdir -p tests/data/checkpoints
+	for nni in nni2 nni3; do
+	    python=$(PY); [ $$nni = nni3 ] && python=$(NNI3_VENV)/bin/python
+	    for kind in script strategy; do
+	        out=target/checkpoint-fixtures/$$nni-$$kind
+	        mkdir -p $$out
+	        $$python tests/resume_worker.py $$kind full $$out --epochs 1 > $$out/log.txt 2>&1 || { cat $$out/log.txt; exit 1; }
+	    done
+	    cp target/checkpoint-fixtures/$$nni-script/last.pt tests/data/checkpoints/$$nni-script.pt
+	    cp target/checkpoint-fixtures/$$nni-strategy/last.ckpt tests/data/checkpoints/$$nni-strategy.ckpt
+	done
+	ls -l tests/data/checkpoints
 
 # --- other torch releases -------------------------------------------------------------------------
 # $(REG_VENV): torch==$(TORCH) and the NNI 2.10 stack, then proxyless-rs the way a user with that

@@ -1,6 +1,6 @@
 """A search run as its own process for test_resume.py, so that the test can SIGKILL it mid-epoch.
 
-    python resume_worker.py KIND MODE OUT_DIR [--kill-at EPOCH,STEP] [--resume]
+    python resume_worker.py KIND MODE OUT_DIR [--kill-at EPOCH,STEP] [--resume] [--epochs 3]
 
 KIND: ``script`` (a plain training loop of proxyless_rs's layers, checkpointing with torch.save
 after every epoch, as docs/nni.md's recipe does) or ``strategy`` (proxyless_rs's strategy through
@@ -43,7 +43,7 @@ def wait_for_kill(out: Path) -> None:
     sys.exit('not killed')
 
 
-def script(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool) -> dict:
+def script(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool, epochs: int) -> dict:
     import proxyless_rs
     from proxyless_rs.nni.version import NNI3
 
@@ -62,8 +62,11 @@ def script(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool) 
 
     model = nn.Sequential(nn.Linear(64, 32), layer('first', 3), layer('second', 2), nn.Linear(32, 10))
     mixed = [model[1], model[2]]
-    weights = torch.optim.SGD([p for m in model for p in m.parameters()], lr=0.05, momentum=0.9)
-    arch = torch.optim.Adam([m._arch_alpha for m in mixed], lr=0.05)
+    # parameters(arch=False): the weights without the alphas under either NNI (NNI 3.0's own
+    # parameters() includes them), so that the optimizers' state dicts load under the other.
+    weights = torch.optim.SGD([p for m in model for p in (m.parameters(arch=False) if m in mixed else m.parameters())],
+                              lr=0.05, momentum=0.9)
+    arch = torch.optim.Adam([p for m in mixed for p in m.parameters(arch=True)], lr=0.05)
     (xt, yt), (xv, yv) = digits()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xt, yt), batch_size=32, shuffle=True)
     val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xv, yv), batch_size=32, shuffle=True)
@@ -77,7 +80,7 @@ def script(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool) 
         arch.load_state_dict(state['arch'])
         proxyless_rs.checkpoint.set_rng_state(state['rng'])
         start = state['epoch'] + 1
-    for epoch in range(start, EPOCHS):
+    for epoch in range(start, epochs):
         val_batches = iter(val)
         for step, (x, y) in enumerate(loader):
             if kill_at == (epoch, step):
@@ -111,37 +114,13 @@ def script(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool) 
             'optimizers': [weights.state_dict(), arch.state_dict()]}
 
 
-def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool) -> dict:
-    import pytorch_lightning as pl
-
-    import proxyless_rs
+def space() -> nn.Module:
+    """The strategy's search space in the installed NNI's API: a LayerChoice and an InputChoice, whose
+    module names are the same under both NNI versions."""
     from proxyless_rs.nni.version import NNI3
 
-    class KillAt(pl.Callback):
-        def on_train_batch_start(self, trainer, module, batch, batch_idx, *args):
-            if kill_at == (trainer.current_epoch, batch_idx):
-                wait_for_kill(out)
-
-    (xt, yt), (xv, yv) = digits()
-    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=str(out), save_last=True, every_n_epochs=1)
-    kwargs = dict(max_epochs=EPOCHS, accelerator='cpu', callbacks=[checkpoints, KillAt()], logger=False,
-                  enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=True)
-    # Just above the least latency (0.6 ms): the multiplier rises and stays up.
-    cost_spec = {'latency': {'limit': 0.65, 'multiplier': proxyless_rs.LagrangeMultiplier(0.65, lr=0.5)}}
-    table = {'first': {'0': 1.0, '1': 2.0, '2': 0.5}, 'readout': {'0': 0.1, '1': 0.1}}
-    options = dict(arc_learning_rate=0.05, mode=mode, costs={'latency': table}, cost_spec=cost_spec,
-                   resume=str(out / 'last.ckpt') if resume else None)
-
-    def loaders(data_loader) -> dict:  # the NNI version's traced DataLoader
-        return dict(
-            train_dataloaders=data_loader(torch.utils.data.TensorDataset(xt, yt), batch_size=32, shuffle=True),
-            val_dataloaders=data_loader(torch.utils.data.TensorDataset(xv, yv), batch_size=32, shuffle=True))
-
-    torch.manual_seed(0)
     if NNI3:
         import nni.nas.nn.pytorch as nas_nn
-        from nni.nas.evaluator.pytorch import Classification, DataLoader
-        from nni.nas.experiment import NasExperiment
 
         class Space(nas_nn.ModelSpace):
             def __init__(self):
@@ -156,37 +135,85 @@ def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool
                 h = torch.relu(self.stem(x))
                 return self.head(self.readout([h, self.first(h)]))
 
+        return Space()
+    import nni.retiarii.nn.pytorch as nas_nn
+    from nni.retiarii import model_wrapper
+
+    @model_wrapper
+    class Space(nas_nn.Module):  # type: ignore[no-redef]
+        def __init__(self):
+            super().__init__()
+            self.stem = nas_nn.Linear(64, 32)
+            self.first = nas_nn.LayerChoice([nas_nn.Linear(32, 32),
+                                             nas_nn.Sequential(nas_nn.Linear(32, 32), nas_nn.Tanh()),
+                                             nas_nn.Identity()], label='first')
+            self.readout = nas_nn.InputChoice(2, 1, label='readout')
+            self.head = nas_nn.Linear(32, 10)
+
+        def forward(self, x):
+            h = torch.relu(self.stem(x))
+            return self.head(self.readout([h, self.first(h)]))
+
+    return Space()
+
+
+def supernet() -> nn.Module:
+    """The supernet proxyless_rs's strategy builds of :func:`space` under the installed NNI (no search)."""
+    import proxyless_rs
+    from proxyless_rs.nni.version import NNI3
+
+    search = proxyless_rs.strategy.Proxyless()
+    if NNI3:
+        return search.mutate_model(space())
+    search.attach_model(space())
+    return search.model.model.model  # the one-shot module's evaluator module's model
+
+
+def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool, epochs: int) -> dict:
+    import pytorch_lightning as pl
+
+    import proxyless_rs
+    from proxyless_rs.nni.version import NNI3
+
+    class KillAt(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx, *args):
+            if kill_at == (trainer.current_epoch, batch_idx):
+                wait_for_kill(out)
+
+    (xt, yt), (xv, yv) = digits()
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=str(out), save_last=True, every_n_epochs=1)
+    kwargs = dict(max_epochs=epochs, accelerator='cpu', callbacks=[checkpoints, KillAt()], logger=False,
+                  enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=True)
+    # Just above the least latency (0.6 ms): the multiplier rises and stays up.
+    cost_spec = {'latency': {'limit': 0.65, 'multiplier': proxyless_rs.LagrangeMultiplier(0.65, lr=0.5)}}
+    table = {'first': {'0': 1.0, '1': 2.0, '2': 0.5}, 'readout': {'0': 0.1, '1': 0.1}}
+    options = dict(arc_learning_rate=0.05, mode=mode, costs={'latency': table}, cost_spec=cost_spec,
+                   resume=str(out / 'last.ckpt') if resume else None)
+
+    def loaders(data_loader) -> dict:  # the NNI version's traced DataLoader
+        return dict(
+            train_dataloaders=data_loader(torch.utils.data.TensorDataset(xt, yt), batch_size=32, shuffle=True),
+            val_dataloaders=data_loader(torch.utils.data.TensorDataset(xv, yv), batch_size=32, shuffle=True))
+
+    torch.manual_seed(0)
+    if NNI3:
+        from nni.nas.evaluator.pytorch import Classification, DataLoader
+        from nni.nas.experiment import NasExperiment
+
         evaluator = Classification(**loaders(DataLoader), num_classes=10, **kwargs)
         search = proxyless_rs.strategy.Proxyless(**options)
-        experiment = NasExperiment(Space(), evaluator, search)
+        experiment = NasExperiment(space(), evaluator, search)
         experiment.run()
         module = search.oneshot_module
         export = module.export()
         experiment.stop()
     else:
-        import nni.retiarii.nn.pytorch as nas_nn
-        from nni.retiarii import model_wrapper
         from nni.retiarii.evaluator.pytorch import Classification, DataLoader
         from nni.retiarii.experiment.pytorch import RetiariiExeConfig, RetiariiExperiment
 
-        @model_wrapper
-        class Space(nas_nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.stem = nas_nn.Linear(64, 32)
-                self.first = nas_nn.LayerChoice([nas_nn.Linear(32, 32),
-                                                 nas_nn.Sequential(nas_nn.Linear(32, 32), nas_nn.Tanh()),
-                                                 nas_nn.Identity()], label='first')
-                self.readout = nas_nn.InputChoice(2, 1, label='readout')
-                self.head = nas_nn.Linear(32, 10)
-
-            def forward(self, x):
-                h = torch.relu(self.stem(x))
-                return self.head(self.readout([h, self.first(h)]))
-
         evaluator = Classification(**loaders(DataLoader), **kwargs)
         search = proxyless_rs.strategy.Proxyless(**options)
-        experiment = RetiariiExperiment(Space(), evaluator, [], search)
+        experiment = RetiariiExperiment(space(), evaluator, [], search)
         config = RetiariiExeConfig()
         config.execution_engine = 'oneshot'
         experiment.run(config)
@@ -203,11 +230,12 @@ def main() -> None:
     parser.add_argument('out')
     parser.add_argument('--kill-at', default=None)
     parser.add_argument('--resume', action='store_true')
+    parser.add_argument('--epochs', type=int, default=EPOCHS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     kill_at = tuple(int(v) for v in args.kill_at.split(',')) if args.kill_at else None
-    result = (script if args.kind == 'script' else strategy)(args.mode, out, kill_at, args.resume)
+    result = (script if args.kind == 'script' else strategy)(args.mode, out, kill_at, args.resume, args.epochs)
     torch.save(result, out / 'result.pt')
 
 

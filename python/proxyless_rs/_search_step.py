@@ -38,6 +38,7 @@ from ._lightning_compat import counted_optimizer_step
 from .checkpoint import rng_state, set_rng_state
 from .hardware.costs import CostSpec, CostTable, RankedArchitecture, constrained_export, cost_loss, top_architectures
 from .hardware.latency import LatencyTable, latency_loss, predicted_latency
+from .nni.version import NNI_NAME
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +153,7 @@ class ProxylessSearchStep:
         one ends (:mod:`proxyless_rs.checkpoint`)."""
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
         checkpoint['proxyless_rs'] = {
+            'nni': NNI_NAME,
             'rng': rng_state(),
             # NNI's round-robin over several weight optimizers (NNI 2.10's module has it).
             'optimizer_progress': getattr(self, '_optimizer_progress', None),
@@ -166,6 +168,14 @@ class ProxylessSearchStep:
             raise ValueError('this checkpoint was not written by proxyless_rs\'s strategy (it has no '
                              '"proxyless_rs" entry: random streams, multipliers); resuming from it would not '
                              'continue the search it came from')
+        written = state.get('nni')
+        if written is not None and written != NNI_NAME:
+            raise ValueError(
+                f'this checkpoint was written by proxyless_rs\'s strategy under {written} (Lightning '
+                f'{checkpoint.get("pytorch-lightning_version")}); a search under {NNI_NAME} cannot resume it: '
+                'the two keep Lightning\'s loops and the optimizers differently (NNI 2.10\'s weight optimizer '
+                'holds the alphas too). Its supernet loads under either NNI: '
+                'supernet.load_state_dict(proxyless_rs.checkpoint.supernet_state_dict(path))')
         self._check_same_search_space(checkpoint.get('state_dict', {}))
         set_rng_state(state['rng'])
         if state['optimizer_progress'] is not None:

@@ -25,3 +25,6 @@ NNI_MAJOR = _major()
 """3 under NNI 3.x, 2 under NNI 2.x, 0 without NNI."""
 
 NNI3 = NNI_MAJOR >= 3
+
+NNI_NAME = {2: 'NNI 2.10', 3: 'NNI 3.0'}.get(NNI_MAJOR)
+"""The NNI version proxyless_rs serves here, as checkpoints record it; None without NNI."""
