@@ -162,3 +162,25 @@ def test_several_chosen_inputs_need_a_reduction():
     h = torch.relu(net.stem(x))
     torch.testing.assert_close(child(x), net.head((h + net.choice._modules['linear'](h)) / 2))
     torch.jit.script(child)
+
+
+def test_the_retraining_example_runs_the_pipeline_to_deployed_files(tmp_path):
+    # examples/digits_retrain.py end to end, shortened: search, export under a latency limit,
+    # freeze, fine-tune and retrain, deploy as TorchScript (and ONNX) files and load them back.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / 'examples' / 'digits_retrain.py'
+    result = subprocess.run([sys.executable, str(example), '--epochs', '2', '--retrain-epochs', '1',
+                             '--deploy', str(tmp_path / 'child')], capture_output=True, text=True, timeout=600,
+                            cwd=example.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert (tmp_path / 'child.pt').exists() and (tmp_path / 'child.onnx').exists()
+    (scripted,) = [line for line in lines if line.startswith('TorchScript ')]
+    assert scripted.split()[-1] == '0.0e+00'  # the loaded file gives the child's outputs exactly
+    (onnx_line,) = [line for line in lines if line.startswith('ONNX ')]
+    assert float(onnx_line.split()[-1]) < 1e-4
+    (prediction,) = [line for line in lines if line.startswith('table prediction')]
+    assert float(prediction.split()[2]) <= 0.02  # the export is within the limit

@@ -468,3 +468,22 @@ def test_patch_nni_makes_nni3s_strategy_build_our_layers():
         kinds = {type(m) for m in strategy.oneshot_module.supernet_modules()}
         assert kinds == {ProxylessMixedLayer, ProxylessMixedInput, ProxylessMixedRepeat}
     assert nni_proxyless.ProxylessMixedLayer is original
+
+
+def test_layers_build_in_a_plain_script_under_nni_strict_frozen_check(monkeypatch):
+    # NNI 3.0's choices refuse to be built outside a ModelSpace (no frozen context) unless its
+    # _ENSURE_FROZEN_STRICT is off; ours build in a plain script as they do under NNI 2.10, and
+    # leave NNI's setting as it was.
+    import nni.mutable.frozen as frozen
+
+    monkeypatch.setattr(frozen, '_ENSURE_FROZEN_STRICT', True)
+    paths = {'a': nn.Linear(4, 4), 'b': nn.Linear(4, 4)}
+    with pytest.raises(RuntimeError, match='No frozen context'):
+        nni_proxyless.ProxylessMixedLayer(paths, nn.Parameter(torch.zeros(2)), nn.Softmax(-1), 'block')
+    layer = ProxylessMixedLayer(paths, nn.Parameter(torch.zeros(2)), nn.Softmax(-1), 'block')
+    mixed_input = ProxylessMixedInput(3, 1, nn.Parameter(torch.zeros(3)), nn.Softmax(-1), 'readout')
+    assert frozen._ENSURE_FROZEN_STRICT is True
+    layer.resample({})
+    layer(torch.randn(2, 4)).sum().backward()
+    assert layer._arch_alpha.grad is not None
+    assert mixed_input.resample({})['readout'] in ([0], [1], [2], 0, 1, 2)

@@ -11,11 +11,12 @@ depth computed exactly. Its ``check_contains`` discards its blocks' errors; here
 
 from __future__ import annotations
 
-from typing import Any, cast
+import contextlib
+from typing import Any, Iterator, cast
 
 import torch
 import torch.nn as nn
-from nni.mutable import Categorical, Mutable, Sample, SampleValidationError, auto_label, label_scope
+from nni.mutable import Categorical, Mutable, Sample, SampleValidationError, auto_label, frozen, label_scope
 from nni.nas.nn.pytorch import Repeat, recursive_freeze
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
@@ -31,6 +32,22 @@ def _as_dict(paths: Any) -> Any:
             isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in paths):
         return dict(paths)
     return paths
+
+
+@contextlib.contextmanager
+def _outside_a_model_space() -> Iterator[None]:
+    """NNI 3.0's choices read the frozen context of the ``ModelSpace`` being built, and refuse to be
+    built without one (``ensure_frozen``'s strict mode); a supernet built of these layers in a plain
+    script has none: there the choice takes its default, as NNI's non-strict mode gives it."""
+    if frozen.frozen_context.current() is not None:
+        yield
+        return
+    strict = frozen._ENSURE_FROZEN_STRICT
+    frozen._ENSURE_FROZEN_STRICT = False
+    try:
+        yield
+    finally:
+        frozen._ENSURE_FROZEN_STRICT = strict
 
 
 class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
@@ -61,7 +78,8 @@ class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
         paths = _as_dict(paths)
         names = list(paths) if isinstance(paths, dict) else list(range(len(paths)))
         check_alpha_length(type(self), label, alpha, names)
-        super().__init__(paths, alpha, softmax, label)
+        with _outside_a_model_space():
+            super().__init__(paths, alpha, softmax, label)
         self._sampled: str | int | None = None
         self._sample_idx: int | None = None
         self._init_context(alpha, softmax, mode)
@@ -90,7 +108,8 @@ class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
     def __init__(self, n_candidates: int, n_chosen: int | None, alpha: torch.Tensor, softmax: nn.Module, label: str,
                  mode: str = 'full'):
         check_alpha_length(type(self), label, alpha, list(range(n_candidates)))
-        super().__init__(n_candidates, n_chosen, alpha, softmax, label)
+        with _outside_a_model_space():
+            super().__init__(n_candidates, n_chosen, alpha, softmax, label)
         self._sampled: list[int] | None = None
         self._init_context(alpha, softmax, mode)
 
