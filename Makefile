@@ -4,7 +4,7 @@
 #                 plain PyTorch script and through NNI's RetiariiExperiment
 #   make test     set up, build, run the pytest suite and the Rust unit tests
 #   make lint     set up, build, run the gates: cargo fmt --check, cargo clippy -D warnings, ruff, stubtest
-#   make bench    set up, build, run the benchmark harness
+#   make bench    set up, build, run the benchmarks (speed; memory and step time on the paper's space)
 #   make gpu      set up, build, run everything that needs a GPU (scripts/gpu_check.sh)
 #   make wheel    build a wheel into dist/ against the torch of .venv (2.13), the way
 #                 `pip install --no-build-isolation .` builds (build_backend/proxyless_build/)
@@ -167,8 +167,17 @@ stubtest: $(DEVELOP)
 	@echo "==> python -m mypy.stubtest proxyless_rs._core ([tool.mypy] in pyproject.toml)"
 	$(PY) -m mypy.stubtest proxyless_rs._core
 
-bench: $(DEVELOP)
+# Speed (benchmarks/run.py, NNI 2.10), then peak memory and step time on the paper's search space
+# under NNI 2.10 and NNI 3.0, by depth and candidate count (benchmarks/memory.py): their tables
+# and plots are those of docs/benchmarks.md.
+MEMORY_ARGS ?= --depth 2 --depth 4 --depth 6 --depth 8 --candidates 2 --candidates 4 --candidates 6
+bench: $(DEVELOP) $(NNI3_VENV)/.installed
 	$(PY) benchmarks/run.py
+	rm -f benchmarks/results/memory.json
+	$(PY) benchmarks/memory.py $(MEMORY_ARGS) --out benchmarks/results/memory.json
+	$(NNI3_VENV)/bin/python benchmarks/memory.py $(MEMORY_ARGS) --out benchmarks/results/memory.json
+	$(PY) benchmarks/memory.py --table benchmarks/results/memory.json
+	$(PY) benchmarks/memory.py --plot benchmarks/results/memory.json benchmarks/results/memory.png
 
 bench-smoke: $(DEVELOP)
 	@$(call start,benchmark smoke run (tiny shapes))

@@ -18,9 +18,15 @@ Each configuration runs in a process of its own with large allocations going to 
 allocate the optimizers' state, the kernel's peak resident set (``VmHWM``) is reset, and the
 figure is the peak over the next steps less the resident set before them: what the steps
 themselves hold at their peak (activations, saved tensors, gradients), not the model or torch.
+The same processes time a search step (the median of ``--steps`` steps, one thread).
 
-    python benchmarks/memory.py [--depth 2 --depth 4 --depth 6] [--batch 32] [--out results/memory.json]
-    python benchmarks/memory.py --table results/memory.json      # the Markdown table of docs/benchmarks.md
+How the cost grows: at depths ``--depth`` with all 8 candidates, and at depth ``--growth-depth``
+with the first ``--candidates`` of them (the bottlenecks by kernel size, then identity and zero).
+
+    python benchmarks/memory.py [--depth 2 --depth 4 --depth 6] [--candidates 2 --candidates 4 ...]
+                                [--batch 32] [--out results/memory.json]
+    python benchmarks/memory.py --table results/memory.json   # docs/benchmarks.md's tables
+    python benchmarks/memory.py --plot results/memory.json docs/memory.png
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -55,7 +62,7 @@ def _reset_peak() -> None:
         f.write('5')  # resets VmHWM to the current resident set (Linux 4.0 and later)
 
 
-def measure(impl: str, depth: int, batch: int, channels: int, size: int, steps: int) -> dict:
+def measure(impl: str, depth: int, candidates: int, batch: int, channels: int, size: int, steps: int) -> dict:
     """One configuration, in this process: the steps' peak memory (bytes) and seconds per step."""
     import torch
     import torch.nn.functional as F
@@ -84,7 +91,7 @@ def measure(impl: str, depth: int, batch: int, channels: int, size: int, steps: 
         'ours': proxyless_rs.ProxylessMixedLayer,
         'ours-two': lambda *args: proxyless_rs.ProxylessMixedLayer(*args, mode='two'),
     }[impl]
-    net = ConvSupernet(layer_cls, None, depth=depth, channels=channels)
+    net = ConvSupernet(layer_cls, None, depth=depth, channels=channels, candidates=candidates)
     mixed = net.mixed()
     alphas = [m._arch_alpha for m in mixed]
     alpha_ids = {id(a) for a in alphas}
@@ -122,70 +129,144 @@ def measure(impl: str, depth: int, batch: int, channels: int, size: int, steps: 
     step()  # the optimizers' state, torch's first-call allocations
     baseline = _rss_bytes()
     _reset_peak()
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         step()
-    seconds = (time.perf_counter() - start) / steps
-    return {'impl': impl, 'depth': depth, 'batch': batch, 'peak_bytes': _peak_bytes() - baseline,
-            'seconds_per_step': seconds, 'nni': 'NNI 3.0' if NNI3 else 'NNI 2.10', 'torch': torch.__version__}
+        times.append(time.perf_counter() - start)
+    return {'impl': impl, 'depth': depth, 'candidates': candidates, 'batch': batch,
+            'peak_bytes': _peak_bytes() - baseline, 'seconds_per_step': statistics.median(times),
+            'nni': 'NNI 3.0' if NNI3 else 'NNI 2.10', 'torch': torch.__version__}
+
+
+NAMES = {'nni': "NNI's ProxylessMixedLayer", 'darts': "NNI's DARTS (every path)", 'ours': 'proxyless_rs, full',
+         'ours-two': 'proxyless_rs, two-path'}
+
+
+def _grid(results: list[dict], axis: str, fixed: dict, cell) -> list[str]:
+    """Rows of NNI version x implementation, a column per value of ``axis`` (the other axis held at
+    ``fixed``); ``cell(result, NNI's ProxylessNAS result)`` gives each cell's text."""
+    chosen = [r for r in results if all(r.get(k, 8) == v for k, v in fixed.items())]
+    values = sorted({r.get(axis, 8) for r in chosen})
+    label = {'depth': 'depth', 'candidates': 'n ='}[axis]
+    rows = ['| NNI | layers | ' + ' | '.join(f'{label} {v}' for v in values) + ' |',
+            '| --- | --- | ' + ' | '.join('---' for _ in values) + ' |']
+    for nni in sorted({r['nni'] for r in chosen}):
+        by = {(r['impl'], r.get(axis, 8)): r for r in chosen if r['nni'] == nni}
+        for impl in IMPLEMENTATIONS:
+            cells = [cell(by[impl, v], by.get(('nni', v)), impl) if (impl, v) in by else '-' for v in values]
+            rows.append(f'| {nni} | {NAMES[impl]} | ' + ' | '.join(cells) + ' |')
+    return rows
+
+
+def _memory_cell(r: dict, base: dict | None, impl: str) -> str:
+    ratio = '' if base is None or impl == 'nni' else f' ({r["peak_bytes"] / base["peak_bytes"]:.2f}x)'
+    return f'{r["peak_bytes"] / 2**20:.0f} MiB{ratio}'
+
+
+def _time_cell(r: dict, base: dict | None, impl: str) -> str:
+    ratio = '' if base is None or impl == 'nni' else f' ({r["seconds_per_step"] / base["seconds_per_step"]:.2f}x)'
+    return f'{r["seconds_per_step"] * 1e3:.0f} ms{ratio}'
 
 
 def table(results: list[dict]) -> str:
-    """The results as docs/benchmarks.md's Markdown table: peak MiB per implementation and depth,
-    and each one's ratio to the installed NNI's ProxylessNAS layer."""
-    names = {'nni': 'ProxylessMixedLayer', 'darts': 'DARTS (every path)', 'ours': 'proxyless_rs, full',
-             'ours-two': 'proxyless_rs, two-path'}
-    depths = sorted({r['depth'] for r in results})
-    rows = ['| NNI | layers | ' + ' | '.join(f'depth {d}' for d in depths) + ' |',
-            '| --- | --- | ' + ' | '.join('---' for _ in depths) + ' |']
-    for nni in sorted({r['nni'] for r in results}):
-        by = {(r['impl'], r['depth']): r for r in results if r['nni'] == nni}
-        for impl in IMPLEMENTATIONS:
-            cells = []
-            for d in depths:
-                r, base = by.get((impl, d)), by.get(('nni', d))
-                if r is None:
-                    cells.append('-')
+    """docs/benchmarks.md's tables: peak memory and time per search step, by depth (all 8
+    candidates) and by candidate count (at the growth depth), each with its ratio to the installed
+    NNI's ProxylessNAS layer."""
+    growth = [r for r in results if r.get('candidates', 8) != 8]
+    growth_depth = growth[0]['depth'] if growth else None
+    parts = [('Peak memory of a search step, by depth (n = 8)', 'depth', {'candidates': 8}, _memory_cell),
+             ('Time per search step, by depth (n = 8)', 'depth', {'candidates': 8}, _time_cell)]
+    if growth_depth is not None:
+        parts += [(f'Peak memory, by candidate count (depth {growth_depth})', 'candidates', {'depth': growth_depth},
+                   _memory_cell),
+                  (f'Time per search step, by candidate count (depth {growth_depth})', 'candidates',
+                   {'depth': growth_depth}, _time_cell)]
+    out = []
+    for title, axis, fixed, cell in parts:
+        out += [f'**{title}**', '', *_grid(results, axis, fixed, cell), '']
+    return '\n'.join(out).rstrip() + '\n'
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """How the cost grows: time per step and peak memory against depth and against candidate count,
+    a line per NNI version and implementation."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    growth = [r for r in results if r.get('candidates', 8) != 8]
+    growth_depth = growth[0]['depth'] if growth else None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex='col')
+    styles = {'NNI 2.10': '-', 'NNI 3.0': '--'}
+    colours = {'nni': 'tab:blue', 'darts': 'tab:red', 'ours': 'tab:green', 'ours-two': 'tab:olive'}
+    for col, (axis, fixed) in enumerate([('depth', {'candidates': 8}), ('candidates', {'depth': growth_depth})]):
+        chosen = [r for r in results if all(r.get(k, 8) == v for k, v in fixed.items())]
+        for nni in sorted({r['nni'] for r in chosen}):
+            for impl in IMPLEMENTATIONS:
+                points = sorted((r.get(axis, 8), r) for r in chosen if r['nni'] == nni and r['impl'] == impl)
+                if not points:
                     continue
-                mib = r['peak_bytes'] / 2**20
-                cells.append(f'{mib:.0f} MiB' + (f' ({r["peak_bytes"] / base["peak_bytes"]:.2f}x)'
-                                                 if base is not None and impl != 'nni' else ''))
-            who = f'NNI\'s {names[impl]}' if impl in ('nni', 'darts') else names[impl]
-            rows.append(f'| {nni} | {who} | ' + ' | '.join(cells) + ' |')
-    return '\n'.join(rows)
+                xs = [x for x, _ in points]
+                for row, (key, scale) in enumerate([('seconds_per_step', 1e3), ('peak_bytes', 2**-20)]):
+                    axes[row][col].plot(xs, [r[key] * scale for _, r in points], styles[nni], marker='o',
+                                        color=colours[impl], label=f'{nni}: {NAMES[impl]}')
+        axes[1][col].set_xlabel('depth (8 candidates)' if axis == 'depth' else f'candidates (depth {growth_depth})')
+    for col in range(2):
+        axes[0][col].set_ylabel('ms per search step')
+        axes[1][col].set_ylabel('peak MiB of a search step')
+        for row in range(2):
+            axes[row][col].set_yscale('log')
+            axes[row][col].grid(True, which='both', alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle('A search step on the paper\'s search space (batch 32, 16 channels, 32x32, one CPU thread)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--depth', type=int, action='append')
+    parser.add_argument('--candidates', type=int, action='append',
+                        help='candidate counts to run at --growth-depth (default: none)')
+    parser.add_argument('--growth-depth', type=int, default=4)
     parser.add_argument('--impl', action='append', choices=IMPLEMENTATIONS)
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--channels', type=int, default=16)
     parser.add_argument('--size', type=int, default=32)
-    parser.add_argument('--steps', type=int, default=3)
+    parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--out', default=None, help='append the results to this JSON file')
     parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)  # a child process's run
-    parser.add_argument('--table', default=None, help='print the Markdown table of a results file and stop')
+    parser.add_argument('--table', default=None, help='print the Markdown tables of a results file and stop')
+    parser.add_argument('--plot', nargs=2, metavar=('RESULTS', 'PNG'), help='plot a results file and stop')
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return
+    if args.plot:
+        plot(json.loads(Path(args.plot[0]).read_text()), Path(args.plot[1]))
+        return
     depths, impls = args.depth or [2, 4, 6], args.impl or list(IMPLEMENTATIONS)
     if args.one:
-        print(json.dumps(measure(impls[0], depths[0], args.batch, args.channels, args.size, args.steps)))
+        print(json.dumps(measure(impls[0], depths[0], (args.candidates or [8])[0], args.batch, args.channels,
+                                 args.size, args.steps)))
         return
+    configs = [(d, 8) for d in depths] + [(args.growth_depth, n) for n in args.candidates or [] if n != 8]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536', OMP_NUM_THREADS='1')
     results = []
-    for depth in depths:
+    for depth, candidates in configs:
         for impl in impls:
             out = subprocess.run([sys.executable, __file__, '--one', '--impl', impl, '--depth', str(depth),
-                                  '--batch', str(args.batch), '--channels', str(args.channels),
-                                  '--size', str(args.size), '--steps', str(args.steps)],
+                                  '--candidates', str(candidates), '--batch', str(args.batch),
+                                  '--channels', str(args.channels), '--size', str(args.size),
+                                  '--steps', str(args.steps)],
                                  env=env, capture_output=True, text=True, check=True)
             result = json.loads(out.stdout.strip().splitlines()[-1])
             results.append(result)
-            print(f"{result['nni']:<9} depth {depth}  {impl:<9} peak {result['peak_bytes'] / 2**20:8.1f} MiB  "
-                  f"{result['seconds_per_step'] * 1e3:8.0f} ms/step", flush=True)
+            print(f"{result['nni']:<9} depth {depth}  n={candidates}  {impl:<9} peak "
+                  f"{result['peak_bytes'] / 2**20:8.1f} MiB  {result['seconds_per_step'] * 1e3:8.0f} ms/step",
+                  flush=True)
     if args.out:
         path = Path(args.out)
         previous = json.loads(path.read_text()) if path.exists() else []

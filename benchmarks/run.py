@@ -157,7 +157,9 @@ def two_path_cases(smoke: bool) -> list[dict]:
 def arch_step_cases(smoke: bool) -> list[dict]:
     """proxyless_rs's architecture step with every weight gradient computed (what NNI and a plain
     backward do) against :func:`proxyless_rs.no_weight_grad` (alpha's gradient only), full and
-    two-path, on the compute-bound chain of Linear(1024) + ReLU: same nets, seeds, draws."""
+    two-path, on the compute-bound chain of Linear(1024) + ReLU: same nets, seeds, draws. Then the
+    same in a whole search step: that architecture step followed by a weight step (a draw, forward
+    and backward under ``no_arch_grad``)."""
     import functools
 
     import proxyless_rs
@@ -166,16 +168,29 @@ def arch_step_cases(smoke: bool) -> list[dict]:
         with proxyless_rs.no_weight_grad(net):
             training_step(net, x)
 
+    def weight_step(net: nn.Module, x: torch.Tensor) -> None:
+        memo: dict = {}
+        for module in net.mixed():
+            memo.update(module.resample(memo))
+        net.zero_grad(set_to_none=True)
+        with proxyless_rs.no_arch_grad(net):
+            net(x).square().mean().backward()
+
+    def search_step(arch_step: Callable) -> Callable:
+        return lambda net, x: (arch_step(net, x), weight_step(net, x))
+
     depth, dim, batch = (2, 16, 4) if smoke else (8, 1024, 256)
     results = []
-    for mode in ('full', 'two'):
-        layers = (functools.partial(proxyless_rs.ProxylessMixedLayer, mode=mode), proxyless_rs.ProxylessMixedInput)
-        case = Case(f'arch step {mode}', f'L={depth}, n=7, Linear({dim}) + ReLU, batch {batch}',
-                    partial(MixedChain, depth=depth, n=7, dim=dim, act=torch.relu),
-                    lambda: torch.randn(batch, dim), 3 if smoke else 11, 1)
-        result = time_case(case, {'weights': layers, 'alpha only': layers}, baseline='weights',
-                           contender='alpha only', steps={'alpha only': frozen_step})
-        results.append(result)
+    for step, (baseline, contender) in [('arch step', (training_step, frozen_step)),
+                                        ('search step', (search_step(training_step), search_step(frozen_step)))]:
+        for mode in ('full', 'two'):
+            layers = (functools.partial(proxyless_rs.ProxylessMixedLayer, mode=mode), proxyless_rs.ProxylessMixedInput)
+            case = Case(f'{step} {mode}', f'L={depth}, n=7, Linear({dim}) + ReLU, batch {batch}',
+                        partial(MixedChain, depth=depth, n=7, dim=dim, act=torch.relu),
+                        lambda: torch.randn(batch, dim), 3 if smoke else 11, 1)
+            result = time_case(case, {'weights': layers, 'alpha only': layers}, baseline='weights',
+                               contender='alpha only', steps={'weights': baseline, 'alpha only': contender})
+            results.append(result)
     return results
 
 
@@ -359,7 +374,8 @@ def markdown(results: list[dict], header: str) -> str:
                   f"| {r['speedup']:.2f}x |" for r in two_path]
     arch_steps = [r for r in results if 'weights' in r]
     if arch_steps:
-        lines += ['', '| architecture step: every weight gradient vs alpha\'s only (`no_weight_grad`) | weights '
+        lines += ['', '| architecture step: every weight gradient vs alpha\'s only (`no_weight_grad`); search '
+                      'step: the same, then a weight step | weights '
                       'min / median / max | alpha only min / median / max | speed-up (median of paired ratios) |',
                   '| --- | --- | --- | --- |']
         lines += [f"| {r['case']}: {r['description']} ({r['unit']}) | {fmt(r['weights'])} | {fmt(r['alpha only'])} "

@@ -57,14 +57,17 @@ def mobilenet_candidates(channels: int) -> list[tuple[str, nn.Module]]:
 
 
 class ConvSupernet(nn.Module):
-    """A ProxylessNAS-style supernet: residual blocks whose body is a mixed layer of 8 candidates."""
+    """A ProxylessNAS-style supernet: residual blocks whose body is a mixed layer of (up to) 8 candidates."""
 
-    def __init__(self, layer_cls, input_cls, depth: int, channels: int, classes: int = 10):
+    def __init__(self, layer_cls, input_cls, depth: int, channels: int, classes: int = 10, candidates: int = 8):
+        # ``candidates`` < 8: the first ones of mobilenet_candidates (the bottlenecks by kernel size,
+        # then identity and zero), for how the cost grows with the candidate count.
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
                                   nn.ReLU6())
         self.blocks = nn.ModuleList([
-            layer_cls(mobilenet_candidates(channels), nn.Parameter(torch.randn(8) * 1e-3), nn.Softmax(-1), f'block{i}')
+            layer_cls(mobilenet_candidates(channels)[:candidates], nn.Parameter(torch.randn(candidates) * 1e-3),
+                      nn.Softmax(-1), f'block{i}')
             for i in range(depth)
         ])
         self.head = nn.Linear(channels, classes)
