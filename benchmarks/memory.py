@@ -18,7 +18,9 @@ Each configuration runs in a process of its own with large allocations going to 
 allocate the optimizers' state, the kernel's peak resident set (``VmHWM``) is reset, and the
 figure is the peak over the next steps less the resident set before them: what the steps
 themselves hold at their peak (activations, saved tensors, gradients), not the model or torch.
-The same processes time a search step (the median of ``--steps`` steps, one thread).
+A second process per configuration, with the default allocator (an mmap per large tensor costs
+page faults that would swamp the arithmetic), times a search step: the median of ``--steps``
+steps, one thread.
 
 How the cost grows: at depths ``--depth`` with all 8 candidates, and at depth ``--growth-depth``
 with the first ``--candidates`` of them (the bottlenecks by kernel size, then identity and zero).
@@ -231,11 +233,14 @@ def main() -> None:
     parser.add_argument('--candidates', type=int, action='append',
                         help='candidate counts to run at --growth-depth (default: none)')
     parser.add_argument('--growth-depth', type=int, default=4)
+    parser.add_argument('--growth-impl', action='append', choices=IMPLEMENTATIONS,
+                        help='the implementations run by candidate count (default: all but darts)')
     parser.add_argument('--impl', action='append', choices=IMPLEMENTATIONS)
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--channels', type=int, default=16)
     parser.add_argument('--size', type=int, default=32)
-    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--steps', type=int, default=5, help='timed steps per configuration')
+    parser.add_argument('--memory-steps', type=int, default=2, help='steps over which the peak is taken')
     parser.add_argument('--out', default=None, help='append the results to this JSON file')
     parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)  # a child process's run
     parser.add_argument('--table', default=None, help='print the Markdown tables of a results file and stop')
@@ -252,21 +257,27 @@ def main() -> None:
         print(json.dumps(measure(impls[0], depths[0], (args.candidates or [8])[0], args.batch, args.channels,
                                  args.size, args.steps)))
         return
-    configs = [(d, 8) for d in depths] + [(args.growth_depth, n) for n in args.candidates or [] if n != 8]
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536', OMP_NUM_THREADS='1')
+    growth_impls = args.growth_impl or [i for i in impls if i != 'darts']
+    configs = [(d, 8, impl) for d in depths for impl in impls] + [
+        (args.growth_depth, n, impl) for n in args.candidates or [] if n != 8 for impl in growth_impls]
+    memory_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536', OMP_NUM_THREADS='1')
+    time_env = dict(os.environ, OMP_NUM_THREADS='1')
     results = []
-    for depth, candidates in configs:
-        for impl in impls:
-            out = subprocess.run([sys.executable, __file__, '--one', '--impl', impl, '--depth', str(depth),
-                                  '--candidates', str(candidates), '--batch', str(args.batch),
-                                  '--channels', str(args.channels), '--size', str(args.size),
-                                  '--steps', str(args.steps)],
-                                 env=env, capture_output=True, text=True, check=True)
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            results.append(result)
-            print(f"{result['nni']:<9} depth {depth}  n={candidates}  {impl:<9} peak "
-                  f"{result['peak_bytes'] / 2**20:8.1f} MiB  {result['seconds_per_step'] * 1e3:8.0f} ms/step",
-                  flush=True)
+
+    def one(impl: str, depth: int, candidates: int, steps: int, env: dict) -> dict:
+        out = subprocess.run([sys.executable, __file__, '--one', '--impl', impl, '--depth', str(depth),
+                              '--candidates', str(candidates), '--batch', str(args.batch),
+                              '--channels', str(args.channels), '--size', str(args.size), '--steps', str(steps)],
+                             env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    for depth, candidates, impl in configs:
+        result = one(impl, depth, candidates, args.memory_steps, memory_env)
+        result['seconds_per_step'] = one(impl, depth, candidates, args.steps, time_env)['seconds_per_step']
+        results.append(result)
+        print(f"{result['nni']:<9} depth {depth}  n={candidates}  {impl:<9} peak "
+              f"{result['peak_bytes'] / 2**20:8.1f} MiB  {result['seconds_per_step'] * 1e3:8.0f} ms/step",
+              flush=True)
     if args.out:
         path = Path(args.out)
         previous = json.loads(path.read_text()) if path.exists() else []
