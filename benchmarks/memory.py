@@ -156,6 +156,8 @@ def _grid(results: list[dict], axis: str, fixed: dict, cell) -> list[str]:
     for nni in sorted({r['nni'] for r in chosen}):
         by = {(r['impl'], r.get(axis, 8)): r for r in chosen if r['nni'] == nni}
         for impl in IMPLEMENTATIONS:
+            if sum((impl, v) in by for v in values) < min(2, len(values)):
+                continue  # a single point is no line (the growth runs leave DARTS out)
             cells = [cell(by[impl, v], by.get(('nni', v)), impl) if (impl, v) in by else '-' for v in values]
             rows.append(f'| {nni} | {NAMES[impl]} | ' + ' | '.join(cells) + ' |')
     return rows
@@ -177,8 +179,9 @@ def table(results: list[dict]) -> str:
     NNI's ProxylessNAS layer."""
     growth = [r for r in results if r.get('candidates', 8) != 8]
     growth_depth = growth[0]['depth'] if growth else None
-    parts = [('Peak memory of a search step, by depth (n = 8)', 'depth', {'candidates': 8}, _memory_cell),
-             ('Time per search step, by depth (n = 8)', 'depth', {'candidates': 8}, _time_cell)]
+    parts = [('Peak memory of a search step, by depth (n = 8; in brackets, the ratio to NNI\'s ProxylessMixedLayer)',
+              'depth', {'candidates': 8}, _memory_cell),
+             ('Time per search step, by depth (n = 8; the same ratio)', 'depth', {'candidates': 8}, _time_cell)]
     if growth_depth is not None:
         parts += [(f'Peak memory, by candidate count (depth {growth_depth})', 'candidates', {'depth': growth_depth},
                    _memory_cell),
@@ -207,8 +210,9 @@ def plot(results: list[dict], path: Path) -> None:
         chosen = [r for r in results if all(r.get(k, 8) == v for k, v in fixed.items())]
         for nni in sorted({r['nni'] for r in chosen}):
             for impl in IMPLEMENTATIONS:
-                points = sorted((r.get(axis, 8), r) for r in chosen if r['nni'] == nni and r['impl'] == impl)
-                if not points:
+                points = sorted(((r.get(axis, 8), r) for r in chosen if r['nni'] == nni and r['impl'] == impl),
+                                key=lambda point: point[0])
+                if len(points) < 2:
                     continue
                 xs = [x for x, _ in points]
                 for row, (key, scale) in enumerate([('seconds_per_step', 1e3), ('peak_bytes', 2**-20)]):
@@ -221,9 +225,10 @@ def plot(results: list[dict], path: Path) -> None:
         for row in range(2):
             axes[row][col].set_yscale('log')
             axes[row][col].grid(True, which='both', alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=4, fontsize=8)
     fig.suptitle('A search step on the paper\'s search space (batch 32, 16 channels, 32x32, one CPU thread)')
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
 
 
