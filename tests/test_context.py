@@ -155,3 +155,77 @@ def test_no_arch_grad_skips_the_alpha_work_and_keeps_weight_gradients():
             assert p.grad is None and q.grad is not None
         elif q.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+
+
+def _linear_choice(candidates):
+    alpha = nn.Parameter(torch.randn(len(candidates), dtype=torch.float64) * 1e-3)
+    return proxyless_rs.ProxylessMixedLayer([(f'op{k}', m) for k, m in enumerate(candidates)], alpha,
+                                            nn.Softmax(-1), 'direct')
+
+
+def _alpha_grad(layer, x, index):
+    layer.resample({'direct': f'op{index}'})
+    layer._arch_alpha.grad = None
+    layer(x).square().sum().backward()
+    return layer._arch_alpha.grad.clone()
+
+
+def test_candidates_called_directly_give_what_their_python_calls_give():
+    """The core calls a candidate without forward_path and nn.Module.__call__ where those do nothing
+    (and an nn.Linear through its linear op): the same outputs and alpha gradients as the Python calls."""
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    torch.manual_seed(0)
+    candidates = [nn.Linear(4, 4, dtype=torch.float64), nn.Linear(4, 4, bias=False, dtype=torch.float64),
+                  Scaled(4, 4, dtype=torch.float64), nn.Sequential(nn.Linear(4, 4, dtype=torch.float64), nn.Tanh())]
+    layer = _linear_choice(candidates)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    direct = [_alpha_grad(layer, x, k) for k in range(len(candidates))]
+
+    class Patched(proxyless_rs.ProxylessMixedLayer):  # a subclass's forward_path is called as such
+        def forward_path(self, index, *args, **kwargs):
+            return self._modules[self.op_names[index]](*args, **kwargs)
+
+    layer.__class__ = Patched
+    through_python = [_alpha_grad(layer, x, k) for k in range(len(candidates))]
+    assert all(torch.equal(a, b) for a, b in zip(direct, through_python))
+
+
+@pytest.mark.parametrize('where', ['module', 'global', 'pre', 'forward_attr'])
+def test_hooks_on_candidates_still_run_in_the_backward(where):
+    torch.manual_seed(0)
+    candidates = [nn.Linear(4, 4, dtype=torch.float64) for _ in range(3)]
+    layer = _linear_choice(candidates)
+    seen = []
+
+    def hook(module, *_):
+        index = next((k for k, c in enumerate(candidates) if c is module), None)
+        if index is not None:  # a global hook sees the layer too
+            seen.append((index, torch.is_grad_enabled()))
+
+    if where == 'module':
+        handles = [c.register_forward_hook(hook) for c in candidates]
+    elif where == 'pre':
+        handles = [c.register_forward_pre_hook(hook) for c in candidates]
+    elif where == 'global':
+        handles = [nn.modules.module.register_module_forward_hook(hook)]
+    else:  # an instance attribute `forward`, as accelerate's hooks set it
+        handles = []
+
+        def wrapped(index, forward):
+            def call(x):
+                seen.append((index, torch.is_grad_enabled()))
+                return forward(x)
+            return call
+
+        for k, c in enumerate(candidates):
+            c.forward = wrapped(k, c.forward)
+    try:
+        layer.resample({'direct': 'op1'})
+        layer(torch.randn(2, 4, dtype=torch.float64)).sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == [(1, True), (0, False), (2, False)]

@@ -5,6 +5,8 @@
 
 /// What the core reads of autograd's state (grad mode, torch's private queries).
 pub mod autograd_state;
+/// A candidate called without the Python frames that do nothing (plain lookup, hook-free call).
+pub mod module_call;
 /// The raw CPython call of a candidate.
 pub mod py_vectorcall;
 /// The torch release this extension was built against, checked against the one loaded.

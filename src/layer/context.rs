@@ -18,7 +18,7 @@ use tch::Tensor;
 use crate::arch::{ArchParameter, TwoPathDraw};
 use crate::errors::in_context;
 use crate::interop::autograd_state::grad_mode_enabled;
-use crate::interop::py_vectorcall::call_candidate;
+use crate::interop::module_call::call_candidate;
 use crate::layer::saved_call::{LiveCall, SavedCall, SavedInput};
 use crate::layer::Layer;
 use crate::{interop::tree, layer::tap};
@@ -266,7 +266,7 @@ impl ProxylessContext {
         }
         // The tensor autograd sees as the layer's alpha in this call: the module's `_arch_alpha`
         // (which torch.func.functional_call may substitute), else the shared parameter's.
-        let alpha = match module.getattr(intern!(py, "_arch_alpha")) {
+        let alpha = match crate::interop::module_call::module_attribute(module, intern!(py, "_arch_alpha")) {
             Ok(alpha) => alpha,
             Err(_) => ctx.layer.arch.get().alpha_object(py).clone(),
         };
@@ -275,8 +275,7 @@ impl ProxylessContext {
             && tree::expect_tensor(&alpha, "arch_alpha")?.requires_grad();
         let input = if saving { Some(SavedInput::detach(args, kwargs)?) } else { None };
 
-        let forward_path = module.getattr(intern!(py, "forward_path"))?;
-        let layer_output = call_candidate(&forward_path, index, args, kwargs)?;
+        let layer_output = call_candidate(module, index, args, kwargs)?;
         let sampled = || format!("{}: the sampled {}", ctx.layer.name, ctx.layer.describe_candidate(module, index));
         let (parts, output) = tree::output_tensors(&layer_output, &sampled)?;
         let Some(input) = input else { return Ok(layer_output.unbind()) };

@@ -9,7 +9,7 @@ use pyo3::types::PyTuple;
 use tch::Tensor;
 
 use crate::errors::in_context;
-use crate::interop::py_vectorcall::call_candidate;
+use crate::interop::module_call::call_candidate;
 use crate::layer::saved_call::SavedCall;
 use crate::layer::Layer;
 use crate::{arch::kernel, interop::tree};
@@ -86,7 +86,6 @@ pub fn alpha_grad(
     let in_layer = in_context(&layer.name);
 
     let _no_grad = tch::no_grad_guard();
-    let forward_path = module.getattr(intern!(py, "forward_path"))?;
     let (args, kwargs) = (call.args(py), call.kwargs(py));
     let sample_idx = call.sample_idx();
     // Full mode evaluates every candidate; two-path mode the sampled one and its partner only.
@@ -103,7 +102,7 @@ pub fn alpha_grad(
         let out = if k == sample_idx {
             call.output().tensors.iter().map(|t| t.as_ref().map(Tensor::shallow_clone)).collect()
         } else {
-            let out = call_candidate(&forward_path, k, args, kwargs).map_err(|err| {
+            let out = call_candidate(module, k, args, kwargs).map_err(|err| {
                 let note = format!(
                     "(raised by {} of {}, evaluated in the binary-gate backward)",
                     layer.describe_candidate(module, k),

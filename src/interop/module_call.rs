@@ -1,0 +1,252 @@
+//! A mixed layer's candidate called the way `layer.forward_path(k, *args)` calls it, without the
+//! Python frames in between where they do nothing: the layer's own `forward_path` (a lookup of
+//! the candidate), `nn.Module.__call__` when no hook is registered (it then calls `forward`),
+//! and, for an exact `torch.nn.Linear` on a plain tensor, `Linear.forward` itself (`F.linear` on
+//! the module's parameters: the same libtorch op, so the same values and the same graph).
+//!
+//! Each shortcut is taken only where the Python path is known to do exactly that; anything else
+//! (a patched or overridden `forward_path`, a hook anywhere, a compiled or traced module, a
+//! subclass, a tensor subclass or a torch function mode, an error) goes through the Python calls.
+//! In an overhead-bound search these frames are a third of a small candidate's call (issue #20).
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+use crate::interop::tree;
+
+/// What the shortcuts compare against, looked up once.
+struct Torch {
+    /// `torch.nn.Module.__call__`, `_call_impl` and `_wrapped_call_impl` (None where absent).
+    module_call: Vec<Option<PyObject>>,
+    /// `torch.nn.Module.__getattr__` and `object.__getattribute__`.
+    module_getattr: PyObject,
+    object_getattribute: PyObject,
+    /// The globals of `torch.nn.modules.module`, where the global module hooks live.
+    module_globals: Py<PyDict>,
+    linear: PyObject,
+    linear_forward: PyObject,
+    tensor: PyObject,
+    parameter: PyObject,
+    tracing_state: PyObject,
+    function_mode_enabled: Option<PyObject>,
+}
+
+impl Torch {
+    fn get(py: Python<'_>) -> PyResult<&Torch> {
+        static TORCH: GILOnceCell<Torch> = GILOnceCell::new();
+        TORCH.get_or_try_init(py, || {
+            let nn = py.import("torch.nn")?;
+            let module = nn.getattr("Module")?;
+            let module_call = ["__call__", "_call_impl", "_wrapped_call_impl"]
+                .iter()
+                .map(|name| module.getattr(*name).ok().map(Bound::unbind))
+                .collect();
+            let module_globals = py.import("torch.nn.modules.module")?.dict().unbind();
+            let module_getattr = module.getattr("__getattr__")?.unbind();
+            let object_getattribute = py.get_type::<pyo3::types::PyAny>().getattr("__getattribute__")?.unbind();
+            let linear = nn.getattr("Linear")?;
+            let linear_forward = linear.getattr("__dict__")?.get_item("forward")?.unbind();
+            let c = py.import("torch._C")?;
+            Ok(Torch {
+                module_call,
+                module_getattr,
+                object_getattribute,
+                module_globals,
+                linear: linear.unbind().into_any(),
+                linear_forward,
+                tensor: py.import("torch")?.getattr("Tensor")?.unbind(),
+                parameter: nn.getattr("Parameter")?.unbind(),
+                tracing_state: c.getattr("_get_tracing_state")?.unbind(),
+                function_mode_enabled: c.getattr("_is_torch_function_mode_enabled").ok().map(Bound::unbind),
+            })
+        })
+    }
+}
+
+/// `obj.__dict__`, without a descriptor call.
+fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, PyDict>> {
+    // SAFETY: PyObject_GenericGetDict returns a new reference or NULL with an exception set.
+    let dict = unsafe { pyo3::ffi::PyObject_GenericGetDict(obj.as_ptr(), std::ptr::null_mut()) };
+    if dict.is_null() {
+        let _ = PyErr::take(obj.py());
+        return None;
+    }
+    // SAFETY: a new, owned reference.
+    let dict = unsafe { Bound::from_owned_ptr(obj.py(), dict) };
+    dict.downcast_into::<PyDict>().ok()
+}
+
+/// Whether `dict[name]` is an empty container (false where it is missing: not the torch we know).
+fn empty_entry(dict: &Bound<'_, PyDict>, name: &Bound<'_, PyString>) -> bool {
+    matches!(dict.get_item(name), Ok(Some(value)) if value.len().is_ok_and(|n| n == 0))
+}
+
+/// `module.<name>` for an `nn.Module` whose class neither defines `name` nor overrides attribute
+/// access: its instance dict, else its parameters, buffers and submodules, as
+/// `nn.Module.__getattr__` looks (without the Python frame); `getattr` for anything else.
+pub fn module_attribute<'py>(module: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+    let py = module.py();
+    let ty = module.get_type();
+    let torch = Torch::get(py)?;
+    let plain = ty.getattr(intern!(py, "__getattr__")).is_ok_and(|f| f.is(torch.module_getattr.bind(py)))
+        && ty.getattr(intern!(py, "__getattribute__")).is_ok_and(|f| f.is(torch.object_getattribute.bind(py)))
+        && !ty.hasattr(name)?;
+    if plain {
+        if let Some(dict) = instance_dict(module) {
+            if let Some(value) = dict.get_item(name)? {
+                return Ok(value);
+            }
+            for members in [intern!(py, "_parameters"), intern!(py, "_buffers"), intern!(py, "_modules")] {
+                let Some(members) = dict.get_item(members)? else { continue };
+                if let Some(value) = members.downcast::<PyDict>().ok().and_then(|m| m.get_item(name).ok().flatten()) {
+                    return Ok(value);
+                }
+            }
+        }
+    }
+    module.getattr(name)
+}
+
+/// Candidate `k` of `layer` when `layer.forward_path` is the plain lookup its class declares in
+/// `_plain_forward_path = (forward_path, names_attribute)`: `layer._modules[str(names[k])]`.
+fn plain_candidate<'py>(layer: &Bound<'py, PyAny>, k: i64) -> Option<Bound<'py, PyAny>> {
+    let py = layer.py();
+    let ty = layer.get_type();
+    let plain = ty.getattr(intern!(py, "_plain_forward_path")).ok()?;
+    let (function, names_attr): (Bound<'_, PyAny>, Bound<'_, PyString>) = plain.extract().ok()?;
+    if !ty.getattr(intern!(py, "forward_path")).ok()?.is(&function) {
+        return None;
+    }
+    let dict = instance_dict(layer)?;
+    if dict.contains(intern!(py, "forward_path")).ok()? {
+        return None;
+    }
+    let name = dict.get_item(names_attr).ok()??.get_item(k).ok()?;
+    let name = if name.downcast::<PyString>().is_ok() { name } else { name.str().ok()?.into_any() };
+    dict.get_item(intern!(py, "_modules")).ok()??.downcast::<PyDict>().ok()?.get_item(name).ok()?
+}
+
+/// Whether `candidate(*args)` would do nothing but call `candidate.forward(*args)`: the class's
+/// `__call__` is `nn.Module`'s, no hook of the module or global one is registered, it is not
+/// compiled (`module.compile()`), and no trace is running.
+fn calls_forward_only(torch: &Torch, candidate: &Bound<'_, PyAny>, dict: &Bound<'_, PyDict>) -> bool {
+    let py = candidate.py();
+    let ty = candidate.get_type();
+    let names = [intern!(py, "__call__"), intern!(py, "_call_impl"), intern!(py, "_wrapped_call_impl")];
+    for (name, original) in names.iter().zip(&torch.module_call) {
+        let found = ty.getattr(name).ok();
+        match (found, original) {
+            (Some(found), Some(original)) if found.is(original) => {}
+            (None, None) => {}
+            _ => return false,
+        }
+    }
+    if let Ok(Some(compiled)) = dict.get_item(intern!(py, "_compiled_call_impl")) {
+        if !compiled.is_none() {
+            return false;
+        }
+    }
+    let globals = torch.module_globals.bind(py);
+    let hooks = [
+        intern!(py, "_backward_hooks"),
+        intern!(py, "_backward_pre_hooks"),
+        intern!(py, "_forward_hooks"),
+        intern!(py, "_forward_pre_hooks"),
+    ];
+    let global_hooks = [
+        intern!(py, "_global_backward_hooks"),
+        intern!(py, "_global_backward_pre_hooks"),
+        intern!(py, "_global_forward_hooks"),
+        intern!(py, "_global_forward_pre_hooks"),
+    ];
+    hooks.iter().all(|name| empty_entry(dict, name))
+        && global_hooks.iter().all(|name| empty_entry(globals, name))
+        && torch.tracing_state.call0(py).is_ok_and(|state| state.is_none(py))
+}
+
+/// `F.linear(x, weight, bias)` for an exact `nn.Linear` whose `forward` is torch's, on one plain
+/// tensor, with plain parameters and no torch function mode; `None` where any of that does not
+/// hold, or libtorch refuses (the Python call then raises the error it raises).
+fn linear(
+    torch: &Torch,
+    candidate: &Bound<'_, PyAny>,
+    dict: &Bound<'_, PyDict>,
+    args: &Bound<'_, PyTuple>,
+) -> Option<PyObject> {
+    let py = candidate.py();
+    if !candidate.get_type().is(torch.linear.bind(py)) || args.len() != 1 {
+        return None;
+    }
+    let ty = candidate.get_type();
+    if !ty.getattr(intern!(py, "forward")).ok()?.is(torch.linear_forward.bind(py)) {
+        return None;
+    }
+    for name in [intern!(py, "forward"), intern!(py, "weight"), intern!(py, "bias")] {
+        if dict.contains(name).ok()? {
+            return None;
+        }
+    }
+    if let Some(enabled) = &torch.function_mode_enabled {
+        if enabled.call0(py).ok()?.is_truthy(py).ok()? {
+            return None;
+        }
+    } else {
+        return None;
+    }
+    let plain = |t: &Bound<'_, PyAny>, parameter_too: bool| {
+        let ty = t.get_type();
+        ty.is(torch.tensor.bind(py)) || (parameter_too && ty.is(torch.parameter.bind(py)))
+    };
+    let input = args.get_item(0).ok()?;
+    let params = dict.get_item(intern!(py, "_parameters")).ok()??;
+    let params = params.downcast::<PyDict>().ok()?;
+    let weight = params.get_item(intern!(py, "weight")).ok()??;
+    let bias = params.get_item(intern!(py, "bias")).ok()??;
+    if !plain(&input, false) || !plain(&weight, true) || !(bias.is_none() || plain(&bias, true)) {
+        return None;
+    }
+    let (input, weight) = (tree::as_tensor(&input).ok()??, tree::as_tensor(&weight).ok()??);
+    let bias = if bias.is_none() { None } else { Some(tree::as_tensor(&bias).ok()??) };
+    let out = input.f_linear(&weight, bias.as_ref()).ok()?;
+    tree::to_python(py, &out).ok()
+}
+
+/// `candidate(*args)`, `candidate.forward(*args)` where that is all the call does, or the
+/// linear op of an `nn.Linear` (see [`linear`]).
+fn call_module<'py>(
+    candidate: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = candidate.py();
+    let torch = Torch::get(py)?;
+    let Some(dict) = instance_dict(candidate) else { return candidate.call(args, kwargs) };
+    if !calls_forward_only(torch, candidate, &dict) {
+        return candidate.call(args, kwargs);
+    }
+    if kwargs.is_none() {
+        if let Some(out) = linear(torch, candidate, &dict, args) {
+            return Ok(out.into_bound(py));
+        }
+    }
+    candidate.call_method(intern!(py, "forward"), args, kwargs)
+}
+
+/// `layer.forward_path(k, *args, **kwargs)`: candidate `k` of the mixed layer `layer`, called
+/// directly where its class's `forward_path` is the plain lookup (see the module's text).
+pub fn call_candidate<'py>(
+    layer: &Bound<'py, PyAny>,
+    k: i64,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match plain_candidate(layer, k) {
+        Some(candidate) => call_module(&candidate, args, kwargs),
+        None => {
+            let forward_path = layer.getattr(intern!(layer.py(), "forward_path"))?;
+            crate::interop::py_vectorcall::call_candidate(&forward_path, k, args, kwargs)
+        }
+    }
+}
