@@ -67,7 +67,7 @@ fn dot_f64<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> f64 {
 /// A contiguous host tensor's elements, if it holds `T`. Refused (None) where the memory does not
 /// hold the tensor's values as they read: another device or dtype, a strided or sparse layout, or
 /// a lazily negated or conjugated view (`-x` of a view, `x.conj()`: the bit is applied on read).
-fn host_slice<T: Element>(t: &Tensor) -> Option<&[T]> {
+pub(crate) fn host_slice<T: Element>(t: &Tensor) -> Option<&[T]> {
     if t.device() != tch::Device::Cpu
         || t.kind() != T::KIND
         || t.is_sparse()

@@ -2,8 +2,10 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use tch::{TchError, Tensor};
+use tch::kind::Element;
+use tch::{Kind, TchError, Tensor};
 
+use crate::arch::kernel::host_slice;
 use crate::errors::in_context;
 use crate::interop::tree::PyTensor;
 
@@ -47,11 +49,99 @@ pub fn draw_pair(probs: &Tensor) -> Result<(i64, i64), TchError> {
 /// draw with NNI's `torch.multinomial` under the same seeds, at both ends of the torch span). A
 /// softmax's output needs one check only: it is never negative and sums to 1 unless it holds a
 /// NaN, and a NaN is always the largest `probs / q`, so reading the drawn quotient says it.
+///
+/// One index from a contiguous host tensor is taken on the host from the same draws: the
+/// quotients are the same IEEE divisions, and the argmax the first largest one (a NaN: `None`),
+/// without the five dispatches of the division, the argmax and the reads.
 pub fn draw_from_softmax(probs: &Tensor, n: i64) -> Result<Option<Vec<i64>>, TchError> {
-    let quotient = probs.f_div(&probs.f_empty_like()?.f_exponential_(1.0)?)?;
+    let exponential = probs.f_empty_like()?.f_exponential_(1.0)?;
+    if n == 1 {
+        let host = match probs.kind() {
+            Kind::Float => host_argmax_quotient::<f32>(probs, &exponential),
+            Kind::Double => host_argmax_quotient::<f64>(probs, &exponential),
+            _ => None,
+        };
+        if let Some(drawn) = host {
+            return Ok(drawn.map(|index| vec![index]));
+        }
+    }
+    let quotient = probs.f_div(&exponential)?;
     let drawn = if n == 1 { quotient.f_argmax(-1, false)?.f_view([1])? } else { quotient.f_topk(n, -1, true, true)?.1 };
     let drawn = drawn.f_to_device(tch::Device::Cpu)?;
     let drawn = (0..n).map(|i| drawn.f_int64_value(&[i])).collect::<Result<Vec<_>, _>>()?;
     let largest = quotient.f_double_value(&[drawn[0]])?;
     Ok(if largest.is_nan() { None } else { Some(drawn) })
+}
+
+/// `argmax(probs / exponential)` of two contiguous 1-d host tensors of `T`, as libtorch's argmax
+/// takes it (the first of equal largest values), `Some(None)` if a quotient is NaN; `None` where
+/// the tensors are not such (the tensor ops then run).
+fn host_argmax_quotient<T: Element + Copy + PartialOrd + std::ops::Div<Output = T> + Into<f64>>(
+    probs: &Tensor,
+    exponential: &Tensor,
+) -> Option<Option<i64>> {
+    if probs.dim() != 1 {
+        return None;
+    }
+    let (p, q) = (host_slice::<T>(probs)?, host_slice::<T>(exponential)?);
+    if p.is_empty() || p.len() != q.len() {
+        return None;
+    }
+    let mut best = (0usize, p[0] / q[0]);
+    for (i, (&p, &q)) in p.iter().zip(q).enumerate() {
+        let quotient = p / q;
+        if quotient.into().is_nan() {
+            return Some(None);
+        }
+        if quotient > best.1 {
+            best = (i, quotient);
+        }
+    }
+    Some(Some(best.0 as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// The tensor form the host loop replaces: argmax of `probs / exponential`, NaN as None.
+    fn tensor_draw(probs: &Tensor, exponential: &Tensor) -> Option<i64> {
+        let quotient = probs.f_div(exponential).unwrap();
+        let index = quotient.argmax(-1, false).int64_value(&[]);
+        if quotient.double_value(&[index]).is_nan() {
+            None
+        } else {
+            Some(index)
+        }
+    }
+
+    #[test]
+    fn host_draw_is_the_tensor_draw() {
+        for kind in [Kind::Float, Kind::Double] {
+            for seed in 0..200 {
+                tch::manual_seed(seed);
+                let n = 1 + seed % 9;
+                let probs = (Tensor::randn([n], (kind, Device::Cpu)) * 3.0).softmax(0, None::<Kind>);
+                let exponential = probs.empty_like().exponential_(1.0);
+                let host = match kind {
+                    Kind::Float => host_argmax_quotient::<f32>(&probs, &exponential),
+                    _ => host_argmax_quotient::<f64>(&probs, &exponential),
+                };
+                assert_eq!(host, Some(tensor_draw(&probs, &exponential)), "{kind:?}, seed {seed}");
+            }
+            // Ties take the first index; a NaN anywhere gives None.
+            let probs = Tensor::from_slice(&[0.25f64, 0.5, 0.5, 0.25]).to_kind(kind);
+            let ones = probs.ones_like();
+            assert_eq!(tensor_draw(&probs, &ones), Some(1));
+            let host = |p: &Tensor| match kind {
+                Kind::Float => host_argmax_quotient::<f32>(p, &ones),
+                _ => host_argmax_quotient::<f64>(p, &ones),
+            };
+            assert_eq!(host(&probs), Some(Some(1)));
+            let nan = Tensor::from_slice(&[0.25f64, f64::NAN, 0.5, 0.25]).to_kind(kind);
+            assert_eq!(host(&nan), Some(None));
+            assert_eq!(tensor_draw(&nan, &ones), None);
+        }
+    }
 }
