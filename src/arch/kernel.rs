@@ -78,12 +78,13 @@ pub(crate) fn host_slice<T: Element>(t: &Tensor) -> Option<&[T]> {
     {
         return None;
     }
-    if t.numel() == 0 {
+    let numel = t.numel(); // the product of `size()`, which tch reads into a new Vec: once
+    if numel == 0 {
         return Some(&[]); // data_ptr may be null
     }
     // SAFETY: a contiguous CPU tensor of `numel` elements of `kind` (= T) starts at data_ptr, and
     // the borrow of `t` keeps its storage alive.
-    Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel()) })
+    Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, numel) })
 }
 
 /// [`binary_gate_grads`] on the host: for small contiguous float tensors in host memory, n dot
@@ -117,7 +118,8 @@ fn host_gate_grads(outputs: &[&Tensor], grad: &Tensor) -> Option<Tensor> {
 /// The binary-gate gradients of all candidates, `b_k = sum(out_k * grad)`, as a 1-d tensor.
 pub fn binary_gate_grads(outputs: &[Vec<Option<Tensor>>], grads: &[Option<Tensor>]) -> Result<Tensor, TchError> {
     if let [Some(grad)] = grads {
-        let same = |out: &Vec<Option<Tensor>>| matches!(out.as_slice(), [Some(out)] if out.size() == grad.size() && out.kind() == grad.kind());
+        let (size, kind) = (grad.size(), grad.kind());
+        let same = |out: &Vec<Option<Tensor>>| matches!(out.as_slice(), [Some(out)] if out.size() == size && out.kind() == kind);
         if batchable(grads) && outputs.iter().all(same) {
             let outputs: Vec<&Tensor> = outputs.iter().map(|out| out[0].as_ref().expect("checked by same")).collect();
             if let Some(gates) = host_gate_grads(&outputs, grad) {

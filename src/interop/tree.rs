@@ -240,6 +240,11 @@ pub fn output_tensors<'py>(
     obj: &Bound<'py, PyAny>,
     what: &dyn Fn() -> String,
 ) -> PyResult<(OutputParts<'py>, OutputTensors)> {
+    if let Some(tensor) = as_tensor(obj)? {
+        // The common case, without taking the tensor apart twice.
+        let parts = OutputParts { items: vec![obj.clone()], keys: None };
+        return Ok((parts, OutputTensors { tensors: vec![Some(tensor)], others: vec![None], keys: None }));
+    }
     let Some(parts) = output_parts(obj)? else {
         return Err(PyTypeError::new_err(format!("{} returned {}; {EXPECTED}", what(), type_name(obj))));
     };
