@@ -89,7 +89,9 @@ fn empty_entry(dict: &Bound<'_, PyDict>, name: &Bound<'_, PyString>) -> bool {
 pub fn module_attribute<'py>(module: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
     let py = module.py();
     let ty = module.get_type();
-    let torch = Torch::get(py)?;
+    // What the shortcut compares against is looked up once; where torch lacks a part of it, the
+    // plain getattr (and below, the plain call) is what runs.
+    let Ok(torch) = Torch::get(py) else { return module.getattr(name) };
     let plain = ty.getattr(intern!(py, "__getattr__")).is_ok_and(|f| f.is(torch.module_getattr.bind(py)))
         && ty.getattr(intern!(py, "__getattribute__")).is_ok_and(|f| f.is(torch.object_getattribute.bind(py)))
         && !ty.hasattr(name)?;
@@ -221,8 +223,9 @@ fn call_module<'py>(
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = candidate.py();
-    let torch = Torch::get(py)?;
-    let Some(dict) = instance_dict(candidate) else { return candidate.call(args, kwargs) };
+    let (Ok(torch), Some(dict)) = (Torch::get(py), instance_dict(candidate)) else {
+        return candidate.call(args, kwargs);
+    };
     if !calls_forward_only(torch, candidate, &dict) {
         return candidate.call(args, kwargs);
     }
