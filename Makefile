@@ -55,7 +55,8 @@ TORCH ?= 2.7.1
 TORCH_RELEASE = $(word 1,$(subst ., ,$(TORCH))).$(word 2,$(subst ., ,$(TORCH)))
 REG_VENV = .venv-torch$(TORCH_RELEASE)
 # The same list as scripts/span.py's REGRESSION_TESTS.
-REGRESSION_TESTS := tests/test_regression.py tests/test_contract.py tests/test_two_path.py tests/test_torch_span.py
+REGRESSION_TESTS := tests/test_regression.py tests/test_contract.py tests/test_two_path.py tests/test_torch_span.py \
+    tests/test_context.py
 NNI3_VENV = .venv-nni3
 # NNI 3.0's own stack pins torch 2.0.0 (requirements-nni3.txt).
 NNI3_TORCH := $(shell sed -n 's/^torch==//p' requirements-nni3.txt)

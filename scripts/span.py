@@ -51,6 +51,7 @@ WHEELS = ROOT / 'dist' / 'wheels'
 # The same list as the Makefile's REGRESSION_TESTS.
 REGRESSION_TESTS = [
     'tests/test_regression.py', 'tests/test_contract.py', 'tests/test_two_path.py', 'tests/test_torch_span.py',
+    'tests/test_context.py',
 ]
 BEGIN, END = '<!-- span table: begin (scripts/span.py table) -->', '<!-- span table: end -->'
 HEARTBEAT_S = 30
