@@ -1,5 +1,5 @@
 //! The raw CPython call of a candidate (`forward_path(k, *args, **kwargs)`), on its own as
-//! pydantic-core keeps its `py_vectorcall.rs`: the one `unsafe` FFI call of the core's Python side.
+//! pydantic-core keeps its `py_vectorcall.rs`: CPython's vectorcall, behind one safe function.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
