@@ -269,5 +269,7 @@ def test_parameters_arch_means_the_same_under_both_nni_versions():
     weights = [layer.a.weight, layer.a.bias, layer.b.weight, layer.b.bias]
     assert list(map(id, layer.parameters(arch=False))) == list(map(id, weights))
     assert list(map(id, layer.parameters())) == list(map(id, [alpha, *weights] if NNI3 else weights))
+    assert list(layer.parameters(False)) == ([alpha] if NNI3 else [])  # recurse=False, as nn.Module takes it
+    assert list(layer.parameters(recurse=False, arch=False)) == []
     assert list(mixed_input.parameters(arch=True)) == [mixed_input._arch_alpha]
     assert list(mixed_input.parameters(arch=False)) == []

@@ -181,15 +181,15 @@ class ProxylessLayer:
     def _name(self) -> str:
         return f'{type(self).__name__} {self.label!r}'
 
-    def parameters(self, *args, arch: bool | None = None, **kwargs) -> Iterator[nn.Parameter]:
+    def parameters(self, recurse: bool = True, arch: bool | None = None) -> Iterator[nn.Parameter]:
         """The installed NNI's ``parameters()`` (NNI 2.10's layers leave the alphas out, NNI 3.0's
         include them), and one meaning of ``arch`` under both: ``arch=True`` the layer's alphas only,
         ``arch=False`` every parameter but them, so that a script builds its two optimizers the same
         way under either NNI (and their state dicts load under the other)."""
         if arch is None:
-            return super().parameters(*args, **kwargs)  # type: ignore[misc]
+            return super().parameters(recurse=recurse)  # type: ignore[misc]
         # nn.Module's walk, not NNI 2.10's named_parameters (which reads arch itself, as NNI 3.0's does not).
-        return (p for name, p in nn.Module.named_parameters(self, *args, **kwargs)  # type: ignore[arg-type]
+        return (p for name, p in nn.Module.named_parameters(self, recurse=recurse)  # type: ignore[arg-type]
                 if (name in self._arch_parameter_names) == arch)  # type: ignore[attr-defined]
 
     @property
