@@ -184,6 +184,11 @@ bench: $(DEVELOP) $(NNI3_VENV)/.installed
 bench-smoke: $(DEVELOP)
 	@$(call start,benchmark smoke run (tiny shapes))
 	$(PY) benchmarks/run.py --smoke --out $(CURDIR)/target/bench-smoke
+	rm -f target/bench-smoke/memory.json
+	$(PY) benchmarks/memory.py --depth 1 --candidates 2 --growth-depth 1 --batch 2 --channels 4 --size 8 \
+	    --steps 1 --memory-steps 1 --out target/bench-smoke/memory.json
+	$(PY) benchmarks/memory.py --table target/bench-smoke/memory.json > target/bench-smoke/memory.md
+	$(PY) benchmarks/memory.py --plot target/bench-smoke/memory.json target/bench-smoke/memory.png
 	$(call done,benchmark smoke run)
 
 gpu: $(DEVELOP)
