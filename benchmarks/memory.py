@@ -173,12 +173,17 @@ def _time_cell(r: dict, base: dict | None, impl: str) -> str:
     return f'{r["seconds_per_step"] * 1e3:.0f} ms{ratio}'
 
 
+def _growth_depth(results: list[dict]) -> int | None:
+    """The depth the candidate-count runs ran at (None without them)."""
+    growth = [r for r in results if r.get('candidates', 8) != 8]
+    return growth[0]['depth'] if growth else None
+
+
 def table(results: list[dict]) -> str:
     """docs/benchmarks.md's tables: peak memory and time per search step, by depth (all 8
     candidates) and by candidate count (at the growth depth), each with its ratio to the installed
     NNI's ProxylessNAS layer."""
-    growth = [r for r in results if r.get('candidates', 8) != 8]
-    growth_depth = growth[0]['depth'] if growth else None
+    growth_depth = _growth_depth(results)
     parts = [('Peak memory of a search step, by depth (n = 8; in brackets, the ratio to NNI\'s ProxylessMixedLayer)',
               'depth', {'candidates': 8}, _memory_cell),
              ('Time per search step, by depth (n = 8; the same ratio)', 'depth', {'candidates': 8}, _time_cell)]
@@ -201,8 +206,7 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    growth = [r for r in results if r.get('candidates', 8) != 8]
-    growth_depth = growth[0]['depth'] if growth else None
+    growth_depth = _growth_depth(results)
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex='col')
     styles = {'NNI 2.10': '-', 'NNI 3.0': '--'}
     colours = {'nni': 'tab:blue', 'darts': 'tab:red', 'ours': 'tab:green', 'ours-two': 'tab:olive'}
