@@ -282,7 +282,7 @@ def _hook_alone(layer, x: torch.Tensor, grad: torch.Tensor,
     def our_hook() -> torch.Tensor:
         # The output's node is the gradient tap; its hook returns alpha's gradient. Called as in a
         # backward without create_graph: with grad mode off.
-        hooked = layer.ctx.forward(layer, (x,), None, 0)
+        hooked = layer.ctx.forward(layer._alternatives(), (x,), None, 0, layer._arch_alpha)
         with torch.no_grad():
             return hooked.grad_fn.hook((grad,), True)
 

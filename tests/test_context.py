@@ -79,11 +79,12 @@ def test_context_api():
         ctx.resample(3)
     layer = proxyless_rs.ProxylessMixedLayer([(f'op{k}', nn.Linear(2, 2)) for k in range(3)], alpha, softmax, 'op')
     x = torch.randn(4, 2)
-    out = ctx.forward(layer, (x,), {}, 1)
+    # The choice contract: the alternatives as a list of modules, or one callable taking the index.
+    out = ctx.forward([layer.op0, layer.op1, layer.op2], (x,), {}, 1, alpha)
     torch.testing.assert_close(out, layer.op1(x), rtol=0, atol=0)
     assert len(ctx) == 1 and 'live calls=1' in repr(ctx)
     with torch.no_grad():
-        ctx.forward(layer, (x,), None, 1)
+        ctx.forward(layer.forward_path, (x,), None, 1, alpha)
     assert len(ctx) == 1
     del out
     assert len(ctx) == 0

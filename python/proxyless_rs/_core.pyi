@@ -1,6 +1,6 @@
 """Type stubs for the compiled core ``proxyless_rs._core`` (Rust, built by maturin)."""
 
-from typing import Any, Callable, Optional, final
+from typing import Any, Callable, Optional, Sequence, final
 
 import torch
 from torch import nn
@@ -33,16 +33,21 @@ class ArchParameter:
 
 @final
 class ProxylessContext:
-    """The Rust side of one mixed layer: its ArchParameter, softmax, mode, draws and forward.
+    """The Rust side of one choice: its ArchParameter, softmax, mode, draws and forward.
 
-    Each forward that a backward can follow passes its output through the gradient tap, an autograd
-    node with alpha as an input, whose hook owns the saved inputs and output. Nothing is saved when
-    grad is disabled, alpha does not require grad, no output tensor is floating-point, or
-    ``enabled`` is False. Pickling keeps the ArchParameter, softmax, label, name and mode.
+    A choice is what the Python side hands over: its alternatives, as a list of callables (each
+    called as ``alternatives[k](*args, **kwargs)``; an ``nn.Module`` without hooks is called
+    without ``nn.Module.__call__``'s frame) or one callable (called as
+    ``alternatives(k, *args, **kwargs)``), and the tensor that is alpha in the call. Each forward
+    that a backward can follow passes its output through the gradient tap, an autograd node with
+    alpha as an input, whose hook owns the saved inputs and output. Nothing is saved when grad is
+    disabled, alpha does not require grad, no output tensor is floating-point, or ``enabled`` is
+    False. Pickling keeps the ArchParameter, softmax, label, name, mode, names and noun.
     """
 
     def __new__(cls, arch: ArchParameter | torch.Tensor, softmax: nn.Module, label: Any = None,
-                name: Optional[str] = None, mode: str = "full") -> "ProxylessContext": ...
+                name: Optional[str] = None, mode: str = "full", names: Optional[Sequence[Any]] = None,
+                noun: str = "candidate") -> "ProxylessContext": ...
     @property
     def arch(self) -> ArchParameter: ...
     @property
@@ -56,12 +61,14 @@ class ProxylessContext:
     def partner_of(self, index: int) -> Optional[int]: ...
     mode: str
     enabled: bool
-    grad_forwards: int
     def resample(self, chosen: Optional[int] = None) -> int:
         """Take ``chosen`` (from a memo) or draw from ``softmax(alpha)``; returns the path index."""
-    def forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: Optional[dict[str, Any]],
-                index: int) -> Any:
-        """Run ``module.forward_path(index, *args, **kwargs)`` and pass its output through the tap."""
+    def forward(self, alternatives: Any, args: tuple[Any, ...], kwargs: Optional[dict[str, Any]], index: int,
+                alpha: torch.Tensor) -> Any:
+        """Run alternative ``index`` on ``args`` / ``kwargs`` and pass its output through the tap."""
+    def tap(self, alternatives: Any, args: tuple[Any, ...], kwargs: Optional[dict[str, Any]], index: int,
+            alpha: torch.Tensor, output: Any) -> Any:
+        """Pass ``output``, alternative ``index`` on ``args`` / ``kwargs`` computed by the caller, through the tap."""
     def __len__(self) -> int:
         """The number of calls whose saved state is alive."""
 

@@ -10,7 +10,6 @@ saved belongs to the autograd node (the gradient tap) on that call's output.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -43,76 +42,6 @@ def _proxyless_layers(*modules: nn.Module) -> Iterator[nn.Module]:
                 yield module
 
 
-def _unique_arch_parameters(layers: Iterable[nn.Module]) -> list[ArchParameter]:
-    """The layers' architecture parameters, each once (layers sharing a label share one), in order."""
-    return list({id(layer.ctx.arch): layer.ctx.arch for layer in layers}.values())
-
-
-@contextlib.contextmanager
-def no_arch_grad(*modules: nn.Module) -> Iterator[None]:
-    """Within this block, the ProxylessNAS layers inside ``modules`` skip their alpha-gradient work.
-
-    Forwards save nothing and attach no hook, so backward neither evaluates the unsampled
-    candidates nor touches ``alpha.grad``: use it around a weight step whose alpha gradients
-    would be thrown away. Weight gradients are unchanged. What else differs from a full step:
-    the unsampled candidates' forwards in backward no longer run, so they neither update their
-    BatchNorm running statistics nor draw random numbers (dropout), and later draws shift.
-    Other modules (NNI's own layers included) are left as they are.
-    """
-    contexts = [layer.ctx for layer in _proxyless_layers(*modules)]
-    previous = [ctx.enabled for ctx in contexts]
-    for ctx in contexts:
-        ctx.enabled = False
-    try:
-        yield
-    finally:
-        for ctx, enabled in zip(contexts, previous):
-            ctx.enabled = enabled
-
-
-@contextlib.contextmanager
-def no_weight_grad(*modules: nn.Module, keep: Iterable[torch.Tensor] = ()) -> Iterator[None]:
-    """Within this block, backward computes the architecture gradients only: every parameter of
-    ``modules`` but the ProxylessNAS layers' alphas (and the tensors in ``keep``) has
-    ``requires_grad`` off, restored on exit. The mirror image of :func:`no_arch_grad`, for an
-    architecture step.
-
-    Why: the architecture step uses alpha's gradient alone, yet a plain backward also computes
-    the gradient of every weight on the sampled path (half a linear layer's or a convolution's
-    backward arithmetic), and autograd keeps each such layer's input alive for it. Here autograd
-    neither computes those nor saves what only they need; the gradient still flows through the
-    sampled paths to every mixed layer's output (whose gradient tap carries alpha's path whatever
-    its input and weights require), so every alpha gets exactly the gradient it gets without the
-    block. What differs: no weight gets a gradient from the step (one-shot strategies clear them
-    before the weight step anyway), and a hook on a weight does not fire.
-    """
-    kept = {id(layer._arch_alpha) for layer in _proxyless_layers(*modules)} | {id(t) for t in keep}
-    frozen = list({id(p): p for root in modules for p in root.parameters()
-                   if p.requires_grad and id(p) not in kept}.values())
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-
-
-def rescale_two_path(*modules: nn.Module) -> None:
-    """Call right after the architecture optimizer's step when layers run in two-path mode.
-
-    For each architecture parameter sampled in two-path mode since the last call, shifts the two
-    involved logits by one common offset so that their summed ``exp`` is what it was before the
-    step (mit-han-lab's ``rescale_updated_arch_param``), and puts every other logit back to its
-    value at the draw (an optimizer with momentum or weight decay moves them although their
-    gradient was zero): the two candidates trade probability between themselves and every other
-    candidate's probability is unchanged. Full-mode layers are left alone.
-    :class:`proxyless_rs.strategy.Proxyless` calls it for you.
-    """
-    for arch in _unique_arch_parameters(_proxyless_layers(*modules)):
-        arch.rescale()
-
-
 def depth_distribution(block_probs: list[torch.Tensor]) -> torch.Tensor:
     """``P(sum of independent Bernoulli(p_i) = k)`` for ``k = 0 .. len(block_probs)`` (a depth choice
     built as a chain of skip-or-block choices: ``p_i`` is the probability of taking block ``i``).
@@ -137,9 +66,9 @@ _NOT_TRACEABLE = (
 )
 
 
-def _forward_under_dynamo(layer: nn.Module, args: tuple, kwargs: dict, index: int) -> Any:
+def _forward_under_dynamo(layer: Any, args: tuple, kwargs: dict, index: int) -> Any:
     """The layer's forward where torch.compile traces it: run eagerly, behind a graph break."""
-    return layer.ctx.forward(layer, args, kwargs, index)
+    return layer.ctx.forward(layer._alternatives(), args, kwargs, index, layer._alpha_now())
 
 
 # Dynamo does not inline it but runs it eagerly, and under fullgraph=True it refuses with this reason
@@ -174,9 +103,23 @@ class ProxylessLayer:
             layer.mode = mutate_kwargs.get('proxyless_mode', 'full')
         return layer
 
-    def _init_context(self, alpha: torch.Tensor, softmax: nn.Module, mode: str) -> None:
+    def _init_context(self, alpha: torch.Tensor, softmax: nn.Module, mode: str, names: list | None = None,
+                      noun: str = 'candidate') -> None:
         # alpha may be shared by several layers (one label): so is its ArchParameter.
-        self.ctx = ProxylessContext(_arch_parameter(alpha), softmax, self.label, self._name(), mode)
+        self.ctx = ProxylessContext(_arch_parameter(alpha), softmax, self.label, self._name(), mode, names, noun)
+
+    def _alpha_now(self) -> torch.Tensor:
+        """The tensor that is the layer's alpha in this call: the registered parameter, or what
+        ``torch.func.functional_call`` put in its place (an instance attribute or a ``_parameters``
+        entry). Read from the dicts, without ``nn.Module.__getattr__``'s Python frame."""
+        d = self.__dict__
+        alpha = d.get('_arch_alpha')
+        return d['_parameters']['_arch_alpha'] if alpha is None else alpha
+
+    def _alternatives(self) -> Any:
+        """The layer's alternatives as the core calls them: ``forward_path`` (called as
+        ``forward_path(k, *args, **kwargs)``); a layer choice hands over its candidate modules."""
+        return self.forward_path  # type: ignore[attr-defined]
 
     def _name(self) -> str:
         return f'{type(self).__name__} {self.label!r}'
@@ -225,7 +168,7 @@ class ProxylessLayer:
             raise RuntimeError(_NOT_TRACEABLE.format(self._name(), 'trace', 'trace'))
         if is_compiling():
             return _forward_under_dynamo(self, args, kwargs, index)  # type: ignore[arg-type]
-        return self.ctx.forward(self, args, kwargs, index)
+        return self.ctx.forward(self._alternatives(), args, kwargs, index, self._alpha_now())
 
     def forward_candidate(self, index: int, *args, **kwargs) -> Any:
         """Candidate ``index`` on the arguments of a call of the layer (for profiling)."""
@@ -253,6 +196,25 @@ class ProxylessLayerChoice(ProxylessLayer):
         """Candidate ``index``, the submodule registered under its name (as a str: NNI 3.0 names a
         list's candidates 0, 1, ...)."""
         return self._modules[str(self.names[index])]  # type: ignore[return-value]
+
+    def _alternatives(self) -> Any:
+        """The candidate modules, in order, where ``forward_path`` is the class's plain lookup
+        (``_plain_forward_path``): the core then calls each module itself, without the lookup's
+        Python frame. A subclass's or a patched ``forward_path`` is handed over as it is."""
+        cls = type(self)
+        d = self.__dict__
+        if cls.forward_path is not cls._plain_forward_path or 'forward_path' in d:  # type: ignore[attr-defined]
+            return self.forward_path  # type: ignore[attr-defined]
+        modules = d.get('_candidate_modules')
+        if modules is None:
+            modules = d['_candidate_modules'] = [self.candidate(i) for i in range(len(self.names))]
+        return modules
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A candidate replaced by assignment: the list the core calls is built again.
+        if isinstance(value, nn.Module):
+            self.__dict__.pop('_candidate_modules', None)
+        super().__setattr__(name, value)
 
     def forward(self, *args, **kwargs):
         """Forward pass of the sampled path only."""

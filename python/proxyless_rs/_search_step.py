@@ -33,7 +33,8 @@ from typing import Any
 import torch
 import torch.optim as optim
 
-from ._layer import ProxylessLayer, no_arch_grad, no_weight_grad, rescale_two_path
+from ._choices import no_arch_grad, no_weight_grad, rescale_two_path
+from ._layer import ProxylessLayer
 from ._lightning_compat import counted_optimizer_step
 from .checkpoint import rng_state, set_rng_state
 from .hardware.costs import CostSpec, CostTable, RankedArchitecture, constrained_export, cost_loss, top_architectures
@@ -116,6 +117,13 @@ class SearchOptions:
         return latency_table, (CostTable(tables) if tables else None), cost_spec
 
 
+def _is_alpha_key(key: str) -> bool:
+    """Whether a state dict key is a choice's alpha: a layer's ``..._arch_alpha``, a mixed
+    operation's ``..._arch_alpha.<label>``."""
+    parts = key.split('.')
+    return parts[-1] == '_arch_alpha' or (len(parts) > 1 and parts[-2] == '_arch_alpha')
+
+
 class ProxylessSearchStep:
     """Mixin for a one-shot Lightning module of NNI's: the step described in the module doc."""
 
@@ -186,9 +194,13 @@ class ProxylessSearchStep:
     def _check_same_search_space(self, saved: dict[str, Any]) -> None:
         """Refuses a checkpoint of another search space, naming the first layer that differs (before
         Lightning's own load, whose error lists every key)."""
-        here = {f'{name}._arch_alpha': module for name, module in self.named_modules()  # type: ignore[attr-defined]
-                if isinstance(module, ProxylessLayer)}
-        there = {key: value for key, value in saved.items() if key.endswith('_arch_alpha')}
+        here = {}
+        for name, module in self.named_modules():  # type: ignore[attr-defined]
+            if isinstance(module, ProxylessLayer):
+                here[f'{name}._arch_alpha'] = module
+            for label, site in getattr(module.__dict__.get('sampling_policy'), 'sites', {}).items():
+                here[f'{name}._arch_alpha.{label}'] = site
+        there = {key: value for key, value in saved.items() if _is_alpha_key(key)}
         for key, layer in here.items():
             if key not in there:
                 raise ValueError(f'{layer._name()}: the checkpoint is of another search space; it has no '

@@ -3,10 +3,12 @@ the chosen architecture and the supernet's trained weights (once-for-all's ``get
 
 What it builds, layer by layer: a mixed layer becomes a copy of its chosen candidate; a mixed input
 becomes :class:`ChosenInput` (or :class:`ChosenInputs`, for several); a depth choice becomes an
-``nn.Sequential`` of its first blocks, as many as the chosen depth. Everything else is copied as
-it is. The child holds no architecture parameter, no hook and no module of proxyless_rs but the two
-small input selectors, which TorchScript, tracing, ONNX export and ``torch.compile(fullgraph=True)``
-take; in eval mode it gives the supernet's outputs with that architecture fixed, bit for bit.
+``nn.Sequential`` of its first blocks, as many as the chosen depth; a mixed operation (value choices
+in a ``Conv2d``, ``Linear``, ...) becomes the plain torch module of its chosen values holding the
+supernet's sliced weights (NNI's slicing). Everything else is copied as it is. The child holds no
+architecture parameter, no hook and no module of proxyless_rs but the two small input selectors,
+which TorchScript, tracing, ONNX export and ``torch.compile(fullgraph=True)`` take; in eval mode it
+gives the supernet's outputs with that architecture fixed, bit for bit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, _proxyless_layers
+from ._mixed import ProxylessMixedOpPolicy, mixed_operations, plain_operation
 
 __all__ = ['freeze', 'ChosenInput', 'ChosenInputs']
 
@@ -57,11 +60,12 @@ class ChosenInputs(nn.Module):
 
 
 def _export(model: nn.Module) -> dict[str, Any]:
-    """The architecture the layers export (the most probable choices), in module order."""
+    """The architecture the layers and mixed operations export (the most probable choices), in module order."""
     memo: dict[str, Any] = {}
+    operations = {id(op) for op in mixed_operations(model)}
     for module in model.modules():
-        if isinstance(module, (ProxylessLayer, DepthChain)):
-            memo.update(module.export(memo))  # type: ignore[attr-defined]
+        if isinstance(module, (ProxylessLayer, DepthChain)) or id(module) in operations:
+            memo.update(module.export(memo))  # type: ignore[attr-defined,operator]
     return memo
 
 
@@ -73,6 +77,8 @@ def _chosen(module: nn.Module, arch: Mapping[str, Any], label: Any) -> Any:
 
 
 def _frozen(module: nn.Module, arch: Mapping[str, Any], reduction: str | None) -> nn.Module:
+    if isinstance(module.__dict__.get('sampling_policy'), ProxylessMixedOpPolicy):
+        return plain_operation(module, arch)
     if isinstance(module, DepthChain):
         depth = arch.get(module.depth_label)
         if depth is None:  # the chain's own choices: its first blocks taken
@@ -114,7 +120,7 @@ def freeze(model: nn.Module, arch: Mapping[str, Any] | None = None, *, reduction
         raise ValueError(f"freeze: reduction must be 'sum', 'mean' or None, got {reduction!r}")
     arch = _export(model) if arch is None else dict(arch)
     child = _frozen(copy.deepcopy(model), arch, reduction)
-    left = [type(m).__name__ for m in _proxyless_layers(child)]
+    left = [type(m).__name__ for m in (*_proxyless_layers(child), *mixed_operations(child))]
     if left:  # a mixed layer no rule reached (e.g. inside a container freeze does not enter)
         raise TypeError(f'freeze: mixed layers are left in the child: {left}')
     return child

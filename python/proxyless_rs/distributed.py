@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ._layer import _proxyless_layers, _unique_arch_parameters
+from ._choices import choices, unique_arch_parameters
 
 __all__ = ['setup', 'DistributedSearch']
 
@@ -126,10 +126,10 @@ def setup(model: nn.Module, group=None, src: int = 0) -> DistributedSearch:
     if group is None:
         # Same backend and timeout as the default group, so a dead peer fails us as soon as it would DDP.
         group = dist.new_group(backend=dist.get_backend(), timeout=_default_group_timeout())
-    layers = list(_proxyless_layers(model))
-    if not layers:
-        raise ValueError('proxyless_rs.distributed.setup: the model has no ProxylessNAS mixed layers')
-    arch_parameters = _unique_arch_parameters(layers)
+    found = list(choices(model))
+    if not found:
+        raise ValueError('proxyless_rs.distributed.setup: the model has no ProxylessNAS mixed layers or value choices')
+    arch_parameters = unique_arch_parameters(found)
     alphas = [arch.alpha for arch in arch_parameters]
     alpha_ids = {id(alpha) for alpha in alphas}
     names = [name for name, p in model.named_parameters() if id(p) in alpha_ids]

@@ -8,7 +8,8 @@ the forward and the per-call backward, is in ``_layer`` and the Rust core.
 
 from __future__ import annotations
 
-from ._layer import MODES, ProxylessLayer, depth_distribution, no_arch_grad, no_weight_grad, rescale_two_path
+from ._choices import no_arch_grad, no_weight_grad, rescale_two_path
+from ._layer import MODES, ProxylessLayer, depth_distribution
 from .nni.version import NNI3
 
 if NNI3:

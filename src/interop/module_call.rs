@@ -1,18 +1,18 @@
-//! A mixed layer's candidate called the way `layer.forward_path(k, *args)` calls it, without the
-//! Python frames in between where they do nothing: the layer's own `forward_path` (a lookup of
-//! the candidate), `nn.Module.__call__` when no hook is registered (it then calls `forward`),
-//! and, for an exact `torch.nn.Linear` on a plain tensor, `Linear.forward` itself (`F.linear` on
-//! the module's parameters: the same libtorch op, so the same values and the same graph).
+//! An alternative of a choice called on a call's arguments, without the Python frames in between
+//! where they do nothing: `nn.Module.__call__` when no hook is registered (it then calls
+//! `forward`), and, for an exact `torch.nn.Linear` on a plain tensor, `Linear.forward` itself
+//! (`F.linear` on the module's parameters: the same libtorch op, so the same values and the same
+//! graph). Which object is alternative `k` is the Python side's to say (see [`call_alternative`]).
 //!
 //! Each shortcut is taken only where the Python path is known to do exactly that; anything else
-//! (a patched or overridden `forward_path`, a hook anywhere, a compiled or traced module, a
-//! subclass, a tensor subclass or a torch function mode, an error) goes through the Python calls.
-//! In an overhead-bound search these frames are a third of a small candidate's call (issue #20).
+//! (a hook anywhere, a compiled or traced module, a subclass, a tensor subclass or a torch
+//! function mode, an error) goes through the Python call. In an overhead-bound search these frames
+//! are a third of a small candidate's call (issue #20).
 
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::interop::tree;
 
@@ -20,9 +20,6 @@ use crate::interop::tree;
 struct Torch {
     /// `torch.nn.Module.__call__`, `_call_impl` and `_wrapped_call_impl` (None where absent).
     module_call: Vec<Option<PyObject>>,
-    /// `torch.nn.Module.__getattr__` and `object.__getattribute__`.
-    module_getattr: PyObject,
-    object_getattribute: PyObject,
     /// The globals of `torch.nn.modules.module`, where the global module hooks live.
     module_globals: Py<PyDict>,
     linear: PyObject,
@@ -44,15 +41,11 @@ impl Torch {
                 .map(|name| module.getattr(*name).ok().map(Bound::unbind))
                 .collect();
             let module_globals = py.import("torch.nn.modules.module")?.dict().unbind();
-            let module_getattr = module.getattr("__getattr__")?.unbind();
-            let object_getattribute = py.get_type::<pyo3::types::PyAny>().getattr("__getattribute__")?.unbind();
             let linear = nn.getattr("Linear")?;
             let linear_forward = linear.getattr("__dict__")?.get_item("forward")?.unbind();
             let c = py.import("torch._C")?;
             Ok(Torch {
                 module_call,
-                module_getattr,
-                object_getattribute,
                 module_globals,
                 linear: linear.unbind().into_any(),
                 linear_forward,
@@ -81,53 +74,6 @@ fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, PyDict>> {
 /// Whether `dict[name]` is an empty container (false where it is missing: not the torch we know).
 fn empty_entry(dict: &Bound<'_, PyDict>, name: &Bound<'_, PyString>) -> bool {
     matches!(dict.get_item(name), Ok(Some(value)) if value.len().is_ok_and(|n| n == 0))
-}
-
-/// `module.<name>` for an `nn.Module` whose class neither defines `name` nor overrides attribute
-/// access: its instance dict, else its parameters, buffers and submodules, as
-/// `nn.Module.__getattr__` looks (without the Python frame); `getattr` for anything else.
-pub fn module_attribute<'py>(module: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
-    let py = module.py();
-    let ty = module.get_type();
-    // What the shortcut compares against is looked up once; where torch lacks a part of it, the
-    // plain getattr (and below, the plain call) is what runs.
-    let Ok(torch) = Torch::get(py) else { return module.getattr(name) };
-    let plain = ty.getattr(intern!(py, "__getattr__")).is_ok_and(|f| f.is(torch.module_getattr.bind(py)))
-        && ty.getattr(intern!(py, "__getattribute__")).is_ok_and(|f| f.is(torch.object_getattribute.bind(py)))
-        && !ty.hasattr(name)?;
-    if plain {
-        if let Some(dict) = instance_dict(module) {
-            if let Some(value) = dict.get_item(name)? {
-                return Ok(value);
-            }
-            for members in [intern!(py, "_parameters"), intern!(py, "_buffers"), intern!(py, "_modules")] {
-                let Some(members) = dict.get_item(members)? else { continue };
-                if let Some(value) = members.downcast::<PyDict>().ok().and_then(|m| m.get_item(name).ok().flatten()) {
-                    return Ok(value);
-                }
-            }
-        }
-    }
-    module.getattr(name)
-}
-
-/// Candidate `k` of `layer` when `layer.forward_path` is the plain lookup its class declares in
-/// `_plain_forward_path = (forward_path, names_attribute)`: `layer._modules[str(names[k])]`.
-fn plain_candidate<'py>(layer: &Bound<'py, PyAny>, k: i64) -> Option<Bound<'py, PyAny>> {
-    let py = layer.py();
-    let ty = layer.get_type();
-    let plain = ty.getattr(intern!(py, "_plain_forward_path")).ok()?;
-    let (function, names_attr): (Bound<'_, PyAny>, Bound<'_, PyString>) = plain.extract().ok()?;
-    if !ty.getattr(intern!(py, "forward_path")).ok()?.is(&function) {
-        return None;
-    }
-    let dict = instance_dict(layer)?;
-    if dict.contains(intern!(py, "forward_path")).ok()? {
-        return None;
-    }
-    let name = dict.get_item(names_attr).ok()??.get_item(k).ok()?;
-    let name = if name.downcast::<PyString>().is_ok() { name } else { name.str().ok()?.into_any() };
-    dict.get_item(intern!(py, "_modules")).ok()??.downcast::<PyDict>().ok()?.get_item(name).ok()?
 }
 
 /// Whether `candidate(*args)` would do nothing but call `candidate.forward(*args)`: the class's
@@ -237,19 +183,28 @@ fn call_module<'py>(
     candidate.call_method(intern!(py, "forward"), args, kwargs)
 }
 
-/// `layer.forward_path(k, *args, **kwargs)`: candidate `k` of the mixed layer `layer`, called
-/// directly where its class's `forward_path` is the plain lookup (see the module's text).
-pub fn call_candidate<'py>(
-    layer: &Bound<'py, PyAny>,
+/// Alternative `k` of a choice on a call's arguments. `alternatives` is what the Python side
+/// handed over for the choice: a list or tuple whose item `k` is called as `item(*args, **kwargs)`
+/// (an `nn.Module` item through [`call_module`]'s shortcuts), or any other callable, called as
+/// `alternatives(k, *args, **kwargs)`.
+pub fn call_alternative<'py>(
+    alternatives: &Bound<'py, PyAny>,
     k: i64,
     args: &Bound<'py, PyTuple>,
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    match plain_candidate(layer, k) {
-        Some(candidate) => call_module(&candidate, args, kwargs),
-        None => {
-            let forward_path = layer.getattr(intern!(layer.py(), "forward_path"))?;
-            crate::interop::py_vectorcall::call_candidate(&forward_path, k, args, kwargs)
-        }
+    if let Ok(list) = alternatives.downcast::<PyList>() {
+        return call_module(&list.get_item(index(k, list.len())?)?, args, kwargs);
     }
+    if let Ok(tuple) = alternatives.downcast::<PyTuple>() {
+        return call_module(&tuple.get_item(index(k, tuple.len())?)?, args, kwargs);
+    }
+    crate::interop::py_vectorcall::call_with_index(alternatives, k, args, kwargs)
+}
+
+/// `k` as an index into `len` alternatives.
+fn index(k: i64, len: usize) -> PyResult<usize> {
+    usize::try_from(k).ok().filter(|&i| i < len).ok_or_else(|| {
+        pyo3::exceptions::PyIndexError::new_err(format!("alternative {k} of a choice with {len} alternatives"))
+    })
 }

@@ -1,4 +1,4 @@
-//! The per-layer side of a ProxylessNAS mixed layer: how it draws its path, and its forward.
+//! The per-choice side of a ProxylessNAS choice: how it draws its path, and its forward.
 //!
 //! Each forward that a backward can follow hands what that backward needs (the detached inputs,
 //! the output's tensors, the sampled index) to a hook on that call's output, which owns it: calls
@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use tch::Tensor;
@@ -18,17 +17,18 @@ use tch::Tensor;
 use crate::arch::{ArchParameter, TwoPathDraw};
 use crate::errors::in_context;
 use crate::interop::autograd_state::grad_mode_enabled;
-use crate::interop::module_call::call_candidate;
+use crate::interop::module_call::call_alternative;
 use crate::layer::saved_call::{LiveCall, SavedCall, SavedInput};
 use crate::layer::Layer;
 use crate::{interop::tree, layer::tap};
 
-/// What `ProxylessContext.__new__` takes back when unpickled: arch, softmax, label, name, mode.
-type ContextArgs = (Py<ArchParameter>, PyObject, PyObject, String, &'static str);
+/// What `ProxylessContext.__new__` takes back when unpickled: arch, softmax, label, name, mode,
+/// names, noun.
+type ContextArgs = (Py<ArchParameter>, PyObject, PyObject, String, &'static str, Option<PyObject>, String);
 
-/// The Rust side of one ProxylessNAS mixed layer: its architecture parameter (shared with the
-/// layers of the same label), the softmax that turns it into path probabilities, the mode, and
-/// the layer's forward, which hands each call's saved state to a hook on that call's output.
+/// The Rust side of one ProxylessNAS choice: its architecture parameter (shared with the choices of
+/// the same label), the softmax that turns it into path probabilities, the mode, and the forward,
+/// which hands each call's saved state to a hook on that call's output.
 ///
 /// Nothing is saved when no backward can give alpha a gradient (grad mode off, alpha does not
 /// require grad, the output holds no floating-point tensor, or `enabled` is off), so validation
@@ -42,13 +42,52 @@ pub struct ProxylessContext {
     enabled: AtomicBool,
     two_path: AtomicBool,
     live: Arc<AtomicUsize>,
-    /// Forwards run with grad mode on since it was last set to 0 (a one-shot module's bookkeeping).
-    grad_forwards: AtomicUsize,
 }
 
 impl ProxylessContext {
     pub fn name(&self) -> &str {
         &self.layer.name
+    }
+
+    /// Whether a backward can give alpha a gradient through this call, so that it is saved.
+    fn saving(&self, alpha: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.enabled.load(Ordering::Relaxed)
+            && grad_mode_enabled()
+            && tree::expect_tensor(alpha, "arch_alpha")?.requires_grad())
+    }
+
+    /// Checks `output` (alternative `index`'s) and, where `input` was saved and the output holds a
+    /// floating-point tensor, passes it through the gradient tap with this call's saved state.
+    fn tap_output(
+        &self,
+        alternatives: &Bound<'_, PyAny>,
+        input: Option<SavedInput>,
+        output: Bound<'_, PyAny>,
+        index: i64,
+        alpha: &Bound<'_, PyAny>,
+        recompute_modified_output: bool,
+    ) -> PyResult<PyObject> {
+        let py = output.py();
+        let layer = &self.layer;
+        let sampled = || format!("{}: the sampled {}", layer.name, layer.describe_alternative(py, index));
+        let (parts, tensors) = tree::output_tensors(&output, &sampled)?;
+        let Some(input) = input else { return Ok(output.unbind()) };
+        if !tensors.tensors.iter().flatten().any(Tensor::is_floating_point) {
+            return Ok(output.unbind());
+        }
+        let call = SavedCall::new(
+            py,
+            &layer.name,
+            &|| layer.describe_alternative(py, index),
+            input,
+            &tensors,
+            index,
+            self.partner_of(index),
+            alpha.clone().unbind(),
+            recompute_modified_output,
+            LiveCall::new(&self.live),
+        )?;
+        tap::tap(layer, alternatives, &output, parts, &tensors, call)
     }
 
     fn check_mode(&self, py: Python<'_>, mode: &str) -> PyResult<bool> {
@@ -115,17 +154,21 @@ impl ProxylessContext {
 
 #[pymethods]
 impl ProxylessContext {
-    /// `arch` is the layer's architecture parameter: an `ArchParameter` (shared by the layers of
+    /// `arch` is the choice's architecture parameter: an `ArchParameter` (shared by the choices of
     /// one label) or a bare alpha tensor (given one of its own). `name` is what error messages
-    /// call the layer (default: `ProxylessContext <label>`).
+    /// call the choice (default: `ProxylessContext <label>`); `names` the alternatives' names and
+    /// `noun` what an alternative is called there (`candidate 'conv' (index 0)`).
     #[new]
-    #[pyo3(signature = (arch, softmax, label=None, name=None, mode="full"))]
+    #[pyo3(signature = (arch, softmax, label=None, name=None, mode="full", names=None, noun="candidate"))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         arch: &Bound<'_, PyAny>,
         softmax: PyObject,
         label: Option<PyObject>,
         name: Option<String>,
         mode: &str,
+        names: Option<PyObject>,
+        noun: &str,
     ) -> PyResult<Self> {
         let py = arch.py();
         let arch = match arch.downcast::<ArchParameter>() {
@@ -138,11 +181,10 @@ impl ProxylessContext {
             None => format!("ProxylessContext {}", label.bind(py).repr()?),
         };
         let ctx = Self {
-            layer: Arc::new(Layer::new(py, arch, softmax, label, name)?),
+            layer: Arc::new(Layer::new(py, arch, softmax, label, name, names, noun.to_owned())?),
             enabled: AtomicBool::new(true),
             two_path: AtomicBool::new(false),
             live: Arc::new(AtomicUsize::new(0)),
-            grad_forwards: AtomicUsize::new(0),
         };
         ctx.two_path.store(ctx.check_mode(py, mode)?, Ordering::Relaxed);
         Ok(ctx)
@@ -159,7 +201,7 @@ impl ProxylessContext {
         self.layer.label.clone_ref(py)
     }
 
-    /// What error messages call the layer, e.g. `ProxylessMixedLayer 'op'`.
+    /// What error messages call the choice, e.g. `ProxylessMixedLayer 'op'`.
     #[getter(name)]
     fn py_name(&self) -> String {
         self.layer.name.clone()
@@ -205,17 +247,6 @@ impl ProxylessContext {
         self.enabled.store(value, Ordering::Relaxed);
     }
 
-    /// The number of forwards run with grad mode on since this was last set (to 0).
-    #[getter]
-    fn grad_forwards(&self) -> usize {
-        self.grad_forwards.load(Ordering::Relaxed)
-    }
-
-    #[setter]
-    fn set_grad_forwards(&self, value: usize) {
-        self.grad_forwards.store(value, Ordering::Relaxed);
-    }
-
     /// Two-path mode: the candidate whose gate joins `index`'s in the backward of a forward
     /// running `index` now: the other candidate of the pending draw of this layer's parameter, if
     /// that draw chose `index` (the parameter's draw is the one record of it: a rescale ends it,
@@ -243,60 +274,51 @@ impl ProxylessContext {
         Ok(index)
     }
 
-    /// Runs the layer's candidate `index` on `args` / `kwargs` through `module.forward_path` and
-    /// returns its output; when a backward can follow, the output's tensors are hooked so that
-    /// backward through them runs the binary-gate backward of this call.
+    /// Runs alternative `index` of the choice on `args` / `kwargs` and returns its output; when a
+    /// backward can follow, the output's tensors are tapped so that backward through them runs the
+    /// binary-gate backward of this call. `alternatives` is the choice's alternatives as the core
+    /// calls them (a list of callables, or one callable taking the index first: see
+    /// `module_call::call_alternative`); `alpha` the tensor autograd sees as the choice's logits in
+    /// this call (`torch.func.functional_call` may have substituted the parameter's).
     ///
     /// The output must be a tensor, or a tuple, list or dict of tensors and pass-through values
-    /// (checked always, so a bad candidate fails at forward, not in backward).
-    #[pyo3(signature = (module, args, kwargs, index))]
+    /// (checked always, so a bad alternative fails at forward, not in backward).
+    #[pyo3(signature = (alternatives, args, kwargs, index, alpha))]
     fn forward(
-        slf: &Bound<'_, Self>,
-        module: &Bound<'_, PyAny>,
+        &self,
+        alternatives: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
         index: i64,
+        alpha: &Bound<'_, PyAny>,
     ) -> PyResult<PyObject> {
-        let py = module.py();
-        let ctx = slf.get();
         let kwargs = kwargs.filter(|kwargs| !kwargs.is_empty());
-        let grad_mode = grad_mode_enabled();
-        if grad_mode {
-            ctx.grad_forwards.fetch_add(1, Ordering::Relaxed);
-        }
-        // The tensor autograd sees as the layer's alpha in this call: the module's `_arch_alpha`
-        // (which torch.func.functional_call may substitute), else the shared parameter's.
-        let alpha = match crate::interop::module_call::module_attribute(module, intern!(py, "_arch_alpha")) {
-            Ok(alpha) => alpha,
-            Err(_) => ctx.layer.arch.get().alpha_object(py).clone(),
-        };
-        let saving = ctx.enabled.load(Ordering::Relaxed)
-            && grad_mode
-            && tree::expect_tensor(&alpha, "arch_alpha")?.requires_grad();
-        let input = if saving { Some(SavedInput::detach(args, kwargs)?) } else { None };
-
-        let layer_output = call_candidate(module, index, args, kwargs)?;
-        let sampled = || format!("{}: the sampled {}", ctx.layer.name, ctx.layer.describe_candidate(module, index));
-        let (parts, output) = tree::output_tensors(&layer_output, &sampled)?;
-        let Some(input) = input else { return Ok(layer_output.unbind()) };
-        if !output.tensors.iter().flatten().any(Tensor::is_floating_point) {
-            return Ok(layer_output.unbind());
-        }
-        let call = SavedCall::new(
-            py,
-            &ctx.layer.name,
-            &|| ctx.layer.describe_candidate(module, index),
-            input,
-            &output,
-            index,
-            ctx.partner_of(index),
-            alpha.unbind(),
-            LiveCall::new(&ctx.live),
-        )?;
-        tap::tap(&ctx.layer, module, &layer_output, parts, &output, call)
+        let input = if self.saving(alpha)? { Some(SavedInput::detach(args, kwargs)?) } else { None };
+        let output = call_alternative(alternatives, index, args, kwargs)?;
+        self.tap_output(alternatives, input, output, index, alpha, false)
     }
 
-    /// The number of this layer's forward calls whose saved state is alive (hooked outputs whose
+    /// What `forward` does after its call: taps `output`, which the caller computed as alternative
+    /// `index` on `args` / `kwargs` (a mixed operation's output, tapped once per label). The
+    /// arguments are saved as they are now (an in-place change the call made to them goes unseen).
+    /// An output modified in place after this (an in-place activation after a convolution) is not
+    /// refused: backward computes alternative `index` again from the saved arguments.
+    #[pyo3(signature = (alternatives, args, kwargs, index, alpha, output))]
+    fn tap(
+        &self,
+        alternatives: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+        index: i64,
+        alpha: &Bound<'_, PyAny>,
+        output: Bound<'_, PyAny>,
+    ) -> PyResult<PyObject> {
+        let kwargs = kwargs.filter(|kwargs| !kwargs.is_empty());
+        let input = if self.saving(alpha)? { Some(SavedInput::detach(args, kwargs)?) } else { None };
+        self.tap_output(alternatives, input, output, index, alpha, true)
+    }
+
+    /// The number of this choice's calls whose saved state is alive (hooked outputs whose
     /// backward has not run, or ran with `retain_graph=True`).
     fn __len__(&self) -> usize {
         self.live.load(Ordering::Relaxed)
@@ -312,6 +334,8 @@ impl ProxylessContext {
                 self.layer.label.clone_ref(py),
                 self.layer.name.clone(),
                 self.mode(),
+                self.layer.names.as_ref().map(|names| names.clone_ref(py)),
+                self.layer.noun.clone(),
             ),
         ))
     }
@@ -323,6 +347,10 @@ impl ProxylessContext {
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.layer.arch)?;
         visit.call(&self.layer.softmax)?;
-        visit.call(&self.layer.label)
+        visit.call(&self.layer.label)?;
+        if let Some(names) = &self.layer.names {
+            visit.call(names)?;
+        }
+        Ok(())
     }
 }

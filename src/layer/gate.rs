@@ -9,7 +9,7 @@ use pyo3::types::PyTuple;
 use tch::Tensor;
 
 use crate::errors::in_context;
-use crate::interop::module_call::call_candidate;
+use crate::interop::module_call::call_alternative;
 use crate::layer::saved_call::SavedCall;
 use crate::layer::Layer;
 use crate::{arch::kernel, interop::tree};
@@ -35,13 +35,12 @@ fn with_note(py: Python<'_>, err: PyErr, note: String) -> PyErr {
 /// The elements of candidate `k`'s output, checked against the sampled candidate's structure.
 fn candidate_output(
     layer: &Layer,
-    module: &Bound<'_, PyAny>,
     call: &SavedCall,
     k: i64,
     out: &Bound<'_, PyAny>,
     grads: &[Option<Tensor>],
 ) -> PyResult<Vec<Option<Tensor>>> {
-    let describe = || format!("{}: {}", layer.name, layer.describe_candidate(module, k));
+    let describe = || format!("{}: {}", layer.name, layer.describe_alternative(out.py(), k));
     let (_, output) = tree::output_tensors(out, &describe)?;
     let sampled = call.output();
     if output.keys != sampled.keys || output.tensors.len() != sampled.tensors.len() {
@@ -67,19 +66,19 @@ fn candidate_output(
 /// The binary-gate gradient of alpha for one call.
 ///
 /// `grads` holds one entry per output element of the layer (`None` where no gradient flowed).
-/// The other candidates are evaluated on the saved inputs through `module.forward_path` (under
+/// The other alternatives are evaluated on the saved inputs through `alternatives` (under
 /// `no_grad`, in index order, so random ops draw what NNI's hook draws), each gate's gradient is
 /// `sum(out_k * grad_output)`, and the closed form gives alpha's gradient, in alpha's dtype and on
 /// its device: no host round trip. Autograd adds it into `alpha.grad`, so gradients from other
 /// losses on alpha add up.
 pub fn alpha_grad(
     layer: &Layer,
-    module: &Bound<'_, PyAny>,
+    alternatives: &Bound<'_, PyAny>,
     call: &SavedCall,
     grads: &[Option<Tensor>],
 ) -> PyResult<Tensor> {
-    let py = module.py();
-    call.check_unmodified(py, &layer.name)?;
+    let py = alternatives.py();
+    let output_intact = call.check_unmodified(py, &layer.name)?;
     let alpha = tree::expect_tensor(call.alpha(py), "arch_alpha")?;
     let options = (alpha.kind(), alpha.device());
     let n_candidates = alpha.size().first().copied().unwrap_or(0);
@@ -99,18 +98,18 @@ pub fn alpha_grad(
     let mut kept = Vec::new();
     let mut gates = Vec::new();
     for &k in &involved {
-        let out = if k == sample_idx {
+        let out = if k == sample_idx && output_intact {
             call.output().tensors.iter().map(|t| t.as_ref().map(Tensor::shallow_clone)).collect()
         } else {
-            let out = call_candidate(module, k, args, kwargs).map_err(|err| {
+            let out = call_alternative(alternatives, k, args, kwargs).map_err(|err| {
                 let note = format!(
                     "(raised by {} of {}, evaluated in the binary-gate backward)",
-                    layer.describe_candidate(module, k),
+                    layer.describe_alternative(py, k),
                     layer.name
                 );
                 with_note(py, err, note)
             })?;
-            candidate_output(layer, module, call, k, &out, grads)?
+            candidate_output(layer, call, k, &out, grads)?
         };
         if batch {
             kept.push(out);

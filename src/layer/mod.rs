@@ -1,11 +1,16 @@
-//! A mixed layer: its forward, one call's saved state, the gradient tap its output passes
-//! through, and the binary-gate backward, in the order a training step runs them. The modules
-//! below depend on `crate::arch` and `crate::interop`, never the other way round.
+//! A choice: its forward, one call's saved state, the gradient tap its output passes through, and
+//! the binary-gate backward, in the order a training step runs them. The modules below depend on
+//! `crate::arch` and `crate::interop`, never the other way round.
+//!
+//! A choice is what the Python side hands over: n alternatives, each of which can be evaluated on
+//! a call's saved arguments (a layer's candidates, a mixed operation's values of one label, an
+//! input choice's inputs), with the architecture parameter that weighs them. The core knows
+//! nothing else of it: not the module it belongs to, not the NNI class, no attribute name.
 //!
 //! This file holds what the forward and the calls' backwards all need: the architecture
-//! parameter, the softmax that turns it into path probabilities, the name errors give it.
-//! Immutable after construction, so the layer's context and every saved call share one copy
-//! (`Arc<Layer>`).
+//! parameter, the softmax that turns it into path probabilities, the names errors give the choice
+//! and its alternatives. Immutable after construction, so the choice's context and every saved
+//! call share one copy (`Arc<Layer>`).
 
 /// The forward: mode, draws of one or two paths, the call of the chosen candidate.
 pub mod context;
@@ -16,7 +21,6 @@ pub mod saved_call;
 /// The autograd node each call's output passes through, with alpha as its input.
 pub mod tap;
 
-use pyo3::intern;
 use pyo3::prelude::*;
 use tch::{Kind, Tensor};
 
@@ -38,8 +42,12 @@ pub struct Layer {
     pub arch: Py<ArchParameter>,
     pub softmax: PyObject,
     pub label: PyObject,
-    /// What error messages call the layer, e.g. `ProxylessMixedLayer 'op'`.
+    /// What error messages call the choice, e.g. `ProxylessMixedLayer 'op'`.
     pub name: String,
+    /// The alternatives' names for error messages (a layer's candidate names, a label's values), if given.
+    pub names: Option<PyObject>,
+    /// What error messages call an alternative: `candidate`, `value`, `input`.
+    pub noun: String,
     /// `Some(dim)` when `softmax` is exactly `torch.nn.Softmax(dim)`: then probabilities are
     /// computed here instead of through a Python module call (a stochastic or custom softmax,
     /// e.g. NNI's GumbelSoftmax, is always called).
@@ -53,9 +61,11 @@ impl Layer {
         softmax: PyObject,
         label: PyObject,
         name: String,
+        names: Option<PyObject>,
+        noun: String,
     ) -> PyResult<Self> {
         let softmax_dim = plain_softmax_dim(softmax.bind(py))?;
-        Ok(Self { arch, softmax, label, name, softmax_dim })
+        Ok(Self { arch, softmax, label, name, names, noun, softmax_dim })
     }
 
     pub fn arch<'py>(&self, py: Python<'py>) -> &Bound<'py, ArchParameter> {
@@ -88,19 +98,17 @@ impl Layer {
         Ok(self.arch.get().tensor(py)?.size()[0])
     }
 
-    /// "candidate 'tanh' (index 1)" where the layer names its candidates (`names` under NNI 3.0,
-    /// `op_names` under NNI 2.10), else "candidate 1".
-    pub fn describe_candidate(&self, module: &Bound<'_, PyAny>, index: i64) -> String {
-        let py = module.py();
-        let name = module
-            .getattr(intern!(py, "names"))
-            .or_else(|_| module.getattr(intern!(py, "op_names")))
-            .and_then(|names| names.get_item(index))
-            .and_then(|name| name.repr())
+    /// "candidate 'tanh' (index 1)" where the choice names its alternatives, else "candidate 1".
+    pub fn describe_alternative(&self, py: Python<'_>, index: i64) -> String {
+        let name = self
+            .names
+            .as_ref()
+            .and_then(|names| names.bind(py).get_item(index).ok())
+            .and_then(|name| name.repr().ok())
             .map(|name| name.to_string());
         match name {
-            Ok(name) => format!("candidate {name} (index {index})"),
-            Err(_) => format!("candidate {index}"),
+            Some(name) => format!("{} {name} (index {index})", self.noun),
+            None => format!("{} {index}", self.noun),
         }
     }
 }

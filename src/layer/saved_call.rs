@@ -88,6 +88,10 @@ pub struct SavedCall {
     /// of the backward are its softmax, and autograd hands it the gradient.
     alpha: PyObject,
     watched: Vec<Watched>,
+    /// Whether an output modified in place after the forward is computed again from the saved
+    /// inputs in backward (a mixed operation's, which an in-place activation often follows), rather
+    /// than refused.
+    recompute_modified_output: bool,
     _live: LiveCall,
 }
 
@@ -104,6 +108,7 @@ impl SavedCall {
         sample_idx: i64,
         partner: Option<i64>,
         alpha: PyObject,
+        recompute_modified_output: bool,
         live: LiveCall,
     ) -> PyResult<Self> {
         let mut watched = Vec::with_capacity(input.tensors.len() + output.tensors.len());
@@ -138,7 +143,7 @@ impl SavedCall {
             saved.push(Some(detached));
         }
         let output = tree::OutputTensors { tensors: saved, others: output.others.clone(), keys: output.keys.clone() };
-        Ok(Self { input, output, tapped, sample_idx, partner, alpha, watched, _live: live })
+        Ok(Self { input, output, tapped, sample_idx, partner, alpha, watched, recompute_modified_output, _live: live })
     }
 
     pub fn input(&self) -> &SavedInput {
@@ -173,10 +178,17 @@ impl SavedCall {
         self.alpha.bind(py)
     }
 
-    /// Refuses a backward whose saved tensors were modified in place since the forward.
-    pub fn check_unmodified(&self, py: Python<'_>, layer_name: &str) -> PyResult<()> {
+    /// Refuses a backward whose saved tensors were modified in place since the forward; returns
+    /// whether the saved output still holds the forward's values (false where it was modified and
+    /// the call recomputes it: see `recompute_modified_output`).
+    pub fn check_unmodified(&self, py: Python<'_>, layer_name: &str) -> PyResult<bool> {
+        let mut output_intact = true;
         for watched in &self.watched {
             if tree::version(watched.tensor.bind(py))? == watched.version {
+                continue;
+            }
+            if watched.output_element.is_some() && self.recompute_modified_output {
+                output_intact = false;
                 continue;
             }
             let what = match watched.output_element {
@@ -190,7 +202,7 @@ impl SavedCall {
                  computed. Use the out-of-place form (`y = y + x`)."
             )));
         }
-        Ok(())
+        Ok(output_intact)
     }
 
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {

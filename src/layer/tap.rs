@@ -30,7 +30,8 @@ pub struct OutputGradHook {
     /// Shared with the layer's context, which owns (and lets the garbage collector see) what it
     /// holds; the module below keeps that context alive.
     layer: Arc<Layer>,
-    module: PyObject,
+    /// The choice's alternatives as the core calls them (see `module_call::call_alternative`).
+    alternatives: PyObject,
     call: Mutex<Option<SavedCall>>,
 }
 
@@ -72,7 +73,7 @@ impl OutputGradHook {
                         all[*position] = grad;
                     }
                 })
-                .and_then(|()| gate::alpha_grad(&self.layer, self.module.bind(py), &call, &all))
+                .and_then(|()| gate::alpha_grad(&self.layer, self.alternatives.bind(py), &call, &all))
                 .and_then(|delta| tree::to_python(py, &delta))
         };
         if keep {
@@ -82,7 +83,7 @@ impl OutputGradHook {
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.module)?;
+        visit.call(&self.alternatives)?;
         if let Ok(slot) = self.call.try_lock() {
             if let Some(call) = slot.as_ref() {
                 call.traverse(&visit)?;
@@ -229,13 +230,13 @@ fn reachable_otherwise(item: &Bound<'_, PyAny>, tensor: &Tensor, call: &SavedCal
 /// saved output is an alias of it).
 pub fn tap(
     layer: &Arc<Layer>,
-    module: &Bound<'_, PyAny>,
+    alternatives: &Bound<'_, PyAny>,
     layer_output: &Bound<'_, PyAny>,
     parts: tree::OutputParts<'_>,
     output: &tree::OutputTensors,
     call: SavedCall,
 ) -> PyResult<PyObject> {
-    let py = module.py();
+    let py = alternatives.py();
     let positions = call.tapped().to_vec();
     // A view of alpha, not alpha itself, enters the tap: its backward node is an inner one, which
     // autograd can say whether it will execute under `torch.autograd.grad` (for a leaf's
@@ -253,7 +254,11 @@ pub fn tap(
     }
     let hook = Py::new(
         py,
-        OutputGradHook { layer: layer.clone(), module: module.clone().unbind(), call: Mutex::new(Some(call)) },
+        OutputGradHook {
+            layer: layer.clone(),
+            alternatives: alternatives.clone().unbind(),
+            call: Mutex::new(Some(call)),
+        },
     )?;
     let tapped = GradientTap::get(py)?.apply(py, hook.into_any(), tap_args)?;
     let outs = tapped.try_iter()?.map(|out| out.map(Bound::unbind)).collect::<PyResult<Vec<_>>>()?;

@@ -17,8 +17,10 @@ from typing import Any, Iterator, Mapping, NamedTuple, Union
 import torch
 import torch.nn as nn
 
+from .._choices import choices
 from .._core import constrained_choices
-from .._layer import DepthChain, ProxylessLayerChoice, _proxyless_layers, depth_distribution
+from .._layer import DepthChain, ProxylessLayerChoice, depth_distribution
+from .._mixed import ValueChoiceSite
 from .._torch_compat import TorchDispatchMode, flop_counter_mode, tree_leaves
 from ..nni.version import NNI3
 from .latency import (
@@ -164,12 +166,26 @@ def _tensors(tree: Any) -> list[torch.Tensor]:
     return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
 
 
-def _count_candidate(layer: nn.Module, k: int, args: tuple, kwargs: dict, costs: tuple[str, ...]) -> dict[str, float]:
+def _value_parameters(site: ValueChoiceSite, k: int) -> float:
+    """The parameters a mixed operation holds at value ``k`` of ``site`` (its other labels at their
+    first values): its sliced weights (NNI's slicing), each tensor once."""
+    operation = site.module
+    policy = operation.sampling_policy
+    names = {name for name, _ in nn.Module.named_parameters(operation) if not name.startswith('_arch_alpha.')}
+    sliced = policy.sliced_weights(operation, policy.arguments(operation, site.leaves_at(k)))
+    return float(sum(t.numel() for name, t in sliced.items() if name in names and isinstance(t, torch.Tensor)))
+
+
+def _count_candidate(layer: Any, k: int, args: tuple, kwargs: dict, costs: tuple[str, ...]) -> dict[str, float]:
     result: dict[str, float] = {}
-    module = layer.candidate(k) if isinstance(layer, ProxylessLayerChoice) else None
+    module = layer.candidate(k) if isinstance(layer, ProxylessLayerChoice) else (
+        layer.module if isinstance(layer, ValueChoiceSite) else None)
     if 'params' in costs:
-        unique = {} if module is None else {id(p): p for p in module.parameters()}
-        result['params'] = float(sum(p.numel() for p in unique.values()))
+        if isinstance(layer, ValueChoiceSite):
+            result['params'] = _value_parameters(layer, k)
+        else:
+            unique = {} if module is None else {id(p): p for p in module.parameters()}
+            result['params'] = float(sum(p.numel() for p in unique.values()))
     if 'flops' in costs:
         with flop_counter_mode() as counter:
             layer.forward_candidate(k, *args, **kwargs)
@@ -211,9 +227,9 @@ def count_costs(model: nn.Module, *example_args: Any, costs: tuple[str, ...] | l
     if unknown:
         raise ValueError(f'count_costs counts {list(COUNTED_COSTS)}; {unknown} cannot be counted '
                          '(measure it and put it in a CostTable yourself, e.g. latency with profile_latency)')
-    layers = list(_proxyless_layers(model))
+    layers = list(choices(model))
     if not layers:
-        raise ValueError('count_costs: the model has no ProxylessNAS mixed layers')
+        raise ValueError('count_costs: the model has no ProxylessNAS mixed layers or value choices')
     captured = _capture_inputs(model, layers, example_args, example_kwargs)
     tables: dict[str, dict[str, dict[str, float]]] = {cost: {} for cost in costs}
     with torch.no_grad():
@@ -254,10 +270,10 @@ def _log_probs(layer: nn.Module) -> torch.Tensor:
     return torch.log(softmax(alpha))
 
 
-def _options(layer: nn.Module) -> list[tuple[Any, list[str]]]:
-    """``(exported value, table keys)`` for every choice the layer can export."""
-    if isinstance(layer, ProxylessLayerChoice):
-        return [(name, [str(name)]) for name in layer.op_names]
+def _options(layer: Any) -> list[tuple[Any, list[str]]]:
+    """``(exported value, table keys)`` for every choice the layer (or value choice) can export."""
+    if isinstance(layer, (ProxylessLayerChoice, ValueChoiceSite)):
+        return [(name, [str(name)]) for name in layer.names]
     n, k = layer.n_candidates, layer.n_chosen
     if k is None or k >= n:
         return [(list(range(n)) if n > 1 else 0, [str(i) for i in range(n)])]
@@ -312,14 +328,14 @@ def _choice_groups(model: nn.Module, table: CostTable | None) -> list[_Group]:
     depth_chains = [m for m in model.modules() if isinstance(m, DepthChain)]
     in_chain = {id(layer) for chain in depth_chains for layer in chain._choices()}
     groups: dict[Any, _Group] = {}
-    for layer in _proxyless_layers(model):
+    for layer in choices(model):
         if id(layer) in in_chain:
             continue
         options = _options(layer)
         group = groups.get(layer.label)
         if group is None:
             logp = _log_probs(layer).tolist()
-            if isinstance(layer, ProxylessLayerChoice):
+            if isinstance(layer, (ProxylessLayerChoice, ValueChoiceSite)):
                 values = [logp[i] for i in range(len(options))]
             else:
                 values = [sum(logp[int(key)] for key in keys) for _, keys in options]

@@ -13,7 +13,9 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.nn as nn
 
-from .._layer import ProxylessLayerChoice, _proxyless_layers
+from .._choices import choices
+from .._layer import ProxylessLayerChoice
+from .._mixed import ValueChoiceSite
 
 __all__ = ['LatencyTable', 'CandidateTable', 'profile_latency', 'expected_latency', 'latency_loss',
            'predicted_latency', 'LOSS_FORMS']
@@ -21,22 +23,25 @@ __all__ = ['LatencyTable', 'CandidateTable', 'profile_latency', 'expected_latenc
 LOSS_FORMS = ('log', 'mul', 'mul#log', 'add#linear')
 
 
-def _choices(layer: nn.Module) -> list[str]:
-    """A layer's candidate names as a table (and NNI's ``export_probs``) spells them."""
-    if isinstance(layer, ProxylessLayerChoice):
-        return [str(name) for name in layer.op_names]  # NNI 3.0 names a list's candidates 0, 1, ...
+def _choices(layer: Any) -> list[str]:
+    """A choice's alternatives as a table (and NNI's ``export_probs``) spells them: a layer's
+    candidate names, a value choice's values, an input choice's indices."""
+    if isinstance(layer, (ProxylessLayerChoice, ValueChoiceSite)):
+        return [str(name) for name in layer.names]  # NNI 3.0 names a list's candidates 0, 1, ...
     return [str(i) for i in range(layer.n_candidates)]
 
 
 class CandidateTable(Mapping[str, Mapping[str, float]]):
     """One cost of each candidate of each mixed layer: ``{label: {choice: value}}``.
 
-    Choices are candidate names for layer choices and input indices (as strings) for input
-    choices, as in NNI's ``export_probs`` keys. Values must be finite and non-negative. A table is
-    checked against a model (:meth:`check`) before it is used: every mixed layer's label and every
-    candidate must be present. ``cost`` names the cost (``'params'``, ``'flops'``, ``'memory'`` or
-    anything measured); :class:`LatencyTable` is the one for latency in milliseconds. Layers that
-    share a label share its row: each such layer counts the row's value (once per layer).
+    Choices are candidate names for layer choices, values for value choices (as strings: ``'3'``)
+    and input indices (as strings) for input choices, as in NNI's ``export_probs`` keys. Values
+    must be finite and non-negative. A table is checked against a model (:meth:`check`) before it
+    is used: every mixed layer's label and every candidate must be present. ``cost`` names the cost
+    (``'params'``, ``'flops'``, ``'memory'`` or anything measured); :class:`LatencyTable` is the one
+    for latency in milliseconds. Layers that share a label share its row: each such layer counts
+    the row's value (once per layer); so does each mixed operation that uses a value choice (an
+    operation with several value choices counts each one's row).
     """
 
     cost: str = 'cost'
@@ -76,7 +81,7 @@ class CandidateTable(Mapping[str, Mapping[str, float]]):
 
     def check(self, *modules: nn.Module) -> None:
         """Raises ``KeyError`` naming the first mixed layer or candidate of ``modules`` missing from the table."""
-        for layer in _proxyless_layers(*modules):
+        for layer in choices(*modules):
             if layer.label not in self._table:
                 raise KeyError(f'{layer._name()}: the {self.cost} table has no entry for its label '
                                f'(it has {sorted(self._table)})')
@@ -123,9 +128,9 @@ def expected_latency(model: nn.Module, table: LatencyTable) -> torch.Tensor:
     Each mixed layer counts once per module (layers sharing a label and alpha each count, since
     each runs). ``softmax`` is the layer's own, as in its sampling.
     """
-    layers = list(_proxyless_layers(model))
+    layers = list(choices(model))
     if not layers:
-        raise ValueError('expected_latency: the model has no ProxylessNAS mixed layers')
+        raise ValueError('expected_latency: the model has no ProxylessNAS mixed layers or value choices')
     table.check(model)
     terms = [(layer.probabilities() * table.latencies(layer)).sum() for layer in layers]
     return torch.stack(terms).sum()
@@ -189,7 +194,7 @@ def predicted_totals(architecture: Mapping[str, Any], model: nn.Module, tables: 
     ``n_chosen > 1`` adds its chosen inputs. What ``predicted_latency`` and ``costs.predicted_costs``
     both compute."""
     totals = dict.fromkeys(tables, 0.0)
-    for layer in _proxyless_layers(model):
+    for layer in choices(model):
         if layer.label not in architecture:
             raise KeyError(f'{layer._name()}: {caller} was given an architecture with no choice for it')
         choice = architecture[layer.label]
@@ -205,27 +210,41 @@ def predicted_latency(architecture: Mapping[str, Any], model: nn.Module, table: 
     return predicted_totals(architecture, model, {'latency': table}, 'predicted_latency')['latency']
 
 
-def _capture_inputs(model: nn.Module, layers: list[nn.Module], example_args: tuple,
+def _owner(choice: Any) -> nn.Module:
+    """The module a choice's calls go through: the layer, or a value choice's operation."""
+    return choice.module if isinstance(choice, ValueChoiceSite) else choice
+
+
+def _capture_inputs(model: nn.Module, layers: list[Any], example_args: tuple,
                     example_kwargs: dict) -> dict[int, tuple[tuple, dict]]:
-    """Each mixed layer's real inputs: ``model(*example_args, **example_kwargs)`` once under
-    ``no_grad`` with every layer fixed to its first candidate, by ``id(layer)``. The layers'
-    sampled paths are restored afterwards."""
-    saved = {id(layer): (layer._sampled, getattr(layer, '_sample_idx', None), layer.active_index) for layer in layers}
-    captured: dict[int, tuple[tuple, dict]] = {}
-    handles = [layer.register_forward_pre_hook(
-        lambda module, args, kwargs: captured.setdefault(id(module), (args, kwargs)), with_kwargs=True)
-        for layer in layers]
+    """Each choice's real inputs (a value choice's: its operation's): ``model(*example_args,
+    **example_kwargs)`` once under ``no_grad`` with every choice fixed to its first alternative, by
+    ``id(choice)``. The choices' sampled paths are restored afterwards."""
+    owners = {id(_owner(layer)): _owner(layer) for layer in layers}
+    sites = [layer for layer in layers if isinstance(layer, ValueChoiceSite)]
+    plain = [layer for layer in layers if not isinstance(layer, ValueChoiceSite)]
+    saved = {id(layer): (layer._sampled, getattr(layer, '_sample_idx', None), layer.active_index) for layer in plain}
+    saved_sites = {id(site): site.index for site in sites}
+    saved_arguments = {id(site.module): site.module.sampling_policy._current for site in sites}
+    by_owner: dict[int, tuple[tuple, dict]] = {}
+    handles = [owner.register_forward_pre_hook(
+        lambda module, args, kwargs: by_owner.setdefault(id(module), (args, kwargs)), with_kwargs=True)
+        for owner in owners.values()]
     try:
         memo: dict[str, Any] = {}
-        for layer in layers:
+        for layer in plain:
             first = _choices(layer)[0] if isinstance(layer, ProxylessLayerChoice) else 0
             memo.update(layer.resample({layer.label: first, **memo}))
+        for site in sites:
+            memo.setdefault(site.label, site.names[0])
+        for operation in {id(site.module): site.module for site in sites}.values():
+            operation.resample(memo)
         with torch.no_grad():
             model(*example_args, **example_kwargs)
     finally:
         for handle in handles:
             handle.remove()
-        for layer in layers:
+        for layer in plain:
             # Taking the old index again also takes the old partner back (it is the pending draw's).
             sampled, index, active = saved[id(layer)]
             if active is not None:
@@ -233,7 +252,10 @@ def _capture_inputs(model: nn.Module, layers: list[nn.Module], example_args: tup
             layer._sampled = sampled
             if isinstance(layer, ProxylessLayerChoice):
                 layer._sample_idx = index
-    return captured
+        for site in sites:
+            site.index = saved_sites[id(site)]
+            site.module.sampling_policy._current = saved_arguments[id(site.module)]
+    return {id(layer): by_owner[id(_owner(layer))] for layer in layers if id(_owner(layer)) in by_owner}
 
 
 def profile_latency(model: nn.Module, *example_args: Any, repeats: int = 20, warmup: int = 3,
@@ -247,9 +269,9 @@ def profile_latency(model: nn.Module, *example_args: Any, repeats: int = 20, war
     """
     from tqdm import tqdm
 
-    layers = list(_proxyless_layers(model))
+    layers = list(choices(model))
     if not layers:
-        raise ValueError('profile_latency: the model has no ProxylessNAS mixed layers')
+        raise ValueError('profile_latency: the model has no ProxylessNAS mixed layers or value choices')
     captured = _capture_inputs(model, layers, example_args, example_kwargs)
 
     def run(layer, k, args, kwargs):

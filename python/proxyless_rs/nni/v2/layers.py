@@ -76,7 +76,7 @@ class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
         super().__init__(paths, alpha, softmax, label)
         self._sampled: str | None = None
         self._sample_idx: int | None = None
-        self._init_context(alpha, softmax, mode)
+        self._init_context(alpha, softmax, mode, list(self.op_names))
 
     @property
     def names(self) -> list[str]:
@@ -89,9 +89,9 @@ class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
         # has been raised and formatted inside nn.Module (~0.7 us a call, n calls a layer-backward).
         return self._modules[self.op_names[index]](*args, **kwargs)
 
-    # The core calls candidates directly (the same module lookup) while the class's forward_path is
-    # this function: a subclass's or a patched forward_path is called as such.
-    _plain_forward_path = (forward_path, 'op_names')
+    # The core calls the candidate modules directly (the same lookup) while the class's forward_path
+    # is this function: a subclass's or a patched forward_path is called as such (_alternatives).
+    _plain_forward_path = forward_path
 
 
 
@@ -125,7 +125,7 @@ class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
         check_alpha_length(type(self), label, alpha, list(range(n_candidates)))
         super().__init__(n_candidates, n_chosen, alpha, softmax, label)
         self._sampled: int | None = None
-        self._init_context(alpha, softmax, mode)
+        self._init_context(alpha, softmax, mode, noun='input')
 
     @property
     def active_index(self) -> int | None:

@@ -14,6 +14,7 @@ from nni.nas.oneshot.pytorch.differentiable import ProxylessLightningModule as N
 
 from ..._search_step import ProxylessSearchStep, SearchOptions
 from .layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, register_repeat_layers
+from .mixed import NATIVE_MIXED_OPERATIONS, MixedOpProxylessPolicy
 
 __all__ = ['ProxylessLightningModule', 'unsupported_primitive_hook']
 
@@ -27,8 +28,9 @@ def unsupported_primitive_hook(module: nn.Module, name: str, memo: dict[str, Any
     try:
         return nni_no_default_hook(module, name, memo, mutate_kwargs)
     except TypeError as err:
-        raise TypeError(f'ProxylessNAS (proxyless_rs) supports LayerChoice, InputChoice and Repeat only; module '
-                        f'{name!r} of type {type(module).__name__} is not supported ({err}).') from err
+        raise TypeError(f'ProxylessNAS (proxyless_rs) supports LayerChoice, InputChoice, Repeat and value choices in '
+                        f"NNI's mixed operations; module {name!r} of type {type(module).__name__} is not supported "
+                        f'({err}).') from err
 
 
 class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule):
@@ -79,10 +81,11 @@ class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule)
 
     def default_mutation_hooks(self) -> list[MutationHook]:
         return [register_repeat_layers, ProxylessMixedLayer.mutate, ProxylessMixedInput.mutate,
-                ProxylessMixedRepeat.mutate, unsupported_primitive_hook]
+                ProxylessMixedRepeat.mutate, *[operation.mutate for operation in NATIVE_MIXED_OPERATIONS],
+                unsupported_primitive_hook]
 
     def mutate_kwargs(self) -> dict[str, Any]:
-        return {**super().mutate_kwargs(), 'proxyless_mode': self.mode}
+        return {**super().mutate_kwargs(), 'mixed_op_sampling': MixedOpProxylessPolicy, 'proxyless_mode': self.mode}
 
     def configure_architecture_optimizers(self):
         """NNI's architecture optimizer (Adam, betas (0.5, 0.999), weight decay 1e-3), at

@@ -82,7 +82,7 @@ class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
             super().__init__(paths, alpha, softmax, label)
         self._sampled: str | int | None = None
         self._sample_idx: int | None = None
-        self._init_context(alpha, softmax, mode)
+        self._init_context(alpha, softmax, mode, list(self.names))
 
     @property
     def op_names(self) -> list:
@@ -93,9 +93,9 @@ class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
         """Output of candidate ``index``."""
         return self._modules[str(self.names[index])](*args, **kwargs)
 
-    # The core calls candidates directly (the same module lookup) while the class's forward_path is
-    # this function: a subclass's or a patched forward_path is called as such.
-    _plain_forward_path = (forward_path, 'names')
+    # The core calls the candidate modules directly (the same lookup) while the class's forward_path
+    # is this function: a subclass's or a patched forward_path is called as such (_alternatives).
+    _plain_forward_path = forward_path
 
 
 
@@ -115,7 +115,7 @@ class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
         with _outside_a_model_space():
             super().__init__(n_candidates, n_chosen, alpha, softmax, label)
         self._sampled: list[int] | None = None
-        self._init_context(alpha, softmax, mode)
+        self._init_context(alpha, softmax, mode, noun='input')
 
     @property
     def active_index(self) -> int | None:

@@ -59,7 +59,24 @@ class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
 
     def on_fit_start(self):
         self._check_latency_table()
+        if self.exact:
+            self._count_grad_forwards()
         return super().on_fit_start()
+
+    def _count_grad_forwards(self) -> None:
+        """``exact=True``: records which layers ran a forward with grad mode on since the last backward
+        (what :meth:`manual_backward` gives NNI 3.0's zero alpha gradient), by a forward pre-hook on each."""
+        ran = self.__dict__.setdefault('_ran_with_grad', set())
+        for handle in self.__dict__.pop('_grad_forward_hooks', []):
+            handle.remove()
+
+        def record(module, args):
+            if torch.is_grad_enabled():
+                ran.add(id(module))
+
+        self.__dict__['_grad_forward_hooks'] = [
+            module.register_forward_pre_hook(record) for module in self.supernet_modules()
+            if isinstance(module, ProxylessLayer)]
 
     def _mixed_modules(self) -> list[Any]:
         return list(self.supernet_modules())
@@ -100,16 +117,15 @@ class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
             return super().manual_backward(loss, *args, **kwargs)
         layers = [m for m in self.supernet_modules() if isinstance(m, ProxylessLayer)]
         super().manual_backward(loss, *args, **kwargs)
-        if self.exact:
-            # NNI 3.0's autograd Function is in the graph of every layer that ran (an input choice's
-            # Function takes all its inputs), runs with zero output gradients where none reached it, and
-            # gives its alpha a zero gradient, which Adam's momentum and weight decay then act on; our
-            # hooks run only where a gradient arrives. Give the alpha of a layer that ran NNI 3.0's zero.
-            for module in layers:
-                if module.ctx.grad_forwards and module._arch_alpha.grad is None:
-                    module._arch_alpha.grad = torch.zeros_like(module._arch_alpha)
+        # NNI 3.0's autograd Function is in the graph of every layer that ran (an input choice's
+        # Function takes all its inputs), runs with zero output gradients where none reached it, and
+        # gives its alpha a zero gradient, which Adam's momentum and weight decay then act on; our
+        # taps run only where a gradient arrives. Give the alpha of a layer that ran NNI 3.0's zero.
+        ran = self.__dict__.setdefault('_ran_with_grad', set())
         for module in layers:
-            module.ctx.grad_forwards = 0
+            if id(module) in ran and module._arch_alpha.grad is None:
+                module._arch_alpha.grad = torch.zeros_like(module._arch_alpha)
+        ran.clear()
 
     def on_train_epoch_start(self):
         if self.exact:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from nni.nas.oneshot.pytorch.strategy import MutationHook, Proxyless as NNIProxyless, no_default_hook
-from nni.nas.oneshot.pytorch.supermodule.differentiable import MixedOpDifferentiablePolicy
 
 from ..._search_step import SearchOptions
 from .layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, suppress_already_mutated
 from .lightning import ProxylessLightningModule
+from .mixed import NATIVE_MIXED_OPERATIONS, MixedOpProxylessPolicy
 
 __all__ = ['Proxyless']
 
@@ -53,15 +53,18 @@ class Proxyless(NNIProxyless):
 
     def default_mutation_hooks(self) -> list[MutationHook]:
         return [suppress_already_mutated, ProxylessMixedLayer.mutate, ProxylessMixedInput.mutate,
-                ProxylessMixedRepeat.mutate, no_default_hook]
+                ProxylessMixedRepeat.mutate, *[operation.mutate for operation in NATIVE_MIXED_OPERATIONS],
+                no_default_hook]
 
     def run_hook(self, hook: MutationHook, name: str, module, memo: dict[str, Any]):
-        # NNI 3.0's DARTS.run_hook, with the layers' mode added to the mutation keyword arguments.
+        # NNI 3.0's DARTS.run_hook, with ProxylessNAS's policy for the mixed operations (NNI's own and a
+        # space's: AutoFormer's hooks build them with the policy given here), the layers' mode and the
+        # module's name (for errors) added to the mutation keyword arguments.
         if not memo.get('_validated'):
             memo.update(self._arch_parameters)
             memo['_validated'] = True
-        kwargs = {'mixed_op_sampling': MixedOpDifferentiablePolicy, 'softmax': self.configure_softmax(),
-                  'proxyless_mode': self.search_options.mode}
+        kwargs = {'mixed_op_sampling': MixedOpProxylessPolicy, 'softmax': self.configure_softmax(),
+                  'proxyless_mode': self.search_options.mode, 'proxyless_module_name': name}
         return hook(module, name, memo, kwargs)
 
     def export_latency(self) -> float:

@@ -1,0 +1,107 @@
+"""Every choice of a supernet, whatever it is: a mixed layer or input (``_layer``), or a value choice of a
+mixed operation (``_mixed``): what the search step, hardware costs, exports and distributed search walk,
+and the blocks that switch the choices' work off (``no_arch_grad``, ``no_weight_grad``) and rescale
+two-path draws.
+
+A choice has ``label``, ``ctx`` (its ``ProxylessContext``), ``_arch_alpha``, ``softmax``,
+``probabilities()``, ``active_index`` and ``_name()``; a layer is a module, a value choice a
+:class:`proxyless_rs._mixed.ValueChoiceSite` of its operation (``module``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+
+from ._core import ArchParameter
+from ._layer import ProxylessLayer
+from ._mixed import ProxylessMixedOpPolicy
+
+__all__ = ['choices', 'no_arch_grad', 'no_weight_grad', 'rescale_two_path', 'unique_arch_parameters']
+
+
+def choices(*modules: nn.Module) -> Iterator[Any]:
+    """The choices inside ``modules`` in module order: each mixed layer or input, and each label of
+    each mixed operation (in the operation's order)."""
+    for root in modules:
+        for module in root.modules():
+            if isinstance(module, ProxylessLayer):
+                yield module
+                continue
+            policy = module.__dict__.get('sampling_policy')
+            if isinstance(policy, ProxylessMixedOpPolicy):
+                yield from policy.sites.values()
+
+
+def unique_arch_parameters(choices: Iterable[Any]) -> list[ArchParameter]:
+    """The choices' architecture parameters, each once (choices sharing a label share one), in order."""
+    return list({id(choice.ctx.arch): choice.ctx.arch for choice in choices}.values())
+
+
+@contextlib.contextmanager
+def no_arch_grad(*modules: nn.Module) -> Iterator[None]:
+    """Within this block, the ProxylessNAS choices inside ``modules`` (mixed layers and inputs, the
+    value choices of mixed operations) skip their alpha-gradient work.
+
+    Forwards save nothing and attach no hook, so backward neither evaluates the unsampled
+    candidates nor touches ``alpha.grad``: use it around a weight step whose alpha gradients
+    would be thrown away. Weight gradients are unchanged. What else differs from a full step:
+    the unsampled candidates' forwards in backward no longer run, so they neither update their
+    BatchNorm running statistics nor draw random numbers (dropout), and later draws shift.
+    Other modules (NNI's own layers included) are left as they are.
+    """
+    contexts = [choice.ctx for choice in choices(*modules)]
+    previous = [ctx.enabled for ctx in contexts]
+    for ctx in contexts:
+        ctx.enabled = False
+    try:
+        yield
+    finally:
+        for ctx, enabled in zip(contexts, previous):
+            ctx.enabled = enabled
+
+
+@contextlib.contextmanager
+def no_weight_grad(*modules: nn.Module, keep: Iterable[torch.Tensor] = ()) -> Iterator[None]:
+    """Within this block, backward computes the architecture gradients only: every parameter of
+    ``modules`` but the ProxylessNAS layers' alphas (and the tensors in ``keep``) has
+    ``requires_grad`` off, restored on exit. The mirror image of :func:`no_arch_grad`, for an
+    architecture step.
+
+    Why: the architecture step uses alpha's gradient alone, yet a plain backward also computes
+    the gradient of every weight on the sampled path (half a linear layer's or a convolution's
+    backward arithmetic), and autograd keeps each such layer's input alive for it. Here autograd
+    neither computes those nor saves what only they need; the gradient still flows through the
+    sampled paths to every mixed layer's output (whose gradient tap carries alpha's path whatever
+    its input and weights require), so every alpha gets exactly the gradient it gets without the
+    block. What differs: no weight gets a gradient from the step (one-shot strategies clear them
+    before the weight step anyway), and a hook on a weight does not fire.
+    """
+    kept = {id(choice._arch_alpha) for choice in choices(*modules)} | {id(t) for t in keep}
+    frozen = list({id(p): p for root in modules for p in root.parameters()
+                   if p.requires_grad and id(p) not in kept}.values())
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def rescale_two_path(*modules: nn.Module) -> None:
+    """Call right after the architecture optimizer's step when layers run in two-path mode.
+
+    For each architecture parameter sampled in two-path mode since the last call, shifts the two
+    involved logits by one common offset so that their summed ``exp`` is what it was before the
+    step (mit-han-lab's ``rescale_updated_arch_param``), and puts every other logit back to its
+    value at the draw (an optimizer with momentum or weight decay moves them although their
+    gradient was zero): the two candidates trade probability between themselves and every other
+    candidate's probability is unchanged. Full-mode layers are left alone.
+    :class:`proxyless_rs.strategy.Proxyless` calls it for you.
+    """
+    for arch in unique_arch_parameters(choices(*modules)):
+        arch.rescale()
