@@ -414,7 +414,8 @@ def _plain_class(bound_type: type) -> type:
     ``MutableConv2d`` is an ``nn.Conv2d``, NNI 2.10's traced ``Conv2d`` too), else ``bound_type``
     itself (a space's own operation, e.g. AutoFormer's class token)."""
     for cls in bound_type.__mro__:
-        if cls.__module__.startswith('torch.nn.modules.') and cls is not nn.Module:
+        # torch's own class (NNI 2.10's traced wrapper keeps its name and module, not its identity)
+        if cls is not nn.Module and getattr(nn, cls.__name__, None) is cls:
             return cls
     return bound_type
 

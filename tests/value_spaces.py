@@ -1,0 +1,89 @@
+"""Value-choice model spaces written once for both NNI versions, and the supernet our strategy
+builds from them (its own mutation hooks and keyword arguments), for tests/test_value_choices.py
+and the known-answer tasks of benchmarks/value_choices.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as torch_nn
+
+from proxyless_rs.nni.version import NNI3
+
+if NNI3:
+    import nni
+    from nni.nas.nn.pytorch import (
+        ModelSpace,
+        MutableBatchNorm2d as BatchNorm2d,
+        MutableConv2d as Conv2d,
+        MutableLayerNorm as LayerNorm,
+        MutableLinear as Linear,
+        MutableMultiheadAttention as MultiheadAttention,
+    )
+
+    def choice(label: str, values: list) -> Any:
+        return nni.choice(label, values)
+
+    def space(cls: type) -> type:
+        return cls
+
+    Base = ModelSpace
+else:
+    import nni.retiarii.nn.pytorch as retiarii_nn
+    from nni.retiarii import model_wrapper
+
+    Conv2d = retiarii_nn.Conv2d
+    BatchNorm2d = retiarii_nn.BatchNorm2d
+    Linear = retiarii_nn.Linear
+    LayerNorm = retiarii_nn.LayerNorm
+    MultiheadAttention = retiarii_nn.MultiheadAttention
+
+    def choice(label: str, values: list) -> Any:
+        return retiarii_nn.ValueChoice(values, label=label)
+
+    def space(cls: type) -> type:
+        return model_wrapper(cls)
+
+    Base = torch_nn.Module
+
+__all__ = ['Conv2d', 'BatchNorm2d', 'Linear', 'LayerNorm', 'MultiheadAttention', 'choice', 'space', 'Base',
+           'supernet', 'mixed_operations', 'resample']
+
+
+def supernet(model: torch_nn.Module, mode: str = 'full', seed: int = 0) -> torch_nn.Module:
+    """``model`` mutated in place by proxyless_rs's strategy's own hooks, as its search builds it
+    (alphas of ``randn * 1e-3`` under ``seed``, as NNI's strategies create them)."""
+    torch.manual_seed(seed)
+    if NNI3:
+        from proxyless_rs.strategy import Proxyless
+
+        return Proxyless(mode=mode).mutate_model(model)
+    from nni.nas.oneshot.pytorch.base_lightning import traverse_and_mutate_submodules
+
+    from proxyless_rs.nni.v2.lightning import ProxylessLightningModule
+    from proxyless_rs.nni.v2.mixed import MixedOpProxylessPolicy
+
+    hooks = ProxylessLightningModule.default_mutation_hooks(None)  # type: ignore[arg-type]
+    kwargs = {'mixed_op_sampling': MixedOpProxylessPolicy, 'softmax': torch_nn.Softmax(-1), 'proxyless_mode': mode}
+    traverse_and_mutate_submodules(model, hooks, kwargs, topdown=True)
+    return model
+
+
+def mixed_operations(model: torch_nn.Module) -> list[torch_nn.Module]:
+    """The searched modules of ``model`` in module order (what the one-shot module resamples)."""
+    from proxyless_rs._choices import choices
+
+    seen: dict[int, torch_nn.Module] = {}
+    for c in choices(model):
+        owner = getattr(c, 'module', c)
+        seen.setdefault(id(owner), owner)
+    return list(seen.values())
+
+
+def resample(model: torch_nn.Module, memo: dict | None = None) -> dict:
+    """NNI's one-shot loop: every searched module resamples in order, handed the memo so far."""
+    memo = dict(memo or {})
+    for module in mixed_operations(model):
+        memo.update(module.resample(memo))
+    return memo
