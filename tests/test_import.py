@@ -106,3 +106,15 @@ def test_library_code_sets_no_global_warning_filter():
 def test_the_subprocess_check_can_fail():
     # The detector itself: importing Lightning shows up.
     assert within(modules_after('import proxyless_rs, pytorch_lightning'), LIGHTNING)
+
+
+def test_importing_our_strategy_first_leaves_nnis_strategies_whole():
+    # NNI's strategy package imports its one-shot strategies lazily through a try/except that binds a
+    # failed-import stub: importing them before the package finished initialising left every one of
+    # NNI's strategies (DARTS, ENAS, ...) a stub.
+    strategies = 'nni.nas.strategy' if proxyless_rs.nni.version.NNI3 else 'nni.retiarii.strategy'
+    script = (f'import proxyless_rs.strategy\nimport {strategies} as s\n'
+              'print([getattr(cls, "__name__", type(cls).__name__) for cls in (s.DARTS, s.ENAS, s.RandomOneShot)])')
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "['DARTS', 'ENAS', 'RandomOneShot']"

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+# NNI's strategy package must finish initialising before its one-shot strategies are imported
+# directly: the other order leaves nni.nas.strategy.DARTS (and the rest) bound to failed-import stubs.
+import nni.nas.strategy  # noqa: F401  (import order matters)
 from nni.nas.oneshot.pytorch.strategy import MutationHook, Proxyless as NNIProxyless, no_default_hook
 
 from ..._search_step import SearchOptions
