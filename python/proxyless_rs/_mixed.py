@@ -510,6 +510,33 @@ mark_dynamo_disabled(
 )
 
 
+KEPT_ATTRIBUTES = ('eps', 'momentum')
+"""Arguments of NNI's mixed operations that a space may set on its module after construction (its
+initializer sets BatchNorm's ``eps`` and ``momentum``, as NNI's hub spaces do): NNI builds the mixed
+operation from the module's constructor arguments alone, and would lose them."""
+
+
+def keeping_attributes(mutate: Callable) -> Callable:
+    """``mutate`` (a mixed operation's mutation hook) that gives the operation the module's own values
+    of :data:`KEPT_ATTRIBUTES` where they are not value choices: the supernet, its child and NNI's own
+    frozen model then compute with the same ``eps``."""
+
+    @functools.wraps(mutate)
+    def hook(module: nn.Module, name: str, memo: dict[str, Any], mutate_kwargs: dict[str, Any]) -> Any:
+        result = mutate(module, name, memo, mutate_kwargs)
+        operation = result[0] if isinstance(result, tuple) else result
+        if isinstance(getattr(operation, 'sampling_policy', None), ProxylessMixedOpPolicy):
+            for argument in KEPT_ATTRIBUTES:
+                if argument in operation.argument_list and argument not in operation.mutable_arguments \
+                        and isinstance(getattr(module, argument, None), float):
+                    value = getattr(module, argument)
+                    operation.init_arguments[argument] = value
+                    setattr(operation, argument, value)
+        return result
+
+    return hook
+
+
 def mixed_operations(*modules: nn.Module) -> Iterator[nn.Module]:
     """The mixed operations under ProxylessNAS's policy inside ``modules``."""
     for root in modules:

@@ -22,7 +22,7 @@ import torch.nn as nn
 from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, _proxyless_layers
 from ._mixed import ProxylessMixedOpPolicy, mixed_operations, plain_operation
 
-__all__ = ['freeze', 'ChosenInput', 'ChosenInputs']
+__all__ = ['freeze', 'load_weights', 'ChosenInput', 'ChosenInputs']
 
 
 class ChosenInput(nn.Module):
@@ -124,3 +124,30 @@ def freeze(model: nn.Module, arch: Mapping[str, Any] | None = None, *, reduction
     if left:  # a mixed layer no rule reached (e.g. inside a container freeze does not enter)
         raise TypeError(f'freeze: mixed layers are left in the child: {left}')
     return child
+
+
+def load_weights(target: nn.Module, child: nn.Module) -> nn.Module:
+    """Loads a child network's weights (:func:`freeze`'s) into ``target``, the same architecture built
+    another way: NNI 3.0's ``ModelSpace.freeze(architecture)``, or the model space built under NNI
+    2.10's ``fixed_arch(architecture)``. Returns ``target``.
+
+    By key where the two state dicts have the same keys. Otherwise by position: NNI 2.10's hub spaces
+    drop a skipped block from their ``nn.Sequential`` under ``fixed_arch`` (``simplify_sequential``),
+    which renumbers the blocks after it, while the child keeps the skip in its place. The two must
+    then hold the same number of entries, each of the same shape, in the same order; the first that
+    differs is named in a ``ValueError`` and nothing is loaded.
+    """
+    source, destination = child.state_dict(), target.state_dict()
+    if source.keys() == destination.keys():
+        target.load_state_dict(source)
+        return target
+    if len(source) != len(destination):
+        raise ValueError(f'load_weights: the child has {len(source)} state entries, the target {len(destination)}: '
+                         'not the same architecture')
+    for (ours, mine), (theirs, their) in zip(source.items(), destination.items()):
+        if mine.shape != their.shape or ours.rsplit('.', 1)[-1] != theirs.rsplit('.', 1)[-1]:
+            raise ValueError(f'load_weights: entry {ours!r} of the child ({tuple(mine.shape)}) does not match '
+                             f'{theirs!r} of the target ({tuple(their.shape)}) at the same position: not the same '
+                             'architecture')
+    target.load_state_dict(dict(zip(destination, source.values())))
+    return target

@@ -41,5 +41,6 @@ def register_native_shapes(operations: Iterable[type], hub: str) -> None:
         if cls.__name__ in _NATIVE:
             inputs, spatial = _NATIVE[cls.__name__]
             register_input_sizes(cls, inputs, spatial)
-    for name in ('MixedAbsolutePositionEmbedding', 'MixedClassToken'):
+    # NNI 3.0's names, then NNI 2.10's.
+    for name in ('MixedAbsolutePositionEmbedding', 'MixedClassToken', 'MixedAbsPosEmbed', 'MixedClsToken'):
         register_input_sizes(f'{hub}.{name}', _last_is_embedding)

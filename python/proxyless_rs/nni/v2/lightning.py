@@ -12,6 +12,7 @@ import torch.nn as nn
 from nni.nas.oneshot.pytorch.base_lightning import MutationHook, no_default_hook as nni_no_default_hook
 from nni.nas.oneshot.pytorch.differentiable import ProxylessLightningModule as NNIProxylessLightningModule
 
+from ..._mixed import keeping_attributes, mixed_operations
 from ..._search_step import ProxylessSearchStep, SearchOptions
 from .layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, register_repeat_layers
 from .mixed import NATIVE_MIXED_OPERATIONS, MixedOpProxylessPolicy
@@ -38,8 +39,10 @@ class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule)
 
     Mutation hooks turn ``LayerChoice``, ``InputChoice`` and a ``Repeat`` with a depth choice into
     :class:`proxyless_rs.ProxylessMixedLayer`, :class:`proxyless_rs.ProxylessMixedInput` and
-    :class:`proxyless_rs.ProxylessMixedRepeat` (NNI 2.10's own strategies refuse ``Repeat``); anything
-    else that NNI would mutate is refused with a ``TypeError`` naming the module. Each training step
+    :class:`proxyless_rs.ProxylessMixedRepeat` (NNI 2.10's own strategies refuse ``Repeat``), and give
+    NNI's mixed operations (value choices in ``Conv2d``, ``Linear``, ``BatchNorm2d``, ``LayerNorm``,
+    ``MultiheadAttention``) ProxylessNAS's sampling policy (:mod:`proxyless_rs._mixed`); anything else
+    that NNI would mutate is refused with a ``TypeError`` naming the module. Each training step
     is NNI's: an architecture step on the validation batch (resample, forward, backward, architecture
     optimizer), then a weight step on the training batch (the step is ``proxyless_rs._search_step``'s,
     with ``warmup_epochs`` and ``arch_update_every``).
@@ -77,12 +80,15 @@ class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule)
                           'too. Drop exact=True to use it.', UserWarning, stacklevel=2)
         super().__init__(inner_module, mutation_hooks=mutation_hooks, arc_learning_rate=arc_learning_rate,
                          gradient_clip_val=gradient_clip_val)
+        if exact and next(mixed_operations(self.model), None) is not None:
+            raise ValueError("exact=True reproduces NNI 2.10's ProxylessNAS step for step, and NNI 2.10's ProxylessNAS "
+                             'has no value choices (mixed operations); this space has some: drop exact=True')
         self._check_latency_table()
 
     def default_mutation_hooks(self) -> list[MutationHook]:
+        mixed = [keeping_attributes(operation.mutate) for operation in NATIVE_MIXED_OPERATIONS]
         return [register_repeat_layers, ProxylessMixedLayer.mutate, ProxylessMixedInput.mutate,
-                ProxylessMixedRepeat.mutate, *[operation.mutate for operation in NATIVE_MIXED_OPERATIONS],
-                unsupported_primitive_hook]
+                ProxylessMixedRepeat.mutate, *mixed, unsupported_primitive_hook]
 
     def mutate_kwargs(self) -> dict[str, Any]:
         return {**super().mutate_kwargs(), 'mixed_op_sampling': MixedOpProxylessPolicy, 'proxyless_mode': self.mode}

@@ -11,6 +11,7 @@ from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 
 from ..._layer import ProxylessLayer
+from ..._mixed import ProxylessMixedOpPolicy
 from ..._search_step import ProxylessSearchStep, SearchOptions
 from .layers import ProxylessMixedInput, ProxylessMixedRepeat
 
@@ -32,6 +33,11 @@ def probabilities_with_grad(modules) -> dict[str, dict[Any, torch.Tensor]]:
             weights = module.probabilities()
             names = range(len(weights)) if isinstance(module, ProxylessMixedInput) else module.names
             probs[label] = dict(zip(names, weights))
+        policy = module.__dict__.get('sampling_policy')
+        if isinstance(policy, ProxylessMixedOpPolicy):  # a mixed operation's value choices
+            for site_label, site in policy.sites.items():
+                if site_label not in probs:
+                    probs[site_label] = dict(zip(site.names, site.probabilities()))
     return probs
 
 
@@ -57,8 +63,23 @@ class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, penalty=penalty)
         self._init_search(SearchOptions(warmup_epochs=warmup_epochs, **options))
 
+    def arch_parameters(self) -> list[torch.nn.Parameter]:
+        """The alphas of every searched module, each once, in module order: NNI 3.0 collects them
+        through a set, whose order changes from process to process, so that the architecture
+        optimizer's state in a checkpoint went to other alphas when a search resumed elsewhere."""
+        found: dict[int, torch.nn.Parameter] = {}
+        for module in self.supernet_modules():
+            if hasattr(module, 'arch_parameters'):
+                for p in module.arch_parameters():
+                    found.setdefault(id(p), p)
+        return list(found.values())
+
     def on_fit_start(self):
         self._check_latency_table()
+        if self.exact and any(isinstance(m.__dict__.get('sampling_policy'), ProxylessMixedOpPolicy)
+                              for m in self.supernet_modules()):
+            raise ValueError("exact=True reproduces NNI 3.0's Proxyless step for step, and NNI 3.0's Proxyless has no "
+                             'value choices (mixed operations); this space has some: drop exact=True')
         if self.exact:
             self._count_grad_forwards()
         return super().on_fit_start()

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import nni.nas.strategy  # noqa: F401  (import order matters)
 from nni.nas.oneshot.pytorch.strategy import MutationHook, Proxyless as NNIProxyless, no_default_hook
 
+from ..._mixed import keeping_attributes
 from ..._search_step import SearchOptions
 from .layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, suppress_already_mutated
 from .lightning import ProxylessLightningModule
@@ -25,7 +26,10 @@ class Proxyless(NNIProxyless):
     ``warmup_epochs``, ``penalty`` (a dict or an ``ExpectationProfilerPenalty``; here it has a gradient in
     alpha), ``mutation_hooks``; and proxyless_rs's: ``exact``, ``mode``, ``arch_update_every``,
     ``latency_table``, ``latency_weight``, ``latency_form``, ``latency_target``. ``LayerChoice``,
-    ``InputChoice`` and ``Repeat`` with a categorical depth are searched, as by NNI 3.0. With
+    ``InputChoice`` and ``Repeat`` with a categorical depth are searched, as by NNI 3.0, and value
+    choices in NNI's mixed operations (``MutableConv2d``, ``MutableLinear``, ``MutableBatchNorm2d``,
+    ``MutableLayerNorm``, ``MutableMultiheadAttention``, and those a space registers), which NNI 3.0's
+    Proxyless refuses (:mod:`proxyless_rs._mixed`). With
     ``latency_limit``, the export is the most probable architecture within the limit.
     ``export_top_models()`` / ``list_models()`` freeze the model space with the most probable choices
     (NNI 3.0's layers export a random draw). ``resume``, a Lightning checkpoint of an earlier run of
@@ -55,9 +59,9 @@ class Proxyless(NNIProxyless):
             **self.proxyless_kwargs)
 
     def default_mutation_hooks(self) -> list[MutationHook]:
+        mixed = [keeping_attributes(operation.mutate) for operation in NATIVE_MIXED_OPERATIONS]
         return [suppress_already_mutated, ProxylessMixedLayer.mutate, ProxylessMixedInput.mutate,
-                ProxylessMixedRepeat.mutate, *[operation.mutate for operation in NATIVE_MIXED_OPERATIONS],
-                no_default_hook]
+                ProxylessMixedRepeat.mutate, *mixed, no_default_hook]
 
     def run_hook(self, hook: MutationHook, name: str, module, memo: dict[str, Any]):
         # NNI 3.0's DARTS.run_hook, with ProxylessNAS's policy for the mixed operations (NNI's own and a
