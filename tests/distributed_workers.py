@@ -158,8 +158,17 @@ def ddp_evaluator(classification, dataloader, rank: int, world: int, strategy, *
         enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False, **kwargs)
 
 
-def lightning_search(rank: int, world: int, port: int, out_dir: str) -> None:
-    """proxyless_rs.strategy.Proxyless through RetiariiExperiment, Lightning DDP on CPU."""
+def _choices_state(root) -> dict:
+    """Every choice's alpha and live-call count (layers' and value choices')."""
+    import proxyless_rs
+
+    found = list(proxyless_rs._choices.choices(root))
+    return {'alphas': [c._arch_alpha.detach().clone() for c in found], 'saved_entries': [len(c.ctx) for c in found]}
+
+
+def lightning_search(rank: int, world: int, port: int, out_dir: str, values: bool = False) -> None:
+    """proxyless_rs.strategy.Proxyless through RetiariiExperiment, Lightning DDP on CPU (``values``: on
+    a space of value choices, a width shared by two mixed operations)."""
     try:
         os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                           LOCAL_RANK=str(rank), NODE_RANK='0')
@@ -185,19 +194,29 @@ def lightning_search(rank: int, world: int, port: int, out_dir: str) -> None:
                 h = torch.relu(self.stem(x))
                 return self.head(self.readout([h, self.first(h)]))
 
+        @model_wrapper
+        class Values(nn_nni.Module):
+            def __init__(self):
+                super().__init__()
+                width = nn_nni.ValueChoice([16, 32], label='width')
+                self.stem = nn_nni.Linear(64, width)
+                self.head = nn_nni.Linear(width, 10)
+
+            def forward(self, x):
+                return self.head(torch.relu(self.stem(x)))
+
         evaluator = ddp_evaluator(Classification, DataLoader, rank, world, DDPStrategy(
             process_group_backend='gloo', timeout=TIMEOUT))
         strategy = proxyless_rs.strategy.Proxyless(arc_learning_rate=0.05)
-        experiment = RetiariiExperiment(Space(), evaluator, [], strategy)
+        experiment = RetiariiExperiment(Values() if values else Space(), evaluator, [], strategy)
         config = RetiariiExeConfig()
         config.execution_engine = 'oneshot'
         experiment.run(config)
         (architecture,) = experiment.export_top_models()
         torch.save({
             'architecture': architecture,
-            'alphas': [m._arch_alpha.detach().clone() for m in strategy.model.nas_modules],
             'weights': {k: v.detach().clone() for k, v in strategy.model.state_dict().items()},
-            'saved_entries': [len(m.ctx) for m in strategy.model.nas_modules],
+            **_choices_state(strategy.model),
         }, os.path.join(out_dir, f'rank{rank}.pt'))
     except Exception:
         with open(os.path.join(out_dir, f'rank{rank}.err'), 'w') as f:
@@ -205,16 +224,18 @@ def lightning_search(rank: int, world: int, port: int, out_dir: str) -> None:
         raise
 
 
-def lightning_search_nni3(rank: int, world: int, port: int, out_dir: str) -> None:
-    """proxyless_rs.strategy.Proxyless through NNI 3.0's NasExperiment, Lightning DDP on CPU."""
+def lightning_search_nni3(rank: int, world: int, port: int, out_dir: str, values: bool = False) -> None:
+    """proxyless_rs.strategy.Proxyless through NNI 3.0's NasExperiment, Lightning DDP on CPU (``values``:
+    on a space of value choices)."""
     try:
         os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                           LOCAL_RANK=str(rank), NODE_RANK='0')
         torch.set_num_threads(1)
+        import nni
         import torch.nn as nn
         from nni.nas.evaluator.pytorch import Classification, DataLoader
         from nni.nas.experiment import NasExperiment
-        from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
+        from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace, MutableLinear
         from pytorch_lightning.strategies import DDPStrategy
 
         import proxyless_rs
@@ -231,21 +252,29 @@ def lightning_search_nni3(rank: int, world: int, port: int, out_dir: str) -> Non
                 h = torch.relu(self.stem(x))
                 return self.head(self.readout([h, self.first(h)]))
 
+        class Values(ModelSpace):
+            def __init__(self):
+                super().__init__()
+                width = nni.choice('width', [16, 32])
+                self.stem = MutableLinear(64, width)
+                self.head = MutableLinear(width, 10)
+
+            def forward(self, x):
+                return self.head(torch.relu(self.stem(x)))
+
         # Lightning 2.0's DDP needs find_unused_parameters for a single-path supernet; NNI 3.0's
         # evaluators name num_classes (torchmetrics 1.0).
         evaluator = ddp_evaluator(Classification, DataLoader, rank, world, DDPStrategy(
             process_group_backend='gloo', timeout=TIMEOUT, find_unused_parameters=True), num_classes=10)
         strategy = proxyless_rs.strategy.Proxyless(arc_learning_rate=0.05)
-        experiment = NasExperiment(Space(), evaluator, strategy)
+        experiment = NasExperiment(Values() if values else Space(), evaluator, strategy)
         experiment.run()
         (model,) = strategy.list_models()
         module = strategy.oneshot_module
-        layers = [m for m in module.supernet_modules() if isinstance(m, proxyless_rs._layer.ProxylessLayer)]
         torch.save({
             'architecture': dict(model.sample),
-            'alphas': [m._arch_alpha.detach().clone() for m in layers],
             'weights': {k: v.detach().clone() for k, v in module.state_dict().items()},
-            'saved_entries': [len(m.ctx) for m in layers],
+            **_choices_state(module),
         }, os.path.join(out_dir, f'rank{rank}.pt'))
         experiment.stop()
     except Exception:

@@ -3,8 +3,9 @@
     python resume_worker.py KIND MODE OUT_DIR [--kill-at EPOCH,STEP] [--resume] [--epochs 3]
 
 KIND: ``script`` (a plain training loop of proxyless_rs's layers, checkpointing with torch.save
-after every epoch, as docs/nni.md's recipe does) or ``strategy`` (proxyless_rs's strategy through
-the installed NNI's experiment, checkpointing through Lightning's ModelCheckpoint). MODE: ``full``
+after every epoch, as docs/nni.md's recipe does), ``strategy`` (proxyless_rs's strategy through
+the installed NNI's experiment, checkpointing through Lightning's ModelCheckpoint) or ``values``
+(the same strategy on a space of value choices: a width shared by two mixed operations). MODE: ``full``
 or ``two``. With ``--kill-at``, the process writes ``OUT_DIR/killable`` at that step of that
 epoch and waits there for the test's SIGKILL. With ``--resume``, it continues from the last
 checkpoint in OUT_DIR. At the end it writes ``OUT_DIR/result.pt``: every tensor of the search's
@@ -157,6 +158,42 @@ def space() -> nn.Module:
     return Space()
 
 
+def value_space() -> nn.Module:
+    """A space of value choices in the installed NNI's API: one width shared by two linear layers."""
+    from proxyless_rs.nni.version import NNI3
+
+    if NNI3:
+        import nni
+        import nni.nas.nn.pytorch as nas_nn
+
+        class Values(nas_nn.ModelSpace):
+            def __init__(self):
+                super().__init__()
+                width = nni.choice('width', [16, 32])
+                self.stem = nas_nn.MutableLinear(64, width)
+                self.head = nas_nn.MutableLinear(width, 10)
+
+            def forward(self, x):
+                return self.head(torch.tanh(self.stem(x)))
+
+        return Values()
+    import nni.retiarii.nn.pytorch as nas_nn
+    from nni.retiarii import model_wrapper
+
+    @model_wrapper
+    class Values(nas_nn.Module):  # type: ignore[no-redef]
+        def __init__(self):
+            super().__init__()
+            width = nas_nn.ValueChoice([16, 32], label='width')
+            self.stem = nas_nn.Linear(64, width)
+            self.head = nas_nn.Linear(width, 10)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.stem(x)))
+
+    return Values()
+
+
 def supernet() -> nn.Module:
     """The supernet proxyless_rs's strategy builds of :func:`space` under the installed NNI (no search)."""
     import proxyless_rs
@@ -169,7 +206,8 @@ def supernet() -> nn.Module:
     return search.model.model.model  # the one-shot module's evaluator module's model
 
 
-def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool, epochs: int) -> dict:
+def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool, epochs: int,
+             values: bool = False) -> dict:
     import pytorch_lightning as pl
 
     import proxyless_rs
@@ -187,6 +225,9 @@ def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool
     # Just above the least latency (0.6 ms): the multiplier rises and stays up.
     cost_spec = {'latency': {'limit': 0.65, 'multiplier': proxyless_rs.LagrangeMultiplier(0.65, lr=0.5)}}
     table = {'first': {'0': 1.0, '1': 2.0, '2': 0.5}, 'readout': {'0': 0.1, '1': 0.1}}
+    if values:  # each of the two operations counts the width's row: 0.6 ms at least
+        table = {'width': {'16': 0.3, '32': 0.5}}
+    make_space = value_space if values else space
     options = dict(arc_learning_rate=0.05, mode=mode, costs={'latency': table}, cost_spec=cost_spec,
                    resume=str(out / 'last.ckpt') if resume else None)
 
@@ -202,7 +243,7 @@ def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool
 
         evaluator = Classification(**loaders(DataLoader), num_classes=10, **kwargs)
         search = proxyless_rs.strategy.Proxyless(**options)
-        experiment = NasExperiment(space(), evaluator, search)
+        experiment = NasExperiment(make_space(), evaluator, search)
         experiment.run()
         module = search.oneshot_module
         export = module.export()
@@ -213,7 +254,7 @@ def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool
 
         evaluator = Classification(**loaders(DataLoader), **kwargs)
         search = proxyless_rs.strategy.Proxyless(**options)
-        experiment = RetiariiExperiment(space(), evaluator, [], search)
+        experiment = RetiariiExperiment(make_space(), evaluator, [], search)
         config = RetiariiExeConfig()
         config.execution_engine = 'oneshot'
         experiment.run(config)
@@ -225,7 +266,7 @@ def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument('kind', choices=['script', 'strategy'])
+    parser.add_argument('kind', choices=['script', 'strategy', 'values'])
     parser.add_argument('mode', choices=['full', 'two'])
     parser.add_argument('out')
     parser.add_argument('--kill-at', default=None)
@@ -235,7 +276,10 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     kill_at = tuple(int(v) for v in args.kill_at.split(',')) if args.kill_at else None
-    result = (script if args.kind == 'script' else strategy)(args.mode, out, kill_at, args.resume, args.epochs)
+    if args.kind == 'script':
+        result = script(args.mode, out, kill_at, args.resume, args.epochs)
+    else:
+        result = strategy(args.mode, out, kill_at, args.resume, args.epochs, values=args.kind == 'values')
     torch.save(result, out / 'result.pt')
 
 

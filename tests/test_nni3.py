@@ -25,6 +25,7 @@ if not NNI3:
 
 warnings.filterwarnings('ignore', category=UserWarning)
 
+import nni  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from nni.nas.evaluator.pytorch import Classification, DataLoader  # noqa: E402
 from nni.nas.experiment import NasExperiment  # noqa: E402
@@ -487,3 +488,33 @@ def test_layers_build_in_a_plain_script_under_nni_strict_frozen_check(monkeypatc
     layer(torch.randn(2, 4)).sum().backward()
     assert layer._arch_alpha.grad is not None
     assert mixed_input.resample({})['readout'] in ([0], [1], [2], 0, 1, 2)
+
+
+class ValueSpace(ModelSpace):
+    def __init__(self, unsupported: bool = False):
+        super().__init__()
+        from nni.nas.nn.pytorch import MutableConv1d, MutableLinear
+
+        width = nni.choice('width', [16, 32])
+        self.stem = MutableConv1d(1, width, 3) if unsupported else MutableLinear(64, width)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = self.stem(x[:, None]).mean(-1) if isinstance(self.stem, nn.Conv1d) else self.stem(x)
+        return self.head(F.pad(h, (0, 32 - h.shape[-1])))
+
+
+def test_a_value_choice_is_searched_and_an_unsupported_one_named():
+    strategy = proxyless_rs.strategy.Proxyless(arc_learning_rate=0.05)
+    torch.manual_seed(0)
+    experiment = NasExperiment(ValueSpace(), evaluator(), strategy)
+    experiment.run()
+    experiment.stop()
+    (architecture,) = experiment.export_top_models(formatter='dict')
+    assert architecture['width'] in (16, 32)
+    assert strategy.supernet.stem._arch_alpha['width'].abs().max() > 1e-2
+    # NNI 3.0's ModelSpace.freeze takes the export.
+    assert ValueSpace().freeze(architecture).stem.out_features == architecture['width']
+    # A value choice in a module NNI has no mixed operation for: NNI 3.0's own refusal, naming it.
+    with pytest.raises(TypeError, match=r'Module `stem` of type `MutableConv1d` has dangling mutables'):
+        NasExperiment(ValueSpace(unsupported=True), evaluator(), proxyless_rs.strategy.Proxyless()).run()

@@ -108,6 +108,16 @@ def test_the_strategy_killed_mid_epoch_resumes_to_the_same_search(tmp_path, whol
     assert whole['multiplier']['value'] > 0  # the limit binds: the multiplier moved, and resumed where it was
 
 
+@pytest.mark.parametrize('mode', ['full', 'two'])
+def test_a_search_of_value_choices_killed_mid_epoch_resumes_to_the_same_search(tmp_path, whole_search, mode):
+    whole = torch.load(whole_search('values', mode) / 'result.pt', weights_only=False)
+    resumed = killed_and_resumed('values', mode, tmp_path / 'resumed', '1,3')
+    assert_same(resumed, whole)
+    alphas = [value for key, value in whole['state'].items() if key.endswith('_arch_alpha.width')]
+    assert len(alphas) == 2 and torch.equal(alphas[0], alphas[1])  # one alpha, shared by both operations
+    assert alphas[0].abs().max() > 1e-2 and whole['export']['width'] in (16, 32)
+
+
 def test_a_checkpoint_from_elsewhere_is_refused_by_the_strategys_module():
     from proxyless_rs._search_step import ProxylessSearchStep
 

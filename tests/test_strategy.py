@@ -214,6 +214,7 @@ def test_validation_dataloader_is_required():
 
 
 @model_wrapper
+@model_wrapper
 class MixedOperationSpace(nn.Module):
     def __init__(self):
         super().__init__()
@@ -221,13 +222,38 @@ class MixedOperationSpace(nn.Module):
         self.head = nn.Linear(32, 10)
 
     def forward(self, x):
-        return self.head(F.pad(self.stem(x), (0, 32 - self.stem.out_features)))
+        h = self.stem(x)
+        return self.head(F.pad(h, (0, 32 - h.shape[-1])))
+
+
+def test_a_value_choice_is_searched_exported_and_frozen():
+    strategy = Proxyless(arc_learning_rate=0.05)
+    experiment = run(strategy, space_cls=MixedOperationSpace)
+    (architecture,) = experiment.export_top_models()
+    assert architecture['width'] in (16, 32)
+    (stem,) = [m for m in strategy.model.nas_modules if hasattr(m, 'sampling_policy')]
+    assert stem._arch_alpha['width'].abs().max() > 1e-2  # the architecture optimizer moved it
+    child = proxyless_rs.freeze(strategy.model.model.model, architecture)
+    assert type(child.stem) is torch.nn.Linear and child.stem.out_features == architecture['width']
+
+
+@model_wrapper
+class UnsupportedSpace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv1d(1, nn.ValueChoice([4, 8], label='width'), 3)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = self.stem(x[:, None]).mean(-1)
+        return self.head(F.pad(h, (0, 8 - h.shape[-1])))
 
 
 def test_unsupported_primitive_is_named():
-    with pytest.raises(TypeError, match=r"supports LayerChoice, InputChoice and Repeat only; module 'stem' of type "
-                                        r"Linear"):
-        run(Proxyless(), space_cls=MixedOperationSpace)
+    # A value choice in a module NNI has no mixed operation for.
+    with pytest.raises(TypeError, match=r"supports LayerChoice, InputChoice, Repeat and value choices in NNI's mixed "
+                                        r"operations; module 'stem' of type Conv1d is not supported"):
+        run(Proxyless(), space_cls=UnsupportedSpace)
 
 
 def test_depth_choice_is_searched_and_exported_as_its_most_probable_depth():

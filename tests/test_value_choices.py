@@ -409,3 +409,50 @@ def test_a_short_search_exports_the_value_that_made_the_data(task):
     truth = TASKS[task][2]
     exported = [search('proxyless', task, seed) for seed in range(10)]
     assert sum(value == truth for value in exported) >= 9, exported
+
+
+# --- after the search: costs, the k best, the constrained export -------------------------------------
+
+def test_counted_parameters_of_value_choices_add_up_over_the_operations():
+    model = build('width')  # conv(2 -> width, ks) + BatchNorm(width) + conv(width -> 3, 1)
+    table = proxyless_rs.count_costs(model, torch.randn(IMAGE), costs=('params',))
+    assert set(table['params']) == {'width', 'ks'} and set(table['params']['width']) == {'4', '8', '6'}
+
+    def conv(width, ks):
+        return width * 2 * ks * ks + width
+
+    for width in (4, 8, 6):
+        for ks in (3, 5):
+            architecture = {'width': width, 'ks': ks}
+            predicted = proxyless_rs.predicted_costs(architecture, model, table)['params']
+            # The convolution has two value choices: first order about their first values (width 4, ks 3);
+            # the BatchNorm and the projection one each: exact.
+            assert predicted == pytest.approx(conv(width, 3) + conv(4, ks) - conv(4, 3) + 2 * width + 3 * width + 3)
+            child = proxyless_rs.freeze(model, architecture)
+            if width == 4 or ks == 3:
+                assert predicted == pytest.approx(sum(p.numel() for p in child.parameters()))
+
+
+def test_the_k_best_and_the_constrained_export_rank_value_choices_exactly():
+    import itertools
+
+    model = build('width')
+    with torch.no_grad():
+        model.conv._arch_alpha['width'].copy_(torch.tensor([0.3, 1.0, -0.2]))
+        model.conv._arch_alpha['ks'].copy_(torch.tensor([0.5, 0.1]))
+    table = proxyless_rs.count_costs(model, torch.randn(IMAGE), costs=('params',))
+    probs = {label: torch.softmax(model.conv._arch_alpha[label].detach().double(), -1).tolist()
+             for label in ('width', 'ks')}
+    every = []
+    for (i, width), (j, ks) in itertools.product(enumerate([4, 8, 6]), enumerate([3, 5])):
+        architecture = {'width': width, 'ks': ks}
+        cost = proxyless_rs.predicted_costs(architecture, model, table)['params']
+        every.append((probs['width'][i] * probs['ks'][j], architecture, cost))
+    every.sort(key=lambda entry: -entry[0])
+    ranked = proxyless_rs.top_architectures(model, 6, table=table)
+    assert [r.architecture for r in ranked] == [a for _, a, _ in every]
+    for r, (p, _, cost) in zip(ranked, every):
+        assert math.isclose(r.probability, p, rel_tol=1e-9) and r.costs['params'] == pytest.approx(cost)
+    limit = sorted(cost for _, _, cost in every)[2]
+    best = next(a for _, a, cost in every if cost <= limit)
+    assert proxyless_rs.constrained_export(model, table, limit) == best

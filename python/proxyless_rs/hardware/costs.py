@@ -30,6 +30,7 @@ from .latency import (
     LatencyTable,
     _capture_inputs,
     _choices,
+    _rows,
     expected_latency,
     latency_loss,
     predicted_totals,
@@ -220,7 +221,10 @@ def count_costs(model: nn.Module, *example_args: Any, costs: tuple[str, ...] | l
       is not seen.
 
     FLOPs and memory are those of the example input: pass the batch size the figures are for.
-    Layers that share a label keep the largest instance's figure (the table is per label).
+    Layers that share a label keep the largest instance's figure (the table is per label). A value
+    choice's values are counted on its operation (parameters: its sliced weights) with its other
+    labels at their first values, and its row is what each operation using it adds (see
+    ``latency._rows``: exact where a cost adds up over an operation's labels).
     """
     costs = tuple(costs)
     unknown = [c for c in costs if c not in COUNTED_COSTS]
@@ -231,17 +235,16 @@ def count_costs(model: nn.Module, *example_args: Any, costs: tuple[str, ...] | l
     if not layers:
         raise ValueError('count_costs: the model has no ProxylessNAS mixed layers or value choices')
     captured = _capture_inputs(model, layers, example_args, example_kwargs)
-    tables: dict[str, dict[str, dict[str, float]]] = {cost: {} for cost in costs}
+    figures: dict[str, list[tuple[Any, list[float]]]] = {cost: [] for cost in costs}
     with torch.no_grad():
         for layer in layers:
             if id(layer) not in captured:
                 continue
             args, kwargs = captured[id(layer)]
-            for k, choice in enumerate(_choices(layer)):
-                for cost, value in _count_candidate(layer, k, args, kwargs, costs).items():
-                    row = tables[cost].setdefault(str(layer.label), {})
-                    row[choice] = max(row.get(choice, 0.0), value)
-    return CostTable(tables)
+            counted = [_count_candidate(layer, k, args, kwargs, costs) for k in range(len(_choices(layer)))]
+            for cost in costs:
+                figures[cost].append((layer, [c[cost] for c in counted]))
+    return CostTable({cost: _rows(measured) for cost, measured in figures.items()})
 
 
 # --- expected and predicted costs --------------------------------------------------------------

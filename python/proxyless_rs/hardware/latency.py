@@ -210,6 +210,36 @@ def predicted_latency(architecture: Mapping[str, Any], model: nn.Module, table: 
     return predicted_totals(architecture, model, {'latency': table}, 'predicted_latency')['latency']
 
 
+def _rows(measured: list[tuple[Any, list[float]]]) -> dict[str, dict[str, float]]:
+    """A table's rows from each choice's figures, one per alternative (in order).
+
+    Layers sharing a label keep the largest instance's figure. A value choice's row is what each
+    operation using it counts (:class:`CandidateTable`), so that the operations' counts add up to
+    their cost: the mean over those operations of ``f(v) - f(v0) * (1 - 1/m)``, where ``f(v)`` is the
+    operation's figure with this label at ``v`` and its other labels at their first values ``v0``,
+    and ``m`` its number of value choices (never below 0). Summed over an operation's labels that is
+    ``f(v0) + sum of each label's change from v0``: exact at the first values and wherever the cost
+    adds up over the labels (a convolution's FLOPs in its kernel size and width multiply, and are
+    approximated to first order).
+    """
+    layers: dict[str, dict[str, float]] = {}
+    values: dict[str, dict[str, list[float]]] = {}
+    for choice, figures in measured:
+        label, keys = str(choice.label), _choices(choice)
+        if isinstance(choice, ValueChoiceSite):
+            m = len(choice.module.sampling_policy.sites)
+            row = values.setdefault(label, {})
+            for key, figure in zip(keys, figures):
+                row.setdefault(key, []).append(max(0.0, figure - figures[0] * (1 - 1 / m)))
+        else:
+            row_max = layers.setdefault(label, {})
+            for key, figure in zip(keys, figures):
+                row_max[key] = max(row_max.get(key, 0.0), figure)
+    for label, row in values.items():
+        layers[label] = {key: sum(figures) / len(figures) for key, figures in row.items()}
+    return layers
+
+
 def _owner(choice: Any) -> nn.Module:
     """The module a choice's calls go through: the layer, or a value choice's operation."""
     return choice.module if isinstance(choice, ValueChoiceSite) else choice
@@ -265,7 +295,9 @@ def profile_latency(model: nn.Module, *example_args: Any, repeats: int = 20, war
     Runs ``model(*example_args, **example_kwargs)`` once under ``no_grad`` with every layer fixed
     to its first candidate to capture each layer's inputs, then times ``forward_path(k, ...)`` of
     every candidate (median of ``repeats`` runs after ``warmup``; CUDA is synchronised around each
-    run). Progress is shown with tqdm. The layers' sampled paths are restored afterwards.
+    run); a value choice's values are timed on its operation with its other labels at their first
+    values (the row: see ``_rows``). Progress is shown with tqdm. The layers' sampled paths are
+    restored afterwards.
     """
     from tqdm import tqdm
 
@@ -279,7 +311,7 @@ def profile_latency(model: nn.Module, *example_args: Any, repeats: int = 20, war
         if any(isinstance(t, torch.Tensor) and t.is_cuda for t in args):
             torch.cuda.synchronize()
 
-    table: dict[str, dict[str, float]] = {}
+    figures: dict[int, list[float]] = {}
     jobs = [(layer, k) for layer in layers if id(layer) in captured for k in range(len(_choices(layer)))]
     with torch.no_grad(), tqdm(jobs, desc='profiling candidates', disable=not progress, unit='op') as bar:
         for layer, k in bar:
@@ -291,7 +323,6 @@ def profile_latency(model: nn.Module, *example_args: Any, repeats: int = 20, war
                 start = time.perf_counter()
                 run(layer, k, args, kwargs)
                 samples.append((time.perf_counter() - start) * 1e3)
-            # Layers sharing a label keep the slowest instance's figure (the table is per label).
-            row = table.setdefault(layer.label, {})
-            row[_choices(layer)[k]] = max(row.get(_choices(layer)[k], 0.0), statistics.median(samples))
+            figures.setdefault(id(layer), []).append(statistics.median(samples))
+    table = _rows([(layer, figures[id(layer)]) for layer in layers if id(layer) in figures])
     return LatencyTable(table)
