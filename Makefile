@@ -3,8 +3,9 @@
 #   make demo     set up, build, run the digits search (NNI's layers and ours, side by side), from a
 #                 plain PyTorch script and through NNI's RetiariiExperiment
 #   make test     set up, build, run the pytest suite and the Rust unit tests
-#   make lint     set up, build, run the gates: cargo fmt --check, cargo clippy -D warnings, ruff, stubtest
-#   make bench    set up, build, run the benchmarks (speed; memory and step time on the paper's space)
+#   make lint     set up, build, run the gates: cargo fmt --check, cargo clippy -D warnings, ruff, mypy, stubtest
+#   make bench    set up, build, run the benchmarks (speed; memory and step time on the paper's space; value
+#                 choices: searches with a known answer, a search step on NNI's MobileNetV3 and AutoFormer)
 #   make gpu      set up, build, run everything that needs a GPU (scripts/gpu_check.sh)
 #   make wheel    build a wheel into dist/ against the torch of .venv (2.13), the way
 #                 `pip install --no-build-isolation .` builds (build_backend/proxyless_build/)
@@ -54,9 +55,8 @@ export CARGO_TARGET_DIR ?= $(TARGET_ROOT)
 TORCH ?= 2.7.1
 TORCH_RELEASE = $(word 1,$(subst ., ,$(TORCH))).$(word 2,$(subst ., ,$(TORCH)))
 REG_VENV = .venv-torch$(TORCH_RELEASE)
-# The same list as scripts/span.py's REGRESSION_TESTS.
-REGRESSION_TESTS := tests/test_regression.py tests/test_contract.py tests/test_two_path.py tests/test_torch_span.py \
-    tests/test_context.py
+# The regression tests are the modules marked `regression` (pytest -m regression; the marker is
+# registered in pyproject.toml): what runs on the other torch releases of the span.
 NNI3_VENV = .venv-nni3
 # NNI 3.0's own stack pins torch 2.0.0 (requirements-nni3.txt).
 NNI3_TORCH := $(shell sed -n 's/^torch==//p' requirements-nni3.txt)
@@ -79,7 +79,7 @@ PIP_NOISE := ^ *(Requirement already satisfied|Link requires|Skipping link|Found
 start = echo "==> $(1)"; SECONDS=0
 done = echo "    $(1): done in $$((SECONDS / 60)) min $$((SECONDS % 60)) s"
 
-.PHONY: demo test pytest cargo-test lint fmt-check clippy ruff stubtest bench bench-smoke gpu develop deps wheel \
+.PHONY: demo test pytest cargo-test lint fmt-check clippy ruff mypy stubtest bench bench-smoke gpu develop deps wheel \
 	wheel-check test-nni3 checkpoint-fixtures demo-nni3 nni3-env test-regression regression-env span wheels clean
 
 deps: $(DEPS)
@@ -142,7 +142,7 @@ test: pytest cargo-test
 # The gates. Each runs even if an earlier one failed; the target fails if any did.
 lint: $(DEVELOP)
 	@failed=""; \
-	for gate in fmt-check clippy ruff stubtest; do \
+	for gate in fmt-check clippy ruff mypy stubtest; do \
 	    $(MAKE) --no-print-directory $$gate || failed="$$failed $$gate"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "==> lint: failed:$$failed"; exit 1; fi; \
@@ -163,6 +163,12 @@ ruff: $(DEPS)
 	@echo "==> ruff check $(LINT_PATHS) ([tool.ruff] in pyproject.toml)"
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 
+# The type checker on the package ([tool.mypy] in pyproject.toml; NNI 2.10's stack of .venv: the NNI
+# 3.0 adapter's imports of NNI 3.0-only modules are untyped there).
+mypy: $(DEPS)
+	@echo "==> mypy python/proxyless_rs ([tool.mypy] in pyproject.toml)"
+	$(PY) -m mypy python/proxyless_rs
+
 # The stubs python/proxyless_rs/_core.pyi against the compiled module.
 stubtest: $(DEVELOP)
 	@echo "==> python -m mypy.stubtest proxyless_rs._core ([tool.mypy] in pyproject.toml)"
@@ -173,6 +179,9 @@ stubtest: $(DEVELOP)
 # and plots are those of docs/benchmarks.md.
 MEMORY_ARGS ?= --depth 2 --depth 4 --depth 6
 GROWTH_ARGS ?= --candidates 2 --candidates 4 --candidates 6
+# Then value choices: the searches with a known answer (ours beside NNI's DARTS) and a search step on
+# NNI's MobileNetV3 and AutoFormer spaces (ours, NNI's DARTS and RandomOneShot), under both NNIs.
+SPACES_ARGS ?= --batch 8
 bench: $(DEVELOP) $(NNI3_VENV)/.installed
 	$(PY) benchmarks/run.py
 	rm -f benchmarks/results/memory.json
@@ -180,6 +189,12 @@ bench: $(DEVELOP) $(NNI3_VENV)/.installed
 	$(NNI3_VENV)/bin/python benchmarks/memory.py $(MEMORY_ARGS) --out benchmarks/results/memory.json
 	$(PY) benchmarks/memory.py --table benchmarks/results/memory.json
 	$(PY) benchmarks/memory.py --plot benchmarks/results/memory.json benchmarks/results/memory.png
+	$(PY) benchmarks/value_choices.py
+	$(NNI3_VENV)/bin/python benchmarks/value_choices.py
+	rm -f benchmarks/results/spaces.json
+	$(PY) benchmarks/spaces.py $(SPACES_ARGS) --out benchmarks/results/spaces.json
+	$(NNI3_VENV)/bin/python benchmarks/spaces.py $(SPACES_ARGS) --out benchmarks/results/spaces.json
+	$(PY) benchmarks/spaces.py --table benchmarks/results/spaces.json
 
 bench-smoke: $(DEVELOP)
 	@$(call start,benchmark smoke run (tiny shapes))
@@ -189,6 +204,11 @@ bench-smoke: $(DEVELOP)
 	    --steps 1 --memory-steps 1 --out target/bench-smoke/memory.json
 	$(PY) benchmarks/memory.py --table target/bench-smoke/memory.json > target/bench-smoke/memory.md
 	$(PY) benchmarks/memory.py --plot target/bench-smoke/memory.json target/bench-smoke/memory.png
+	$(PY) benchmarks/value_choices.py --seeds 1 --warmup 2 --steps 3
+	rm -f target/bench-smoke/spaces.json
+	$(PY) benchmarks/spaces.py --space autoformer --method ours --method random --batch 2 --steps 1 --memory-steps 1 \
+	    --out target/bench-smoke/spaces.json
+	$(PY) benchmarks/spaces.py --table target/bench-smoke/spaces.json > target/bench-smoke/spaces.md
 	$(call done,benchmark smoke run)
 
 gpu: $(DEVELOP)
@@ -279,7 +299,7 @@ $(REG_VENV)/.installed: $(REG_VENV)/.deps-$(TORCH) $(PACKAGE_INPUTS)
 
 test-regression: $(REG_VENV)/.installed
 	@$(call start,NNI 2.10 regression tests on torch $(TORCH) ($(REG_VENV)))
-	$(REG_VENV)/bin/python -m pytest -rs $(REGRESSION_TESTS)
+	$(REG_VENV)/bin/python -m pytest -rs -m regression
 	$(call done,regression tests on torch $(TORCH))
 
 # Every release of torch-span.toml (scripts/span.py: one venv at a time, removed after its run).

@@ -62,12 +62,13 @@ SECONDS=0
 python -m pip install --disable-pip-version-check --quiet "$WHEEL[nni2,test,torch]"
 echo "installed in $SECONDS s: $(python -m pip list 2>/dev/null | grep -iE '^(torch|nni|proxyless-rs) ' | tr -s ' ' | paste -sd ';')"
 
-# The tests from this checkout against the installed package (not python/ of the checkout).
-cp -r tests "$WORK/tests"
-cp pyproject.toml "$WORK/"
+# The regression tests from this checkout against the installed package (not python/ of the
+# checkout): the files they read beside them.
+cp -r tests benchmarks build_backend scripts "$WORK/"
+cp pyproject.toml Cargo.toml Cargo.lock torch-span.toml requirements-*.txt "$WORK/"
 cd "$WORK"
 python -c 'import proxyless_rs, sys; assert proxyless_rs.__file__.startswith(sys.prefix), proxyless_rs.__file__; print("proxyless_rs from", proxyless_rs.__file__)'
-python -m pytest -q -p no:cacheprovider tests/test_regression.py tests/test_two_path.py
+python -m pytest -q -p no:cacheprovider -m regression
 
 # The wheel into an environment whose torch is outside the span: torch stays, import explains.
 FAKE="$WORK/fake-torch"

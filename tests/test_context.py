@@ -7,6 +7,9 @@ import torch.nn as nn
 import proxyless_rs
 from conftest import FREED_BY_BACKWARD, build, train_step
 
+# Run at both ends of the torch span too (make test-regression, make span).
+pytestmark = pytest.mark.regression
+
 
 def saved_entries(net) -> int:
     return sum(len(m.ctx) for m in net.mixed())

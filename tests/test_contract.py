@@ -26,6 +26,9 @@ import proxyless_rs
 from conftest import FREED_BY_BACKWARD, TORCH_RELEASE, requires_nni2
 from proxyless_rs import ProxylessMixedInput, ProxylessMixedLayer
 
+# Run at both ends of the torch span too (make test-regression, make span).
+pytestmark = pytest.mark.regression
+
 TOLERANCE = dict(rtol=1e-5, atol=1e-7)
 
 

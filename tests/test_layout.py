@@ -133,3 +133,31 @@ def test_the_version_is_written_once():
 
     assert 'version' not in tomllib.loads((ROOT / 'Cargo.toml').read_text())['package']
     assert tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['version']
+
+
+def test_the_core_names_no_nni_attribute():
+    # The core knows choices, not NNI: the Python side hands it each choice's alternatives and alpha
+    # (a layer's candidates, a mixed operation's values). No attribute of NNI's classes is read in
+    # src/ (its comments may say what NNI does).
+    nni_attributes = ['_arch_alpha', 'op_names', 'names', 'forward_path', '_plain_forward_path', '_sample_idx',
+                      '_sampled', '_softmax', '_binary_gates', 'sampling_policy', 'mutable_arguments', 'n_candidates',
+                      'n_chosen', '_modules']
+    for path in sorted((ROOT / 'src').rglob('*.rs')):
+        code = '\n'.join(line.split('//')[0] for line in path.read_text().splitlines())
+        for name in nni_attributes:
+            assert f'"{name}"' not in code, f'{path.relative_to(ROOT)} reads {name!r}'
+
+
+def test_the_architecture_pages_layout_names_every_source_file():
+    # docs/architecture.md's layout section, kept true to the tree: every source file is named there
+    # (by its file name, or its module name).
+    text = (ROOT / 'docs' / 'architecture.md').read_text()
+    layout = text[text.index('## Layout'):]
+    patterns = ['python/proxyless_rs/**/*.py', 'python/proxyless_rs/*.pyi', 'benchmarks/*.py', 'examples/*.py',
+                'scripts/*', 'build_backend/proxyless_build/*.py', 'src/**/*.rs', 'tests/*.py']
+    files = [path for pattern in patterns for path in ROOT.glob(pattern)
+             if path.is_file() and path.name != '__init__.py' and '__pycache__' not in path.parts]
+    assert len(files) > 60
+    missing = sorted(str(path.relative_to(ROOT)) for path in files if path.name not in layout
+                     and (path.suffix not in ('.py', '.rs', '.pyi') or path.stem not in layout))
+    assert not missing, f'docs/architecture.md does not name {missing}'

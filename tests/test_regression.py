@@ -16,7 +16,7 @@ from conftest import (
 )
 
 # Every test here compares with NNI 2.10's classes; tests/test_nni3.py does the same against NNI 3.0's.
-pytestmark = requires_nni2
+pytestmark = [pytest.mark.regression, requires_nni2]
 
 STEPS = 8
 

@@ -21,6 +21,9 @@ import proxyless_build as backend  # noqa: E402
 import span as span_script  # noqa: E402
 from proxyless_build import span, stage, torch_sys_patch  # noqa: E402
 
+# Run at both ends of the torch span too (make test-regression, make span).
+pytestmark = pytest.mark.regression
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # maturin depends on tomli below 3.11

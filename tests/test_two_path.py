@@ -10,6 +10,9 @@ import proxyless_rs
 from conftest import DEVICES, requires_nni2
 from proxyless_rs import ProxylessMixedInput, ProxylessMixedLayer, rescale_two_path
 
+# Run at both ends of the torch span too (make test-regression, make span).
+pytestmark = pytest.mark.regression
+
 
 def linear_layer(n=5, mode='two', dim=4, label='op', alpha=None, dtype=torch.float64, device='cpu'):
     torch.manual_seed(0)

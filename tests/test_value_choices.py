@@ -36,6 +36,9 @@ from value_spaces import (
     supernet,
 )
 
+# Run at both ends of the torch span too (make test-regression, make span).
+pytestmark = pytest.mark.regression
+
 warnings.filterwarnings('ignore', category=UserWarning)
 
 

@@ -10,7 +10,7 @@ saved belongs to the autograd node (the gradient tap) on that call's output.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -183,9 +183,13 @@ class ProxylessLayerChoice(ProxylessLayer):
     """What the layer choices of both NNI versions share: drawing (or taking from a memo) a candidate
     by its name in ``names``."""
 
-    names: list
     _sampled: Any
     _sample_idx: int | None
+    _modules: dict[str, nn.Module]  # nn.Module's, which the class this mixin goes in front of has
+
+    if TYPE_CHECKING:  # NNI 3.0's LayerChoice sets names itself, NNI 2.10's adapter has a property
+        @property
+        def names(self) -> list: ...
 
     @property
     def active_index(self) -> int | None:
@@ -195,7 +199,7 @@ class ProxylessLayerChoice(ProxylessLayer):
     def candidate(self, index: int) -> nn.Module:
         """Candidate ``index``, the submodule registered under its name (as a str: NNI 3.0 names a
         list's candidates 0, 1, ...)."""
-        return self._modules[str(self.names[index])]  # type: ignore[return-value]
+        return self._modules[str(self.names[index])]
 
     def _alternatives(self) -> Any:
         """The candidate modules, in order, where ``forward_path`` is the class's plain lookup
@@ -248,8 +252,13 @@ class DepthChain:
     blocks: Any
     min_depth: int
     max_depth: int
-    depth_label: str
-    depth_values: list[int]
+
+    if TYPE_CHECKING:  # the adapters' properties
+        @property
+        def depth_label(self) -> str: ...
+
+        @property
+        def depth_values(self) -> list[int]: ...
 
     def _choices(self) -> list[Any]:
         return [self.blocks[d] for d in range(self.min_depth, self.max_depth)]

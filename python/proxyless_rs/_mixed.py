@@ -126,9 +126,9 @@ def _fit_to(t: torch.Tensor, shape: Sequence[int], spatial: Sequence[int], neare
     if t.dim() != len(shape):
         raise RuntimeError(f'an alternative value returned a tensor of {t.dim()} dims where the sampled value '
                            f'returned {len(shape)}')
-    spatial = {d % t.dim() for d in spatial}
+    spatial_dims = {d % t.dim() for d in spatial}
     for dim, size in enumerate(shape):
-        how = ('nearest' if nearest else 'center') if dim in spatial else 'prefix'
+        how = ('nearest' if nearest else 'center') if dim in spatial_dims else 'prefix'
         t = _fit(t, dim, size, how)
     return t
 
@@ -433,7 +433,7 @@ def plain_operation(operation: nn.Module, leaves: Mapping[str, Any]) -> nn.Modul
     for name, expression in operation.mutable_arguments.items():
         arguments[name] = policy.compose(expression, leaves)
     cls = _plain_class(operation.bound_type)
-    signature = inspect.signature(cls.__init__).parameters
+    signature = inspect.signature(cls).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
         arguments = {k: v for k, v in arguments.items() if k in signature}
     plain = policy.construct(cls, arguments)
@@ -449,8 +449,8 @@ def plain_operation(operation: nn.Module, leaves: Mapping[str, Any]) -> nn.Modul
     return plain.train(operation.training)
 
 
-def _fit_inputs(sizes: Mapping[Any, Mapping[int, int]], args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    args, kwargs = list(args), dict(kwargs)
+def _fit_inputs(sizes: Mapping[Any, Mapping[int, int]], given_args: tuple, given_kwargs: dict) -> tuple[tuple, dict]:
+    args, kwargs = list(given_args), dict(given_kwargs)
     for which, dims in sizes.items():
         position, keyword = which if isinstance(which, tuple) else (which, None)
         if position < len(args):
@@ -493,6 +493,8 @@ def _tap(operation: nn.Module, policy: ProxylessMixedOpPolicy, args: tuple, kwar
     drawn = policy.drawn()
     shapes = _shapes(output)
     for label, site in policy.sites.items():
+        if site.index is None:
+            raise RuntimeError(f'{site._name()}: resample() needs to be called before forward.')
         evaluation = _Evaluation(operation, label, site.names, drawn, shapes)
         output = site.ctx.tap(evaluation, args, kwargs, site.index, site._alpha_now(), output)
     return output

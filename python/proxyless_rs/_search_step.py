@@ -36,10 +36,10 @@ import torch.optim as optim
 from ._choices import no_arch_grad, no_weight_grad, rescale_two_path
 from ._layer import ProxylessLayer
 from ._lightning_compat import counted_optimizer_step
+from ._nni_version import NNI_NAME
 from .checkpoint import rng_state, set_rng_state
 from .hardware.costs import CostSpec, CostTable, RankedArchitecture, constrained_export, cost_loss, top_architectures
 from .hardware.latency import LatencyTable, latency_loss, predicted_latency
-from .nni.version import NNI_NAME
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +189,10 @@ class ProxylessSearchStep:
         if state['optimizer_progress'] is not None:
             self._optimizer_progress = state['optimizer_progress']
         for name, multiplier in state['multipliers'].items():
-            self.cost_spec[name].multiplier.load_state_dict(multiplier)
+            spec_multiplier = self.cost_spec[name].multiplier
+            if spec_multiplier is None:
+                raise ValueError(f'the checkpoint holds a Lagrange multiplier for {name!r}, which this search has not')
+            spec_multiplier.load_state_dict(multiplier)
 
     def _check_same_search_space(self, saved: dict[str, Any]) -> None:
         """Refuses a checkpoint of another search space, naming the first layer that differs (before

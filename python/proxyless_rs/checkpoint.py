@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -49,7 +49,7 @@ def rng_state() -> dict[str, Any]:
     else:
         # As a tensor, not an ndarray: torch.load's weights_only (the default from torch 2.6, which
         # Lightning's checkpoint loading uses) refuses NumPy arrays.
-        name, keys, position, has_gauss, cached = numpy.random.get_state()
+        name, keys, position, has_gauss, cached = cast(tuple, numpy.random.get_state())
         state['numpy'] = (name, torch.from_numpy(keys.astype('int64')), position, has_gauss, cached)
     return state
 

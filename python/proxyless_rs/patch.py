@@ -5,21 +5,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .nni.version import NNI3
-from .supermodule import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat
+from ._adapter import adapter
 
 __all__ = ['patch_nni']
-
-# Where NNI looks its Proxyless classes up when it builds a supernet (by name at call time, so
-# rebinding the names suffices): NNI 2.10's supermodule and the Lightning module whose
-# default_mutation_hooks names them; NNI 3.0's supermodule, which its strategy imports them from.
-_TARGETS = (
-    ('nni.nas.oneshot.pytorch.supermodule.proxyless',) if NNI3 else
-    ('nni.nas.oneshot.pytorch.supermodule.proxyless', 'nni.nas.oneshot.pytorch.differentiable')
-)
-_REPLACEMENTS: dict[str, Any] = {'ProxylessMixedLayer': ProxylessMixedLayer, 'ProxylessMixedInput': ProxylessMixedInput}
-if NNI3:
-    _REPLACEMENTS['ProxylessMixedRepeat'] = ProxylessMixedRepeat
 
 
 class NNIPatch:
@@ -27,9 +15,11 @@ class NNIPatch:
 
     def __init__(self) -> None:
         self._saved: list[tuple[Any, str, Any]] = []
-        for target in _TARGETS:
+        layers = adapter('layers')
+        for target in layers.NNI_PROXYLESS_MODULES:
             module = importlib.import_module(target)
-            for name, replacement in _REPLACEMENTS.items():
+            for name in layers.NNI_PROXYLESS_CLASSES:
+                replacement = getattr(layers, name)
                 self._saved.append((module, name, getattr(module, name)))
                 setattr(module, name, replacement)
 

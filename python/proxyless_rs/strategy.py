@@ -1,14 +1,16 @@
 """``proxyless_rs.strategy.Proxyless``: the one-shot ProxylessNAS strategy of whichever NNI is installed
 (``nni.retiarii.strategy.Proxyless`` of NNI 2.10, ``nni.nas.strategy.Proxyless`` of NNI 3.0), on
-proxyless_rs's layers and step."""
+proxyless_rs's layers and step; ``_adapter`` picks."""
 
 from __future__ import annotations
 
-from .nni.version import NNI3
+from typing import TYPE_CHECKING
 
-if NNI3:
+from ._adapter import adapter
+
+if TYPE_CHECKING:
     from .nni.v3.strategy import Proxyless
 else:
-    from .nni.v2.strategy import Proxyless
+    Proxyless = adapter('strategy').Proxyless
 
 __all__ = ['Proxyless']

@@ -2,20 +2,25 @@
 
 Under NNI 2.10, drop-ins for ``nni.nas.oneshot.pytorch.supermodule.proxyless.ProxylessMixedLayer`` and
 ``ProxylessMixedInput`` of NNI 2.10 (``nni.v2.layers``); under NNI 3.0, for NNI 3.0's classes of
-the same names and its ``ProxylessMixedRepeat`` (``nni.v3.layers``). What they share, the draw,
-the forward and the per-call backward, is in ``_layer`` and the Rust core.
+the same names and its ``ProxylessMixedRepeat`` (``nni.v3.layers``); ``_adapter`` picks. What they
+share, the draw, the forward and the per-call backward, is in ``_layer`` and the Rust core.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ._adapter import adapter
 from ._choices import no_arch_grad, no_weight_grad, rescale_two_path
 from ._layer import MODES, ProxylessLayer, depth_distribution
-from .nni.version import NNI3
 
-if NNI3:
+if TYPE_CHECKING:  # what type checkers see: NNI 3.0's (NNI 2.10's have the same surface)
     from .nni.v3.layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat
 else:
-    from .nni.v2.layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat
+    _layers = adapter('layers')
+    ProxylessMixedLayer = _layers.ProxylessMixedLayer
+    ProxylessMixedInput = _layers.ProxylessMixedInput
+    ProxylessMixedRepeat = _layers.ProxylessMixedRepeat
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'ProxylessLayer', 'MODES',
            'no_arch_grad', 'no_weight_grad', 'rescale_two_path', 'depth_distribution']

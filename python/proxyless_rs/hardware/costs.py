@@ -22,7 +22,6 @@ from .._core import constrained_choices
 from .._layer import DepthChain, ProxylessLayerChoice, depth_distribution
 from .._mixed import ValueChoiceSite
 from .._torch_compat import TorchDispatchMode, flop_counter_mode, tree_leaves
-from ..nni.version import NNI3
 from .latency import (
     DEFAULT_WEIGHTS,
     LOSS_FORMS,
@@ -281,8 +280,8 @@ def _options(layer: Any) -> list[tuple[Any, list[str]]]:
     if k is None or k >= n:
         return [(list(range(n)) if n > 1 else 0, [str(i) for i in range(n)])]
     if k == 1:
-        # NNI 2.10 exports one input as its index, NNI 3.0 as a one-element list.
-        return [([i] if NNI3 else i, [str(i)]) for i in range(n)]
+        # Each NNI's own form of one exported input (NNI 2.10: its index, NNI 3.0: a one-element list).
+        return [(layer.exported_input(i), [str(i)]) for i in range(n)]
     # NNI exports n_chosen > 1 as the sorted list of indices: every such subset is one option.
     return [(list(subset), [str(i) for i in subset]) for subset in itertools.combinations(range(n), k)]
 
@@ -328,6 +327,7 @@ class _Group:
 
 def _choice_groups(model: nn.Module, table: CostTable | None) -> list[_Group]:
     names = list(table or ())
+    singles = [table[cost] for cost in names] if table is not None else []  # in the order of names
     depth_chains = [m for m in model.modules() if isinstance(m, DepthChain)]
     in_chain = {id(layer) for chain in depth_chains for layer in chain._choices()}
     groups: dict[Any, _Group] = {}
@@ -347,8 +347,8 @@ def _choice_groups(model: nn.Module, table: CostTable | None) -> list[_Group]:
         elif len(options) != len(group.options):
             raise ValueError(f'{layer._name()}: shares its label with {group.owner._name()} but has other choices')
         for option, (_, keys) in zip(group.costs, options):
-            for j, cost in enumerate(names):
-                option[j] += sum(table[cost][layer.label][key] for key in keys)
+            for j, single in enumerate(singles):
+                option[j] += sum(single[layer.label][key] for key in keys)
     result = list(groups.values())
     for chain in depth_chains:
         # A depth choice is one choice among its depths, each built from its first blocks (as Repeat
@@ -357,14 +357,16 @@ def _choice_groups(model: nn.Module, table: CostTable | None) -> list[_Group]:
         layers = chain._choices()
         taken = [_log_probs(layer).exp()[layer.names.index('1')] for layer in layers]
         probs = depth_distribution(taken).tolist()
-        options, values, costs = [], [], []
+        depth_options: list[dict[str, Any]] = []
+        depth_values: list[float] = []
+        depth_costs: list[list[float]] = []
         for depth in chain._depths():
             picks = chain._chain_for(depth)
             p = probs[depth - chain.min_depth]
-            options.append({chain.depth_label: depth, **picks})
-            values.append(math.log(p) if p > 0 else -math.inf)
-            costs.append([sum(table[cost][label][pick] for label, pick in picks.items()) for cost in names])
-        result.append(_Group(chain, options, values, costs))
+            depth_options.append({chain.depth_label: depth, **picks})
+            depth_values.append(math.log(p) if p > 0 else -math.inf)
+            depth_costs.append([sum(single[label][pick] for label, pick in picks.items()) for single in singles])
+        result.append(_Group(chain, depth_options, depth_values, depth_costs))
     return result
 
 

@@ -122,7 +122,7 @@ class LatencyTable(CandidateTable):
         super().__init__(table)
 
 
-def expected_latency(model: nn.Module, table: LatencyTable) -> torch.Tensor:
+def expected_latency(model: nn.Module, table: CandidateTable) -> torch.Tensor:
     """``sum over mixed layers of sum_i softmax(alpha)_i * latency_i``: differentiable in every alpha.
 
     Each mixed layer counts once per module (layers sharing a label and alpha each count, since

@@ -18,6 +18,12 @@ from ..._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, check_al
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'register_repeat_layers']
 
+# What proxyless_rs.patch_nni() rebinds: where NNI 2.10 looks its Proxyless classes up when it builds
+# a supernet (by name at call time): its supermodule, and the Lightning module whose
+# default_mutation_hooks names them.
+NNI_PROXYLESS_MODULES = ('nni.nas.oneshot.pytorch.supermodule.proxyless', 'nni.nas.oneshot.pytorch.differentiable')
+NNI_PROXYLESS_CLASSES = ('ProxylessMixedLayer', 'ProxylessMixedInput')
+
 
 class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
     """A layer choice that runs one sampled candidate per step (ProxylessNAS).
@@ -142,6 +148,11 @@ class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
         """Input ``index``."""
         return inputs[index]
 
+    @staticmethod
+    def exported_input(index: int) -> int:
+        """One chosen input as NNI 2.10's ``export`` gives it: its index."""
+        return index
+
     def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
         """Take the index from ``memo`` if it names this label, else draw one from ``softmax(alpha)``."""
         if self.label in memo:
@@ -170,13 +181,17 @@ class ProxylessMixedRepeat(DepthChain, BaseSuperNetModule):
     def __init__(self, blocks: list[nn.Module], label: str, values: list[int], min_depth: int, max_depth: int):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
-        self.label, self.depth_values = label, list(values)
+        self.label, self._depth_values = label, list(values)
         self.min_depth, self.max_depth = min_depth, max_depth
         self._check_chain(f'{type(self).__name__} {label!r}')
 
     @property
     def depth_label(self) -> str:
         return self.label
+
+    @property
+    def depth_values(self) -> list[int]:
+        return self._depth_values
 
     def export_probs(self, memo: dict[str, Any]) -> dict[str, Any]:
         if self.label in memo:

@@ -25,6 +25,11 @@ from ..._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, check_al
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'suppress_already_mutated']
 
+# What proxyless_rs.patch_nni() rebinds: NNI 3.0's supermodule, which its strategy imports its
+# Proxyless classes from (by name at call time).
+NNI_PROXYLESS_MODULES = ('nni.nas.oneshot.pytorch.supermodule.proxyless',)
+NNI_PROXYLESS_CLASSES = ('ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat')
+
 
 def _as_dict(paths: Any) -> Any:
     """NNI 2.10's list of ``(name, module)`` pairs as NNI 3.0's dict; anything else as it is."""
@@ -135,6 +140,11 @@ class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
     def forward_candidate(self, index: int, inputs, **kwargs):
         """Input ``index`` of the list a call of the layer takes."""
         return inputs[index]
+
+    @staticmethod
+    def exported_input(index: int) -> list[int]:
+        """One chosen input as NNI 3.0's ``export`` gives it: a one-element list."""
+        return [index]
 
     def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
         """Take the indices from ``memo`` if it names this label, else draw ``n_chosen`` from ``softmax(alpha)``."""

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
+import torch.nn as nn
 from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 
+from ..._choices import choices
 from ..._layer import ProxylessLayer
 from ..._mixed import ProxylessMixedOpPolicy
 from ..._search_step import ProxylessSearchStep, SearchOptions
@@ -24,20 +26,18 @@ def probabilities_with_grad(modules) -> dict[str, dict[Any, torch.Tensor]]:
     which then gives alpha no gradient at all."""
     probs: dict[str, dict[Any, torch.Tensor]] = {}
     for module in modules:
-        label = getattr(module, 'label', None)
         if isinstance(module, ProxylessMixedRepeat):
             label = module.depth_choice.label
             if label not in probs:
                 probs[label] = {module.min_depth + k: p for k, p in enumerate(module.depth_probs())}
-        elif isinstance(module, ProxylessLayer) and label not in probs:
-            weights = module.probabilities()
-            names = range(len(weights)) if isinstance(module, ProxylessMixedInput) else module.names
-            probs[label] = dict(zip(names, weights))
-        policy = module.__dict__.get('sampling_policy')
-        if isinstance(policy, ProxylessMixedOpPolicy):  # a mixed operation's value choices
-            for site_label, site in policy.sites.items():
-                if site_label not in probs:
-                    probs[site_label] = dict(zip(site.names, site.probabilities()))
+            continue
+        # A layer (its candidates by name; an input choice's by index), or each value choice of a
+        # mixed operation.
+        for choice in choices(module):
+            if choice.label not in probs:
+                weights = choice.probabilities()
+                names = range(len(weights)) if isinstance(choice, ProxylessMixedInput) else choice.names
+                probs[choice.label] = dict(zip(names, weights))
     return probs
 
 
@@ -96,7 +96,7 @@ class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
                 ran.add(id(module))
 
         self.__dict__['_grad_forward_hooks'] = [
-            module.register_forward_pre_hook(record) for module in self.supernet_modules()
+            cast(nn.Module, module).register_forward_pre_hook(record) for module in self.supernet_modules()
             if isinstance(module, ProxylessLayer)]
 
     def _mixed_modules(self) -> list[Any]:
