@@ -184,3 +184,17 @@ def test_the_retraining_example_runs_the_pipeline_to_deployed_files(tmp_path):
     assert float(onnx_line.split()[-1]) < 1e-4
     (prediction,) = [line for line in lines if line.startswith('table prediction')]
     assert float(prediction.split()[2]) <= 0.02  # the export is within the limit
+
+
+@pytest.mark.parametrize('index', [-1, True, 3, 'a', [], [0, 7]])
+def test_freeze_and_predicted_costs_refuse_an_input_index_naming_the_layer(index):
+    # -1 would silently take the last input, True input 1; out of range or a string failed later, at
+    # forward, without naming the layer. resample refuses them by name; so does anything else that
+    # takes an architecture.
+    pick = proxyless_rs.ProxylessMixedInput(3, 1, nn.Parameter(torch.zeros(3)), nn.Softmax(-1), 'pick')
+    with pytest.raises(ValueError, match=r"ProxylessMixedInput 'pick': the architecture chose .*, but the choices are "
+                                         r"the input indices \[0, 1, 2\]"):
+        proxyless_rs.freeze(nn.Sequential(pick), {'pick': index})
+    table = proxyless_rs.CostTable({'latency': {'pick': {'0': 1.0, '1': 2.0, '2': 3.0}}})
+    with pytest.raises(ValueError, match=r"ProxylessMixedInput 'pick'"):
+        proxyless_rs.predicted_costs({'pick': index}, nn.Sequential(pick), table)

@@ -263,6 +263,25 @@ def test_supernet_state_dict_refuses_what_is_not_a_strategys_checkpoint():
         supernet_state_dict({'state_dict': {'layers.0._arch_alpha': torch.zeros(2)}})
 
 
+def test_a_truncated_checkpoint_is_refused_naming_the_file_before_anything_changes(tmp_path, whole_search):
+    # A crash while Lightning wrote last.ckpt leaves it cut short: torch.load's bare OSError named nothing.
+    whole = whole_search('strategy', 'full')
+    truncated = tmp_path / 'last.ckpt'
+    data = (whole / 'last.ckpt').read_bytes()
+    truncated.write_bytes(data[:len(data) // 2])
+    message = (rf"checkpoint '{truncated}' is unreadable: not a complete torch checkpoint .* nothing was loaded or "
+               'changed')
+    with pytest.raises(ValueError, match=message):
+        supernet_state_dict(truncated)
+    out = tmp_path / 'resumed'
+    out.mkdir()
+    (out / 'last.ckpt').write_bytes(data[:len(data) // 2])
+    process = worker('strategy', 'full', str(out), '--resume', check=False)
+    assert process.returncode != 0
+    assert 'is unreadable: not a complete torch checkpoint' in process.output  # type: ignore[attr-defined]
+    assert not (out / 'result.pt').exists()
+
+
 def test_parameters_arch_means_the_same_under_both_nni_versions():
     # A script's two optimizers, built as docs/nni.md's recipe builds them, hold the same parameters
     # in the same order under NNI 2.10 and NNI 3.0 (NNI 3.0's own parameters() includes the alphas,

@@ -81,6 +81,21 @@ mark_dynamo_disabled(
 )
 
 
+def chosen_inputs(name: str, value: Any, n: int, source: str = 'the architecture chose',
+                  lists: bool = True) -> list[int]:
+    """An input choice's chosen inputs, from an architecture or a memo: an index, or (``lists``) a
+    non-empty list of them, NNI 3.0's form. Anything else is refused naming the layer: an index out of
+    range (-1 included: it would silently take the last input), a bool (``True`` would mean input 1),
+    a string."""
+    indices = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    valid = isinstance(indices, (list, tuple)) and (lists or len(indices) == 1) and len(indices) > 0 and all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in indices)
+    if not valid:
+        form = " (or a list of them, NNI 3.0's form)" if lists else ''
+        raise ValueError(f'{name}: {source} {value!r}, but the choices are the input indices {list(range(n))}{form}.')
+    return list(indices)
+
+
 def check_alpha_length(cls: type, label: Any, alpha: torch.Tensor, names: list) -> None:
     """Refuses an alpha whose length is not the number of candidates, naming the layer and them."""
     if len(alpha) != len(names):

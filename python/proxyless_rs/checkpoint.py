@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from typing import Any, cast
 
 import torch
 
-__all__ = ['rng_state', 'set_rng_state', 'supernet_state_dict', 'written_under']
+__all__ = ['rng_state', 'set_rng_state', 'supernet_state_dict', 'written_under', 'check_readable']
 
 # Where each NNI version's one-shot Lightning module keeps the supernet, as the prefix of its keys
 # in the module's state dict: NNI 2.10's module holds the evaluator's module as ``model``, which
@@ -67,9 +68,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         numpy.random.set_state((name, keys.numpy().astype('uint32'), position, has_gauss, cached))
 
 
+def check_readable(path: str | os.PathLike[str]) -> None:
+    """Refuses a checkpoint file torch cannot read (missing, truncated by a crash mid-write, not a torch
+    file), naming it, before anything is loaded or changed. torch writes its checkpoints as zip
+    archives, whose directory is at the end: a file cut short has none."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {os.fspath(path)!r}: no such file; nothing was loaded or changed')
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f'checkpoint {os.fspath(path)!r} is unreadable: not a complete torch checkpoint (truncated, '
+                         'as by a crash while it was written, or another kind of file); nothing was loaded or changed. '
+                         'Resume from an earlier checkpoint.')
+
+
 def _loaded(checkpoint: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]:
     if isinstance(checkpoint, dict):
         return checkpoint
+    check_readable(checkpoint)
     return torch.load(checkpoint, map_location='cpu', weights_only=True)
 
 

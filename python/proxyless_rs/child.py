@@ -19,7 +19,7 @@ from typing import Any, List, Mapping
 import torch
 import torch.nn as nn
 
-from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, _proxyless_layers
+from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, _proxyless_layers, chosen_inputs
 from ._mixed import ProxylessMixedOpPolicy, mixed_operations, plain_operation
 
 __all__ = ['freeze', 'load_weights', 'ChosenInput', 'ChosenInputs']
@@ -91,8 +91,7 @@ def _frozen(module: nn.Module, arch: Mapping[str, Any], reduction: str | None) -
                              f'candidates {module.names}')
         return _frozen(module.candidate(module.names.index(name)), arch, reduction)
     if isinstance(module, ProxylessLayer):  # a mixed input
-        chosen = _chosen(module, arch, module.label)
-        indices = [chosen] if isinstance(chosen, int) else list(chosen)
+        indices = chosen_inputs(module._name(), _chosen(module, arch, module.label), module.n_candidates)
         if len(indices) == 1:
             return ChosenInput(indices[0])
         if reduction not in ('sum', 'mean'):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .._choices import choices
-from .._layer import ProxylessLayerChoice
+from .._layer import ProxylessLayerChoice, chosen_inputs
 from .._mixed import ValueChoiceSite
 
 __all__ = ['LatencyTable', 'CandidateTable', 'profile_latency', 'expected_latency', 'latency_loss',
@@ -198,7 +198,13 @@ def predicted_totals(architecture: Mapping[str, Any], model: nn.Module, tables: 
         if layer.label not in architecture:
             raise KeyError(f'{layer._name()}: {caller} was given an architecture with no choice for it')
         choice = architecture[layer.label]
-        chosen = choice if isinstance(choice, list) else [choice]
+        if isinstance(layer, (ProxylessLayerChoice, ValueChoiceSite)):
+            if str(choice) not in _choices(layer):
+                raise ValueError(f'{layer._name()}: {caller} was given an architecture that chose {choice!r}, which is '
+                                 f'not one of its choices {list(layer.names)}')
+            chosen = [choice]
+        else:  # an input choice: its indices, checked
+            chosen = chosen_inputs(layer._name(), choice, layer.n_candidates)
         for name, single in tables.items():
             totals[name] += sum(single[layer.label][str(c)] for c in chosen)
     return totals

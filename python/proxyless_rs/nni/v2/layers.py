@@ -14,7 +14,7 @@ from nni.nas.nn.pytorch.choice import ValueChoiceX
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
 
-from ..._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, check_alpha_length
+from ..._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, check_alpha_length, chosen_inputs
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'register_repeat_layers']
 
@@ -156,10 +156,7 @@ class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
     def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
         """Take the index from ``memo`` if it names this label, else draw one from ``softmax(alpha)``."""
         if self.label in memo:
-            chosen = memo[self.label]
-            if isinstance(chosen, bool) or not isinstance(chosen, int) or not 0 <= chosen < self.n_candidates:
-                raise ValueError(f'{self._name()}: memo chose {chosen!r}, but the choices '
-                                 f'are the input indices {list(range(self.n_candidates))}.')
+            (chosen,) = chosen_inputs(self._name(), memo[self.label], self.n_candidates, 'memo chose', lists=False)
             self._sampled = self.ctx.resample(chosen)
         else:
             self._sampled = self.ctx.resample()

@@ -10,6 +10,7 @@ import nni.nas.strategy  # noqa: F401  (import order matters)
 from nni.nas.evaluator.pytorch.lightning import Lightning
 from nni.nas.oneshot.pytorch.strategy import Proxyless as NNIProxyless
 
+from ...checkpoint import check_readable
 from .lightning import ProxylessLightningModule
 
 __all__ = ['Proxyless']
@@ -66,6 +67,7 @@ class Proxyless(NNIProxyless):
                              'validation batches.')
         if self.resume is None:
             return super().run(base_model, applied_mutators)
+        check_readable(self.resume)
         if applied_mutators:
             raise ValueError('Mutator is not empty: run the one-shot strategy with the oneshot execution engine.')
         # NNI 2.10's run, with the checkpoint handed to fit.

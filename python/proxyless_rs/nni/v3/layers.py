@@ -21,7 +21,7 @@ from nni.nas.nn.pytorch import Repeat, recursive_freeze
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
 
-from ..._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, check_alpha_length
+from ..._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, check_alpha_length, chosen_inputs
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'suppress_already_mutated']
 
@@ -149,12 +149,7 @@ class ProxylessMixedInput(ProxylessLayer, DifferentiableMixedInput):
     def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
         """Take the indices from ``memo`` if it names this label, else draw ``n_chosen`` from ``softmax(alpha)``."""
         if self.label in memo:
-            chosen = memo[self.label]
-            chosen = [chosen] if isinstance(chosen, int) and not isinstance(chosen, bool) else chosen
-            if not isinstance(chosen, (list, tuple)) or not chosen or not all(
-                    isinstance(c, int) and not isinstance(c, bool) and 0 <= c < self.n_candidates for c in chosen):
-                raise ValueError(f'{self._name()}: memo chose {memo[self.label]!r}, but the choices are the input '
-                                 f'indices {list(range(self.n_candidates))} (or a list of them, NNI 3.0\'s form).')
+            chosen = chosen_inputs(self._name(), memo[self.label], self.n_candidates, 'memo chose')
             self.ctx.resample(chosen[0])
             self._sampled = list(chosen)
         elif (self.n_chosen or 1) == 1:

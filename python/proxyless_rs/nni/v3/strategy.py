@@ -12,6 +12,7 @@ from nni.nas.oneshot.pytorch.strategy import MutationHook, Proxyless as NNIProxy
 
 from ..._mixed import keeping_attributes
 from ..._search_step import SearchOptions
+from ...checkpoint import check_readable
 from .layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, suppress_already_mutated
 from .lightning import ProxylessLightningModule
 from .mixed import NATIVE_MIXED_OPERATIONS, MixedOpProxylessPolicy
@@ -49,6 +50,7 @@ class Proxyless(NNIProxyless):
 
     def _run(self) -> None:
         if self.resume is not None:
+            check_readable(self.resume)
             self.load_state_dict({'ckpt_path': self.resume})
         super()._run()
 
