@@ -452,3 +452,19 @@ def test_a_depth_choice_is_one_choice_among_its_depths():
     for ranked in got[:3]:
         child = freeze(model, ranked.architecture)
         assert len(child[1]) == ranked.architecture['depth']
+
+
+def test_tied_probabilities_rank_by_index_whatever_k_and_the_table():
+    # All alphas zero (README's example starts there): every architecture ties. The documented order
+    # (the choices' indices, in the layers' order) holds for every k, with a table or without, and the
+    # constrained export is the first of the k best.
+    layer = ProxylessMixedLayer([(name, nn.Linear(2, 2)) for name in 'abc'], nn.Parameter(torch.zeros(3)),
+                                nn.Softmax(-1), 'op')
+    model = nn.Sequential(layer)
+    table = CostTable({'latency': {'op': {'a': 13.0, 'b': 8.0, 'c': 4.0}}})
+    for k in range(1, 5):
+        expected = [{'op': name} for name in 'abc'[:k]]
+        for kwargs in ({}, {'table': table}, {'table': table, 'limit': 100.0}):
+            assert [r.architecture for r in top_architectures(model, k, **kwargs)] == expected, (k, kwargs)
+    assert constrained_export(model, table, 100.0) == {'op': 'a'}
+    assert constrained_export(model, table, 10.0) == {'op': 'b'}  # the first within the limit

@@ -11,8 +11,9 @@
 //! (each of those, put in its place, gives a choice at least as good that fits).
 //!
 //! Exact depth-first branch and bound. Before the search, items that another item of their group
-//! dominates (no lower value, no higher cost in any dimension; for the k best, k others) are
-//! dropped, and groups are ordered by the spread of their values. At a node that fixed the first `d` groups with value `V` and
+//! dominates (it ranks before them: a higher value, or an equal one and a lower index; and it costs
+//! no more in any dimension; for the k best, k others) are dropped, and groups are ordered by the
+//! spread of their values. At a node that fixed the first `d` groups with value `V` and
 //! costs `C`, the subtree is pruned when no completion fits (`C_k + sum of the remaining groups'
 //! least cost k > limit_k` for some `k`) or when an admissible upper bound on its best value is
 //! no better than the incumbent. The bound is the least of LP relaxations of surrogate problems,
@@ -214,16 +215,19 @@ fn finite_floor(values: &[Vec<f64>]) -> f64 {
 
 /// Drops the items that `keep` others dominate (they cannot be among the `keep` best choices)
 /// and sorts the rest by decreasing value.
+///
+/// Item `i` dominates item `j` when it fits wherever `j` fits (no higher cost in any dimension) and
+/// ranks before it: a higher value, or an equal value and a lower index (the ranking's tie order).
+/// A cheaper item of equal value but a higher index does not: the choice with `j` ranks before the
+/// one with it, so dropping `j` would make the answer depend on `k` and on the table.
 fn prepare_group(index: usize, values: &[f64], costs: &[Vec<f64>], keep: usize) -> Group {
     let n = values.len();
-    // Ties go to the lower index, as the ranking of equal choices does.
     let dominated = |j: usize| {
         (0..n)
             .filter(|&i| {
                 i != j
-                    && values[i] >= values[j]
+                    && (values[i] > values[j] || (values[i] == values[j] && i < j))
                     && costs[i].iter().zip(&costs[j]).all(|(a, b)| a <= b)
-                    && (values[i] > values[j] || costs[i].iter().zip(&costs[j]).any(|(a, b)| a < b) || i < j)
             })
             .count()
             >= keep
@@ -605,6 +609,23 @@ mod tests {
         let (ranked, _) = solve_top(&problem, 3).unwrap();
         assert_eq!(ranked.iter().map(|r| r.choice[0]).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert!(solve_top(&problem, 0).unwrap_err().contains("at least 1"));
+    }
+
+    #[test]
+    fn ties_rank_by_index_whatever_k_and_the_costs() {
+        // Three equally probable items, the later ones cheaper, all within the limit: the tie order
+        // (by index) holds for every k, and the best is the first.
+        let problem = Problem {
+            values: vec![vec![-1.0986; 3]],
+            costs: vec![vec![vec![13.0], vec![8.0], vec![4.0]]],
+            limits: vec![100.0],
+        };
+        for keep in 1..=4 {
+            let (ranked, _) = solve_top(&problem, keep).unwrap();
+            let choices: Vec<usize> = ranked.iter().map(|r| r.choice[0]).collect();
+            assert_eq!(choices, (0..keep.min(3)).collect::<Vec<_>>(), "k = {keep}");
+        }
+        assert_eq!(solve(&problem).unwrap().unwrap().choice, vec![0]);
     }
 
     #[test]
