@@ -87,20 +87,20 @@ develop: $(DEVELOP)
 
 $(DEPS): requirements-dev.txt requirements-nni2.txt
 	@$(call start,[set-up 1/2] Python packages into $(VENV): torch 2.13.0 and NNI 2.10.1 with the pins of requirements-dev.txt and requirements-nni2.txt)
-	echo "    first run: about 5 GB to download and unpack (torch with its CUDA libraries is most of it);"
-	echo "    2-3 minutes on a fast connection, 10-20 on a slow one. Later runs: seconds."
+	echo "    first run: about 3 GB to download, 6 GB unpacked (torch with its CUDA libraries is most of it);"
+	echo "    3-5 minutes on a fast connection, 10-20 on a slow one. Later runs: seconds."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check --upgrade pip
 	$(call watch,pip install into $(VENV)) $(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 	$(call done,Python packages)
 
-# A first build compiles torch-sys's C++ wrapper and the crate (about 2-3 minutes on 2 cores);
+# A first build compiles torch-sys's C++ wrapper and the crate (about 6 minutes on 2 cores);
 # later builds after a Rust change recompile the crate only. When the package is already
 # installed and its metadata (pyproject.toml) did not change, the extension is rebuilt in place
 # (--skip-install) without maturin's pip pass over the dependencies.
 $(DEVELOP): $(DEPS) $(RUST_INPUTS)
-	@$(call start,[set-up 2/2] building the Rust extension with maturin develop --release (first build: 2-3 min on 2 cores))
+	@$(call start,[set-up 2/2] building the Rust extension with maturin develop --release (first build: about 6 min on 2 cores))
 	if [ -f $@ ] && ls $(VENV)/lib/python*/site-packages/proxyless_rs*.dist-info >/dev/null 2>&1 \
 	      && ! echo "$?" | grep -qE 'pyproject.toml|\.deps'; then \
 	    $(call watch,maturin develop) maturin develop --release --skip-install; \
@@ -113,18 +113,21 @@ $(DEVELOP): $(DEPS) $(RUST_INPUTS)
 # The NNI 2.10 searches first; then the NNI 3.0 one, in .venv-nni3 (made on first use:
 # requirements-nni3.txt and proxyless-rs built against its torch), so the first results come
 # before the second environment's minutes of set-up.
+# Each command is announced as it starts (.ONESHELL would otherwise echo them all at once).
 demo: $(DEVELOP)
-	$(PY) examples/digits_search.py
-	$(PY) examples/digits_nni.py
-	$(PY) examples/digits_constrained.py
-	$(PY) examples/digits_retrain.py
+	@for example in digits_search digits_nni digits_constrained digits_retrain; do
+	    echo "==> $(PY) examples/$$example.py"
+	    $(PY) examples/$$example.py
+	done
+	echo "==> the NNI 3.0 search (make demo-nni3; first run: .venv-nni3, a second torch and build)"
 	$(MAKE) --no-print-directory demo-nni3
 
 # Each writes its output to target/ as well, for the one summary line of `make test`.
+# The heartbeat says so when a long test keeps pytest silent (the resume tests' searches take a minute).
 pytest: $(DEVELOP)
-	@$(call start,pytest (about 2-3 min on 2 cores))
+	@$(call start,pytest (about 12 min on 2 cores))
 	mkdir -p target
-	$(PY) -m pytest -rs --durations=5 2>&1 | tee target/pytest.log
+	$(call watch,pytest) $(PY) -m pytest -rs --durations=5 2>&1 | tee target/pytest.log
 	$(call done,pytest)
 
 # The first run compiles the crate's unit-test binary (about 1-2 min); later runs only run it.
@@ -218,7 +221,7 @@ gpu: $(DEVELOP)
 # (auditwheel gives the tag; libtorch is not in it). Same build as `pip install --no-build-isolation .`.
 wheel: $(WHEEL_STAMP)
 $(WHEEL_STAMP): $(DEPS) $(PACKAGE_INPUTS)
-	@$(call start,wheel into dist/ against the torch of $(VENV) (first build: 2-3 min on 2 cores))
+	@$(call start,wheel into dist/ against the torch of $(VENV) (first build: about 6 min on 2 cores))
 	rm -f dist/proxyless_rs-*.whl
 	CARGO_TARGET_DIR=$(TARGET_ROOT)/pep517/torch-2.13 $(call watch,pip wheel) $(PY) -m pip wheel --no-build-isolation --no-deps --wheel-dir dist .
 	ls -l dist/proxyless_rs-*.whl
@@ -243,7 +246,7 @@ $(NNI3_VENV)/.deps: requirements-nni3.txt
 	touch $@
 	$(call done,NNI 3.0 packages)
 $(NNI3_VENV)/.installed: $(NNI3_VENV)/.deps $(PACKAGE_INPUTS)
-	@$(call start,[nni3 2/2] pip install --no-build-isolation . into $(NNI3_VENV) (first build: 2-3 min))
+	@$(call start,[nni3 2/2] pip install --no-build-isolation . into $(NNI3_VENV) (first build: about 6 min on 2 cores))
 	CARGO_TARGET_DIR=$(TARGET_ROOT)/pep517/torch-$(NNI3_RELEASE) $(call watch,pip install .,$(PIP_NOISE)) \
 	    $(NNI3_VENV)/bin/python -m pip install --disable-pip-version-check --no-build-isolation --no-deps -v .
 	$(NNI3_VENV)/bin/python scripts/check_install.py $(NNI3_TORCH)
@@ -290,7 +293,7 @@ $(REG_VENV)/.deps-$(TORCH): requirements-nni2.txt
 	touch $@
 	$(call done,torch $(TORCH) and the NNI 2.10 stack)
 $(REG_VENV)/.installed: $(REG_VENV)/.deps-$(TORCH) $(PACKAGE_INPUTS)
-	@$(call start,[torch $(TORCH) 2/2] pip install --no-build-isolation . into $(REG_VENV) (first build: 2-3 min))
+	@$(call start,[torch $(TORCH) 2/2] pip install --no-build-isolation . into $(REG_VENV) (first build: about 6 min on 2 cores))
 	CARGO_TARGET_DIR=$(TARGET_ROOT)/pep517/torch-$(TORCH_RELEASE) $(call watch,pip install .,$(PIP_NOISE)) \
 	    $(REG_VENV)/bin/python -m pip install --disable-pip-version-check --no-build-isolation -v .
 	$(REG_VENV)/bin/python scripts/check_install.py $(TORCH)

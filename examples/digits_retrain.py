@@ -180,6 +180,10 @@ def main():
           + ('' if limit is None else f'   (limit {limit})'))
     print(f'chosen candidates, measured            {parts_ms:>8.4f}   (what the table covers)')
     print(f'deployed TorchScript child, measured   {whole_ms:>8.4f}   (stem and head included)')
+    if limit is not None and parts_ms > limit:
+        print(f'(the limit holds for the table, measured when the search began on this loaded host; the same '
+              f'candidates timed now take {parts_ms / predicted_latency(arch, net, table):.2g}x the table\'s figure: '
+              'timings on a shared host vary by that much between runs)')
 
 
 if __name__ == '__main__':
