@@ -181,9 +181,10 @@ def main():
     print(f'chosen candidates, measured            {parts_ms:>8.4f}   (what the table covers)')
     print(f'deployed TorchScript child, measured   {whole_ms:>8.4f}   (stem and head included)')
     if limit is not None and parts_ms > limit:
-        print(f'(the limit holds for the table, measured when the search began on this loaded host; the same '
-              f'candidates timed now take {parts_ms / predicted_latency(arch, net, table):.2g}x the table\'s figure: '
-              'timings on a shared host vary by that much between runs)')
+        print(f'(the limit holds for the table, which digits_constrained.py ships: medians measured once on another '
+              f'run of this kind of host; the same candidates timed here and now take '
+              f'{parts_ms / predicted_latency(arch, net, table):.2g}x its figures: timings on a shared 2-core host '
+              'vary that much from run to run. Measure the table on the deployment host: profile_latency)')
 
 
 if __name__ == '__main__':
