@@ -284,7 +284,7 @@ def _hook_alone(layer, x: torch.Tensor, grad: torch.Tensor,
         # backward without create_graph: with grad mode off.
         hooked = layer.ctx.forward(layer._alternatives(), (x,), None, 0, layer._arch_alpha)
         with torch.no_grad():
-            return hooked.grad_fn.hook((grad,), True)
+            return hooked.grad_fn.call_backward((grad,), True)
 
     def candidate_forward() -> None:
         sampled(x)

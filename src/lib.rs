@@ -4,9 +4,9 @@
 use pyo3::prelude::*;
 
 pub mod arch;
+pub mod choice;
 pub mod errors;
 pub mod interop;
-pub mod layer;
 
 #[pymodule]
 fn _core(py: Python<'_>, m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -16,10 +16,10 @@ fn _core(py: Python<'_>, m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TORCH_VERSION", interop::torch_version::BUILT_AGAINST)?;
     m.add("TORCH_SPAN", interop::torch_version::SUPPORTED)?;
     m.add_class::<arch::ArchParameter>()?;
-    m.add_class::<layer::context::ProxylessContext>()?;
-    m.add_class::<layer::tap::OutputGradHook>()?;
+    m.add_class::<choice::context::ProxylessContext>()?;
+    m.add_class::<choice::tap::TapBackward>()?;
     m.add_function(wrap_pyfunction!(arch::sampling::sample_index, m)?)?;
-    m.add_function(wrap_pyfunction!(arch::kernel::py_alpha_grad, m)?)?;
+    m.add_function(wrap_pyfunction!(arch::gradient::py_alpha_grad, m)?)?;
     m.add_function(wrap_pyfunction!(arch::constrained::py_constrained_choices, m)?)?;
     Ok(())
 }

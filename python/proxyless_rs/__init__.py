@@ -1,8 +1,10 @@
-"""proxyless-rs: NNI 2.10's ProxylessNAS supermodule with its backward work done in Rust.
+"""proxyless-rs: NNI's ProxylessNAS supermodule and strategy, for NNI 2.10 and NNI 3.0 alike, with
+the backward work done in Rust, and value choices searched too.
 
-``ProxylessMixedLayer`` and ``ProxylessMixedInput`` are drop-ins for the classes of the same
-name in ``nni.nas.oneshot.pytorch.supermodule.proxyless``: same constructors, attributes,
-methods, parameter names and state_dict keys.
+``ProxylessMixedLayer`` and ``ProxylessMixedInput`` (and under NNI 3.0 ``ProxylessMixedRepeat``) are
+drop-ins for the classes of the same name in ``nni.nas.oneshot.pytorch.supermodule.proxyless`` of
+the installed NNI: same constructors, attributes, methods, parameter names and state_dict keys;
+``strategy.Proxyless`` for its strategy.
 
 ``import proxyless_rs`` loads torch and the compiled core only. Everything that needs NNI is
 loaded on first use: the layers (which subclass NNI's and so cost what importing NNI's own

@@ -5,7 +5,7 @@ from typing import Any, Callable, Optional, Sequence, final
 import torch
 from torch import nn
 
-__all__ = ["TORCH_VERSION", "TORCH_SPAN", "ArchParameter", "ProxylessContext", "OutputGradHook", "sample_index",
+__all__ = ["TORCH_VERSION", "TORCH_SPAN", "ArchParameter", "ProxylessContext", "TapBackward", "sample_index",
            "alpha_grad", "constrained_choices"]
 
 TORCH_VERSION: str
@@ -73,7 +73,7 @@ class ProxylessContext:
         """The number of calls whose saved state is alive."""
 
 @final
-class OutputGradHook:
+class TapBackward:
     """The binary-gate backward of one call, held by its gradient tap (created by ``forward``)."""
 
     def __call__(self, grads: Any, alpha_needed: bool) -> Any:

@@ -5,7 +5,7 @@
 /// The most probable architecture under cost limits (branch and bound).
 pub mod constrained;
 /// Alpha's gradient from the binary gates' gradients, in closed form; the two-path rescale.
-pub mod kernel;
+pub mod gradient;
 /// Draws of paths on torch's default generator.
 pub mod sampling;
 
@@ -151,12 +151,12 @@ impl ArchParameter {
 
     /// After the optimizer step that followed a two-path draw: shifts the two drawn logits by one
     /// offset so that their summed ``exp`` is what it was at the draw, and puts every other logit
-    /// back (see ``kernel::rescale_subset``). Returns whether a draw was pending.
+    /// back (see ``gradient::rescale_subset``). Returns whether a draw was pending.
     fn rescale(&self, py: Python<'_>) -> PyResult<bool> {
         let Some(draw) = locked(&self.pending).take() else { return Ok(false) };
         let _no_grad = tch::no_grad_guard();
         let alpha = self.tensor(py)?;
-        crate::arch::kernel::rescale_subset(&alpha, &[draw.active, draw.inactive], &draw.before)
+        crate::arch::gradient::rescale_subset(&alpha, &[draw.active, draw.inactive], &draw.before)
             .map_err(in_context("rescale_two_path"))?;
         Ok(true)
     }

@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use tch::kind::Element;
 use tch::{Kind, TchError, Tensor};
 
-use crate::arch::kernel::host_slice;
+use crate::arch::gradient::host_slice;
 use crate::errors::in_context;
 use crate::interop::tree::PyTensor;
 

@@ -10,7 +10,7 @@
 //! This file holds what the forward and the calls' backwards all need: the architecture
 //! parameter, the softmax that turns it into path probabilities, the names errors give the choice
 //! and its alternatives. Immutable after construction, so the choice's context and every saved
-//! call share one copy (`Arc<Layer>`).
+//! call share one copy (`Arc<Choice>`).
 
 /// The forward: mode, draws of one or two paths, the call of the chosen candidate.
 pub mod context;
@@ -38,7 +38,7 @@ fn plain_softmax_dim(softmax: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
     softmax.getattr("dim")?.extract::<Option<i64>>()
 }
 
-pub struct Layer {
+pub struct Choice {
     pub arch: Py<ArchParameter>,
     pub softmax: PyObject,
     pub label: PyObject,
@@ -54,7 +54,7 @@ pub struct Layer {
     pub softmax_dim: Option<i64>,
 }
 
-impl Layer {
+impl Choice {
     pub fn new(
         py: Python<'_>,
         arch: Py<ArchParameter>,
@@ -91,7 +91,7 @@ impl Layer {
 
     /// `alpha[indices]`.
     pub fn alpha_at(&self, py: Python<'_>, indices: &[i64]) -> PyResult<Tensor> {
-        crate::arch::kernel::gather(&self.arch.get().tensor(py)?, indices).map_err(in_context(&self.name))
+        crate::arch::gradient::gather(&self.arch.get().tensor(py)?, indices).map_err(in_context(&self.name))
     }
 
     pub fn n_candidates(&self, py: Python<'_>) -> PyResult<i64> {

@@ -8,11 +8,11 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use tch::Tensor;
 
+use crate::choice::saved_call::SavedCall;
+use crate::choice::Choice;
 use crate::errors::in_context;
 use crate::interop::module_call::call_alternative;
-use crate::layer::saved_call::SavedCall;
-use crate::layer::Layer;
-use crate::{arch::kernel, interop::tree};
+use crate::{arch::gradient, interop::tree};
 
 /// Says where an exception raised by a candidate came from: a note (Python 3.11+), or, where
 /// exceptions have no notes (3.9, 3.10), the same text appended to a one-string message.
@@ -34,13 +34,13 @@ fn with_note(py: Python<'_>, err: PyErr, note: String) -> PyErr {
 
 /// The elements of candidate `k`'s output, checked against the sampled candidate's structure.
 fn candidate_output(
-    layer: &Layer,
+    choice: &Choice,
     call: &SavedCall,
     k: i64,
     out: &Bound<'_, PyAny>,
     grads: &[Option<Tensor>],
 ) -> PyResult<Vec<Option<Tensor>>> {
-    let describe = || format!("{}: {}", layer.name, layer.describe_alternative(out.py(), k));
+    let describe = || format!("{}: {}", choice.name, choice.describe_alternative(out.py(), k));
     let (_, output) = tree::output_tensors(out, &describe)?;
     let sampled = call.output();
     if output.keys != sampled.keys || output.tensors.len() != sampled.tensors.len() {
@@ -71,18 +71,18 @@ fn candidate_output(
 /// `sum(out_k * grad_output)`, and the closed form gives alpha's gradient, in alpha's dtype and on
 /// its device: no host round trip. Autograd adds it into `alpha.grad`, so gradients from other
 /// losses on alpha add up.
-pub fn alpha_grad(
-    layer: &Layer,
+pub fn backward(
+    choice: &Choice,
     alternatives: &Bound<'_, PyAny>,
     call: &SavedCall,
     grads: &[Option<Tensor>],
 ) -> PyResult<Tensor> {
     let py = alternatives.py();
-    let output_intact = call.check_unmodified(py, &layer.name)?;
+    let output_intact = call.check_unmodified(py, &choice.name)?;
     let alpha = tree::expect_tensor(call.alpha(py), "arch_alpha")?;
     let options = (alpha.kind(), alpha.device());
     let n_candidates = alpha.size().first().copied().unwrap_or(0);
-    let in_layer = in_context(&layer.name);
+    let in_layer = in_context(&choice.name);
 
     let _no_grad = tch::no_grad_guard();
     let (args, kwargs) = (call.args(py), call.kwargs(py));
@@ -93,8 +93,8 @@ pub fn alpha_grad(
         None => (0..n_candidates).collect(),
     };
     // Small outputs are kept and reduced together at the end; large ones are reduced as soon as
-    // each is computed (see kernel::BATCH_NUMEL_LIMIT).
-    let batch = kernel::batchable(grads);
+    // each is computed (see gradient::BATCH_NUMEL_LIMIT).
+    let batch = gradient::batchable(grads);
     let mut kept = Vec::new();
     let mut gates = Vec::new();
     for &k in &involved {
@@ -104,21 +104,21 @@ pub fn alpha_grad(
             let out = call_alternative(alternatives, k, args, kwargs).map_err(|err| {
                 let note = format!(
                     "(raised by {} of {}, evaluated in the binary-gate backward)",
-                    layer.describe_alternative(py, k),
-                    layer.name
+                    choice.describe_alternative(py, k),
+                    choice.name
                 );
                 with_note(py, err, note)
             })?;
-            candidate_output(layer, call, k, &out, grads)?
+            candidate_output(choice, call, k, &out, grads)?
         };
         if batch {
             kept.push(out);
         } else {
-            gates.push(kernel::binary_gate_grad(&out, grads).map_err(&in_layer)?);
+            gates.push(gradient::binary_gate_grad(&out, grads).map_err(&in_layer)?);
         }
     }
     let gate_grads =
-        if batch { kernel::binary_gate_grads(&kept, grads) } else { kernel::stack_gate_grads(gates, grads) }
+        if batch { gradient::binary_gate_grads(&kept, grads) } else { gradient::stack_gate_grads(gates, grads) }
             .and_then(|b| if b.kind() == options.0 { Ok(b) } else { b.f_to_kind(options.0) })
             .and_then(|b| if b.device() == options.1 { Ok(b) } else { b.f_to_device(options.1) })
             .map_err(&in_layer)?;
@@ -127,12 +127,12 @@ pub fn alpha_grad(
     // draws the same random numbers.
     let delta = match call.partner() {
         Some(_) => {
-            let probs = layer.probs_of(py, &kernel::gather(&alpha, &involved).map_err(&in_layer)?)?;
-            kernel::subset_alpha_grad_like(&alpha, &involved, &probs, &gate_grads)
+            let probs = choice.probs_of(py, &gradient::gather(&alpha, &involved).map_err(&in_layer)?)?;
+            gradient::subset_alpha_grad_like(&alpha, &involved, &probs, &gate_grads)
         }
-        None => kernel::alpha_grad_like(&alpha, &layer.probs_of(py, &alpha)?, &gate_grads),
+        None => gradient::alpha_grad_like(&alpha, &choice.probs_of(py, &alpha)?, &gate_grads),
     }
     .map_err(&in_layer)?;
-    layer.arch(py).get().run_after_backward(py)?;
+    choice.arch(py).get().run_after_backward(py)?;
     Ok(delta)
 }

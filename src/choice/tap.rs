@@ -1,4 +1,4 @@
-//! The gradient tap: the autograd node each hooked call's output passes through, which takes
+//! The gradient tap: the autograd node each tapped call's output passes through, which takes
 //! alpha as an input and owns that call's saved forward; its backward runs the call's binary-gate
 //! backward (`gate.rs`).
 //!
@@ -17,26 +17,26 @@ use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyTuple};
 use tch::Tensor;
 
+use crate::choice::saved_call::SavedCall;
+use crate::choice::Choice;
 use crate::errors::in_context;
 use crate::interop::autograd_state::{backward_keeps_graph, engine_will_execute, grad_mode_enabled};
-use crate::layer::saved_call::SavedCall;
-use crate::layer::Layer;
-use crate::{interop::tree, layer::gate};
+use crate::{choice::gate, interop::tree};
 
 /// The backward of one call (see [`tap`]): it owns that call's saved forward and lives in the
 /// autograd graph only (in the gradient tap's node), so it is released with the graph.
 #[pyclass(frozen, module = "proxyless_rs._core")]
-pub struct OutputGradHook {
+pub struct TapBackward {
     /// Shared with the layer's context, which owns (and lets the garbage collector see) what it
     /// holds; the module below keeps that context alive.
-    layer: Arc<Layer>,
+    choice: Arc<Choice>,
     /// The choice's alternatives as the core calls them (see `module_call::call_alternative`).
     alternatives: PyObject,
     call: Mutex<Option<SavedCall>>,
 }
 
 #[pymethods]
-impl OutputGradHook {
+impl TapBackward {
     /// Called by the gradient tap's backward with the tuple of the tapped tensors' gradients;
     /// returns alpha's gradient, or None when `alpha_needed` is false (the running backward does
     /// not compute alpha's gradient: nothing is evaluated).
@@ -52,7 +52,7 @@ impl OutputGradHook {
             return Err(PyRuntimeError::new_err(format!(
                 "{}: backward reached this call of the layer a second time, but the first backward freed its saved \
                  forward; to back-propagate twice through a graph, run the first backward with retain_graph=True",
-                self.layer.name
+                self.choice.name
             )));
         };
         let result = if !alpha_needed {
@@ -63,7 +63,7 @@ impl OutputGradHook {
                 "{}: proxyless_rs computes alpha's binary-gate gradient outside autograd's graph, so it cannot be \
                  differentiated again (a backward with create_graph=True that reaches alpha); take the gradient of \
                  the inputs or weights only, or leave create_graph off",
-                self.layer.name
+                self.choice.name
             )))
         } else {
             let mut all: Vec<Option<Tensor>> = (0..call.output().tensors.len()).map(|_| None).collect();
@@ -73,7 +73,7 @@ impl OutputGradHook {
                         all[*position] = grad;
                     }
                 })
-                .and_then(|()| gate::alpha_grad(&self.layer, self.alternatives.bind(py), &call, &all))
+                .and_then(|()| gate::backward(&self.choice, self.alternatives.bind(py), &call, &all))
                 .and_then(|delta| tree::to_python(py, &delta))
         };
         if keep {
@@ -93,8 +93,8 @@ impl OutputGradHook {
     }
 }
 
-/// The autograd Function every hooked call's output passes through
-/// (`GradientTap.apply(hook, alpha, *tensors)`): identity on the tensors, and alpha's gradient from
+/// The autograd Function every tapped call's output passes through
+/// (`GradientTap.apply(backward, alpha, *tensors)`): identity on the tensors, and alpha's gradient from
 /// the call's binary-gate backward. Built once from Rust functions, so that the core needs nothing
 /// from the Python package above it. Its outputs are aliases of its inputs (detached, so not
 /// views: an in-place op on them is allowed, and caught by the version check if it changes values
@@ -156,9 +156,9 @@ impl GradientTap {
         })
     }
 
-    /// `GradientTap.apply(hook, *tensors)`.
-    fn apply<'py>(&self, py: Python<'py>, hook: PyObject, tensors: Vec<PyObject>) -> PyResult<Bound<'py, PyAny>> {
-        let mut args = vec![hook];
+    /// `GradientTap.apply(backward, *tensors)`.
+    fn apply<'py>(&self, py: Python<'py>, backward: PyObject, tensors: Vec<PyObject>) -> PyResult<Bound<'py, PyAny>> {
+        let mut args = vec![backward];
         match &self.python_apply {
             Some(fast) if !fast.transforms_active.call0(py)?.extract::<bool>(py)? => {
                 let unwrap = fast.unwrap_if_dead.bind(py);
@@ -176,15 +176,15 @@ impl GradientTap {
 }
 
 #[pyfunction]
-#[pyo3(signature = (ctx, hook, _alpha, *tensors))]
+#[pyo3(signature = (ctx, backward, _alpha, *tensors))]
 fn tap_forward<'py>(
     ctx: &Bound<'py, PyAny>,
-    hook: &Bound<'py, PyAny>,
+    backward: &Bound<'py, PyAny>,
     _alpha: &Bound<'py, PyAny>,
     tensors: Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let py = ctx.py();
-    ctx.setattr(intern!(py, "hook"), hook)?;
+    ctx.setattr(intern!(py, "call_backward"), backward)?;
     // Unused outputs give None, as in a full backward hook, not zeros.
     ctx.call_method1(intern!(py, "set_materialize_grads"), (false,))?;
     let aliases = tensors.iter().map(|t| t.call_method0(intern!(py, "detach"))).collect::<PyResult<Vec<_>>>()?;
@@ -200,7 +200,7 @@ fn tap_backward<'py>(ctx: &Bound<'py, PyAny>, grads: Bound<'py, PyTuple>) -> PyR
     let needs: bool = ctx.getattr(intern!(py, "needs_input_grad"))?.get_item(1)?.extract()?;
     let alpha_needed =
         needs && engine_will_execute(&ctx.getattr(intern!(py, "next_functions"))?.get_item(0)?.get_item(0)?)?;
-    let alpha_grad = ctx.getattr(intern!(py, "hook"))?.call1((&grads, alpha_needed))?;
+    let alpha_grad = ctx.getattr(intern!(py, "call_backward"))?.call1((&grads, alpha_needed))?;
     let mut passed = vec![py.None().into_bound(py), alpha_grad];
     passed.extend(grads.iter());
     PyTuple::new(py, passed)
@@ -229,7 +229,7 @@ fn reachable_otherwise(item: &Bound<'_, PyAny>, tensor: &Tensor, call: &SavedCal
 /// saved values alone. An in-place op on any other tapped output is refused in the backward (the
 /// saved output is an alias of it).
 pub fn tap(
-    layer: &Arc<Layer>,
+    choice: &Arc<Choice>,
     alternatives: &Bound<'_, PyAny>,
     layer_output: &Bound<'_, PyAny>,
     parts: tree::OutputParts<'_>,
@@ -243,7 +243,7 @@ pub fn tap(
     // accumulator it refuses to, when the leaf is one of the inputs).
     let alpha = {
         let alpha = tree::expect_tensor(call.alpha(py), "arch_alpha")?;
-        tree::to_python(py, &alpha.f_view_as(&alpha).map_err(in_context(&layer.name))?)?
+        tree::to_python(py, &alpha.f_view_as(&alpha).map_err(in_context(&choice.name))?)?
     };
     let mut tap_args = vec![alpha];
     for &position in &positions {
@@ -252,15 +252,15 @@ pub fn tap(
         let copied = reachable_otherwise(item, tensor, &call)?;
         tap_args.push(if copied { item.call_method0(intern!(py, "clone"))?.unbind() } else { item.clone().unbind() });
     }
-    let hook = Py::new(
+    let backward = Py::new(
         py,
-        OutputGradHook {
-            layer: layer.clone(),
+        TapBackward {
+            choice: choice.clone(),
             alternatives: alternatives.clone().unbind(),
             call: Mutex::new(Some(call)),
         },
     )?;
-    let tapped = GradientTap::get(py)?.apply(py, hook.into_any(), tap_args)?;
+    let tapped = GradientTap::get(py)?.apply(py, backward.into_any(), tap_args)?;
     let outs = tapped.try_iter()?.map(|out| out.map(Bound::unbind)).collect::<PyResult<Vec<_>>>()?;
     replace_items(layer_output, parts, &positions, outs)
 }
@@ -275,7 +275,7 @@ fn replace_items(
     replacements: Vec<PyObject>,
 ) -> PyResult<PyObject> {
     if tree::as_tensor(layer_output)?.is_some() {
-        return Ok(replacements.into_iter().next().expect("a hooked tensor output has one replacement"));
+        return Ok(replacements.into_iter().next().expect("a tapped tensor output has one replacement"));
     }
     if let (Some(keys), Ok(dict)) = (&parts.keys, layer_output.downcast::<PyDict>()) {
         let replaced = tree::copy_dict(dict)?;

@@ -116,7 +116,7 @@ impl SavedCall {
             if tree::version(alias.bind(py))? != *before {
                 return Err(PyRuntimeError::new_err(format!(
                     "{layer_name}: the sampled {} modified its input in place (an in-place op such as \
-                     ReLU(inplace=True) applied to the layer's input); the binary-gate backward evaluates the \
+                     ReLU(inplace=True) applied to the choice's input); the binary-gate backward evaluates the \
                      other candidates on that input, which no longer holds its value. Make the candidate's first op \
                      out of place.",
                     sampled()
@@ -198,7 +198,7 @@ impl SavedCall {
             };
             return Err(PyRuntimeError::new_err(format!(
                 "{layer_name}: {what} was modified in place after the forward (e.g. `y += x` or an op with \
-                 inplace=True on the layer's output); the binary gate of the sampled path needs the values the layer \
+                 inplace=True on the choice's output); the binary gate of the sampled path needs the values the choice \
                  computed. Use the out-of-place form (`y = y + x`)."
             )));
         }

@@ -15,12 +15,12 @@ use pyo3::types::{PyDict, PyTuple};
 use tch::Tensor;
 
 use crate::arch::{ArchParameter, TwoPathDraw};
+use crate::choice::saved_call::{LiveCall, SavedCall, SavedInput};
+use crate::choice::Choice;
 use crate::errors::in_context;
 use crate::interop::autograd_state::grad_mode_enabled;
 use crate::interop::module_call::call_alternative;
-use crate::layer::saved_call::{LiveCall, SavedCall, SavedInput};
-use crate::layer::Layer;
-use crate::{interop::tree, layer::tap};
+use crate::{choice::tap, interop::tree};
 
 /// What `ProxylessContext.__new__` takes back when unpickled: arch, softmax, label, name, mode,
 /// names, noun.
@@ -37,7 +37,7 @@ type ContextArgs = (Py<ArchParameter>, PyObject, PyObject, String, &'static str,
 pub struct ProxylessContext {
     /// The architecture parameter, the softmax, the label and the name: shared with the
     /// backward of every saved call, owned (for the garbage collector) here.
-    layer: Arc<Layer>,
+    choice: Arc<Choice>,
     /// Off inside `proxyless_rs.no_arch_grad()`: forwards save nothing and hook nothing.
     enabled: AtomicBool,
     two_path: AtomicBool,
@@ -46,7 +46,7 @@ pub struct ProxylessContext {
 
 impl ProxylessContext {
     pub fn name(&self) -> &str {
-        &self.layer.name
+        &self.choice.name
     }
 
     /// Whether a backward can give alpha a gradient through this call, so that it is saved.
@@ -68,8 +68,8 @@ impl ProxylessContext {
         recompute_modified_output: bool,
     ) -> PyResult<PyObject> {
         let py = output.py();
-        let layer = &self.layer;
-        let sampled = || format!("{}: the sampled {}", layer.name, layer.describe_alternative(py, index));
+        let choice = &self.choice;
+        let sampled = || format!("{}: the sampled {}", choice.name, choice.describe_alternative(py, index));
         let (parts, tensors) = tree::output_tensors(&output, &sampled)?;
         let Some(input) = input else { return Ok(output.unbind()) };
         if !tensors.tensors.iter().flatten().any(Tensor::is_floating_point) {
@@ -77,8 +77,8 @@ impl ProxylessContext {
         }
         let call = SavedCall::new(
             py,
-            &layer.name,
-            &|| layer.describe_alternative(py, index),
+            &choice.name,
+            &|| choice.describe_alternative(py, index),
             input,
             &tensors,
             index,
@@ -87,30 +87,30 @@ impl ProxylessContext {
             recompute_modified_output,
             LiveCall::new(&self.live),
         )?;
-        tap::tap(layer, alternatives, &output, parts, &tensors, call)
+        tap::tap(choice, alternatives, &output, parts, &tensors, call)
     }
 
     fn check_mode(&self, py: Python<'_>, mode: &str) -> PyResult<bool> {
         match mode {
             "full" => Ok(false),
-            "two" if self.layer.n_candidates(py)? < 2 => Err(PyValueError::new_err(format!(
+            "two" if self.choice.n_candidates(py)? < 2 => Err(PyValueError::new_err(format!(
                 "{}: two-path mode needs at least two candidates, it has {}.",
-                self.layer.name,
-                self.layer.n_candidates(py)?
+                self.choice.name,
+                self.choice.n_candidates(py)?
             ))),
             "two" => Ok(true),
             other => Err(PyValueError::new_err(format!(
                 "{}: mode '{other}' does not exist; use \"full\" (every candidate gets a gate gradient, as in NNI) \
                  or \"two\" (two-path binarization).",
-                self.layer.name
+                self.choice.name
             ))),
         }
     }
 
     /// `n` distinct indices (1 or 2) from `probs`, as `torch.multinomial(probs, n)` draws them.
     fn multinomial(&self, probs: &Tensor, n: i64) -> PyResult<Vec<i64>> {
-        let in_layer = in_context(&self.layer.name);
-        if self.layer.softmax_dim.is_none() {
+        let in_layer = in_context(&self.choice.name);
+        if self.choice.softmax_dim.is_none() {
             // A custom softmax may return anything: libtorch's own checks say what is wrong.
             return match n {
                 1 => Ok(vec![crate::arch::sampling::draw(probs).map_err(in_layer)?]),
@@ -121,7 +121,7 @@ impl ProxylessContext {
             PyRuntimeError::new_err(format!(
                 "{}: softmax(alpha) is not a probability distribution (alpha holds NaN or infinite values), so no \
                  path can be drawn; the architecture step diverged, or alpha was set to such a value",
-                self.layer.name
+                self.choice.name
             ))
         })
     }
@@ -130,8 +130,8 @@ impl ProxylessContext {
     /// is set; returns the active index (a two-path draw is recorded in the parameter).
     fn draw(&self, py: Python<'_>) -> PyResult<i64> {
         let _no_grad = tch::no_grad_guard();
-        let arch = self.layer.arch.get();
-        let probs = self.layer.probs(py)?;
+        let arch = self.choice.arch.get();
+        let probs = self.choice.probs(py)?;
         if !self.two_path.load(Ordering::Relaxed) {
             let index = self.multinomial(&probs, 1)?[0];
             let index = arch.agree(py, vec![index])?[0];
@@ -141,12 +141,12 @@ impl ProxylessContext {
         // softmax of their two logits (mit-han-lab's MixedEdge, mode "two").
         let pair = self.multinomial(&probs, 2)?;
         let (first, second) = (pair[0], pair[1]);
-        let pair_probs = self.layer.probs_of(py, &self.layer.alpha_at(py, &[first, second])?)?;
+        let pair_probs = self.choice.probs_of(py, &self.choice.alpha_at(py, &[first, second])?)?;
         let pick = self.multinomial(&pair_probs, 1)?[0];
         let (active, inactive) = if pick == 0 { (first, second) } else { (second, first) };
         let agreed = arch.agree(py, vec![active, inactive])?;
         let (active, inactive) = (agreed[0], agreed[1]);
-        let before = arch.tensor(py)?.f_detach_copy().map_err(in_context(&self.layer.name))?;
+        let before = arch.tensor(py)?.f_detach_copy().map_err(in_context(&self.choice.name))?;
         arch.set_pending(TwoPathDraw { active, inactive, before });
         Ok(active)
     }
@@ -181,7 +181,7 @@ impl ProxylessContext {
             None => format!("ProxylessContext {}", label.bind(py).repr()?),
         };
         let ctx = Self {
-            layer: Arc::new(Layer::new(py, arch, softmax, label, name, names, noun.to_owned())?),
+            choice: Arc::new(Choice::new(py, arch, softmax, label, name, names, noun.to_owned())?),
             enabled: AtomicBool::new(true),
             two_path: AtomicBool::new(false),
             live: Arc::new(AtomicUsize::new(0)),
@@ -193,30 +193,30 @@ impl ProxylessContext {
     /// The module turning alpha into path probabilities.
     #[getter]
     fn softmax(&self, py: Python<'_>) -> PyObject {
-        self.layer.softmax.clone_ref(py)
+        self.choice.softmax.clone_ref(py)
     }
 
     #[getter]
     fn label(&self, py: Python<'_>) -> PyObject {
-        self.layer.label.clone_ref(py)
+        self.choice.label.clone_ref(py)
     }
 
     /// What error messages call the choice, e.g. `ProxylessMixedLayer 'op'`.
     #[getter(name)]
     fn py_name(&self) -> String {
-        self.layer.name.clone()
+        self.choice.name.clone()
     }
 
     /// The architecture logits.
     #[getter]
     fn arch_alpha(&self, py: Python<'_>) -> PyObject {
-        self.layer.arch.get().alpha_object(py).clone().unbind()
+        self.choice.arch.get().alpha_object(py).clone().unbind()
     }
 
     /// The shared state of the architecture parameter (see `ArchParameter`).
     #[getter(arch)]
     fn py_arch(&self, py: Python<'_>) -> Py<ArchParameter> {
-        self.layer.arch.clone_ref(py)
+        self.choice.arch.clone_ref(py)
     }
 
     /// `'full'` (every candidate's gate gets a gradient) or `'two'` (two-path binarization).
@@ -253,7 +253,7 @@ impl ProxylessContext {
     /// and a forward after that, or of an index the draw did not choose, falls back to full mode).
     fn partner_of(&self, index: i64) -> Option<i64> {
         if self.two_path.load(Ordering::Relaxed) {
-            self.layer.arch.get().partner_of(index)
+            self.choice.arch.get().partner_of(index)
         } else {
             None
         }
@@ -267,9 +267,9 @@ impl ProxylessContext {
     #[pyo3(signature = (chosen=None))]
     fn resample(&self, py: Python<'_>, chosen: Option<i64>) -> PyResult<i64> {
         let Some(index) = chosen else { return self.draw(py) };
-        let n = self.layer.n_candidates(py)?;
+        let n = self.choice.n_candidates(py)?;
         if !(0..n).contains(&index) {
-            return Err(PyValueError::new_err(format!("{}: index {index} is not in 0..{n}", self.layer.name)));
+            return Err(PyValueError::new_err(format!("{}: index {index} is not in 0..{n}", self.choice.name)));
         }
         Ok(index)
     }
@@ -329,26 +329,26 @@ impl ProxylessContext {
         Ok((
             cls,
             (
-                self.layer.arch.clone_ref(py),
-                self.layer.softmax.clone_ref(py),
-                self.layer.label.clone_ref(py),
-                self.layer.name.clone(),
+                self.choice.arch.clone_ref(py),
+                self.choice.softmax.clone_ref(py),
+                self.choice.label.clone_ref(py),
+                self.choice.name.clone(),
                 self.mode(),
-                self.layer.names.as_ref().map(|names| names.clone_ref(py)),
-                self.layer.noun.clone(),
+                self.choice.names.as_ref().map(|names| names.clone_ref(py)),
+                self.choice.noun.clone(),
             ),
         ))
     }
 
     fn __repr__(&self) -> String {
-        format!("ProxylessContext({}, mode={:?}, live calls={})", self.layer.name, self.mode(), self.__len__())
+        format!("ProxylessContext({}, mode={:?}, live calls={})", self.choice.name, self.mode(), self.__len__())
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.layer.arch)?;
-        visit.call(&self.layer.softmax)?;
-        visit.call(&self.layer.label)?;
-        if let Some(names) = &self.layer.names {
+        visit.call(&self.choice.arch)?;
+        visit.call(&self.choice.softmax)?;
+        visit.call(&self.choice.label)?;
+        if let Some(names) = &self.choice.names {
             visit.call(names)?;
         }
         Ok(())
