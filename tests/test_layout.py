@@ -162,3 +162,11 @@ def test_the_architecture_pages_layout_names_every_source_file():
     missing = sorted(str(path.relative_to(ROOT)) for path in files if path.name not in layout
                      and (path.suffix not in ('.py', '.rs', '.pyi') or path.stem not in layout))
     assert not missing, f'docs/architecture.md does not name {missing}'
+
+
+def test_the_license_the_manifests_name_is_there():
+    import tomllib
+
+    assert tomllib.loads((ROOT / 'Cargo.toml').read_text())['package']['license'] == 'MIT'
+    assert tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['license'] == {'file': 'LICENSE'}
+    assert (ROOT / 'LICENSE').read_text().startswith('MIT License')
