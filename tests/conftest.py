@@ -28,9 +28,6 @@ from proxyless_rs.nni.version import NNI3
 # The running torch's (major, minor), for the few checks that differ by release.
 TORCH_RELEASE = tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
 
-# Whether a backward frees the saved forwards it consumed (torch 2.1 on, where torch says whether a
-# backward keeps its graph); on torch 2.0 they are freed with the graph.
-FREED_BY_BACKWARD = hasattr(torch._C._autograd, '_get_current_graph_task_keep_graph')
 
 # FLOP counting needs torch.utils.flop_counter (torch 2.1 on).
 requires_flop_counter = pytest.mark.skipif(TORCH_RELEASE < (2, 1), reason='torch 2.0 has no torch.utils.flop_counter')

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 import proxyless_rs
-from conftest import FREED_BY_BACKWARD, build, train_step
+from conftest import build, train_step
 
 # Run at both ends of the torch span too (make test-regression, make span).
 pytestmark = pytest.mark.regression
@@ -42,8 +42,7 @@ def test_live_calls_are_counted_per_call_and_freed_by_backward():
     assert len(net.first.ctx) == 2  # called twice per forward
     assert [len(m.ctx) for m in net.mixed()[1:]] == [1, 1, 1, 1]
     out.sum().backward()
-    if FREED_BY_BACKWARD:
-        assert saved_entries(net) == 0
+    assert saved_entries(net) == 0  # freed by the backward, on every torch of the span
     del out
     assert saved_entries(net) == 0
 
@@ -110,8 +109,6 @@ def test_backward_twice_with_retain_graph_adds_the_gradient_twice():
         torch.testing.assert_close(gradients[1][name], 2 * once, msg=name)
 
 
-@pytest.mark.skipif(not FREED_BY_BACKWARD, reason='torch 2.0 cannot tell whether a backward keeps its graph, so the '
-                                                 'saved forward is kept with the graph and a second backward runs')
 def test_backward_twice_without_retain_graph_names_the_layer():
     # A graph in which no torch op saved anything: torch itself lets the second backward run.
     pick = proxyless_rs.ProxylessMixedInput(2, 1, nn.Parameter(torch.zeros(2)), nn.Softmax(-1), 'pick')

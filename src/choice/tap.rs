@@ -20,7 +20,9 @@ use tch::Tensor;
 use crate::choice::saved_call::SavedCall;
 use crate::choice::Choice;
 use crate::errors::in_context;
-use crate::interop::autograd_state::{backward_keeps_graph, engine_will_execute, grad_mode_enabled};
+use crate::interop::autograd_state::{
+    at_backward_end, backward_keeps_graph, engine_will_execute, grad_mode_enabled, keep_graph_known,
+};
 use crate::{choice::gate, interop::tree};
 
 /// The backward of one call (see [`tap`]): it owns that call's saved forward and lives in the
@@ -42,7 +44,9 @@ impl TapBackward {
     /// not compute alpha's gradient: nothing is evaluated).
     fn __call__(&self, grads: &Bound<'_, PyAny>, alpha_needed: bool) -> PyResult<PyObject> {
         let py = grads.py();
-        let keep = backward_keeps_graph(py)?;
+        // Where torch cannot say, the call is kept for now and released at the end of the backward
+        // if autograd freed the graph (`release_if_freed`).
+        let keep = backward_keeps_graph(py)?.unwrap_or(true);
         // Taken out for the run (which calls Python code) rather than run under the lock.
         let taken = self.call.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         let Some(call) = taken else {
@@ -80,6 +84,11 @@ impl TapBackward {
             *self.call.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(call);
         }
         result
+    }
+
+    /// Frees the call's saved state (a backward freed the graph it belongs to).
+    fn release(&self) {
+        drop(self.call.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
@@ -185,6 +194,11 @@ fn tap_forward<'py>(
 ) -> PyResult<Bound<'py, PyTuple>> {
     let py = ctx.py();
     ctx.setattr(intern!(py, "call_backward"), backward)?;
+    // Where torch cannot say whether a backward keeps the graph, a tensor saved for autograd to free
+    // with it: whether it was freed says it (`release_if_freed`).
+    if !keep_graph_known(py) {
+        ctx.call_method1(intern!(py, "save_for_backward"), (_alpha,))?;
+    }
     // Unused outputs give None, as in a full backward hook, not zeros.
     ctx.call_method1(intern!(py, "set_materialize_grads"), (false,))?;
     let aliases = tensors.iter().map(|t| t.call_method0(intern!(py, "detach"))).collect::<PyResult<Vec<_>>>()?;
@@ -200,10 +214,27 @@ fn tap_backward<'py>(ctx: &Bound<'py, PyAny>, grads: Bound<'py, PyTuple>) -> PyR
     let needs: bool = ctx.getattr(intern!(py, "needs_input_grad"))?.get_item(1)?.extract()?;
     let alpha_needed =
         needs && engine_will_execute(&ctx.getattr(intern!(py, "next_functions"))?.get_item(0)?.get_item(0)?)?;
-    let alpha_grad = ctx.getattr(intern!(py, "call_backward"))?.call1((&grads, alpha_needed))?;
+    let call_backward = ctx.getattr(intern!(py, "call_backward"))?;
+    let alpha_grad = call_backward.call1((&grads, alpha_needed))?;
+    if backward_keeps_graph(py)?.is_none() {
+        let partial = py.import("functools")?.getattr("partial")?;
+        at_backward_end(py, partial.call1((wrap_pyfunction!(release_if_freed, py)?, ctx))?)?;
+    }
     let mut passed = vec![py.None().into_bound(py), alpha_grad];
     passed.extend(grads.iter());
     PyTuple::new(py, passed)
+}
+
+/// At the end of a backward, where torch cannot say whether it keeps its graph: frees the call's
+/// saved state if autograd freed the tap node's saved tensors (a backward without
+/// `retain_graph=True`), as `backward_keeps_graph` lets the backward itself do elsewhere.
+#[pyfunction]
+fn release_if_freed(ctx: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = ctx.py();
+    if ctx.getattr(intern!(py, "saved_tensors")).is_err() {
+        ctx.getattr(intern!(py, "call_backward"))?.call_method0(intern!(py, "release"))?;
+    }
+    Ok(())
 }
 
 /// Whether a hook on `item` could see more than this call's output gradient: a leaf (a

@@ -17,14 +17,35 @@ fn private_function(
 }
 
 /// Whether the running backward keeps its graph (`retain_graph=True`), from
-/// `torch._C._autograd._get_current_graph_task_keep_graph` (torch 2.1 on). Without it (torch 2.0)
-/// the answer is yes: a call's saved state is then freed with the graph instead of by the backward.
-pub fn backward_keeps_graph(py: Python<'_>) -> PyResult<bool> {
-    static KEEP_GRAPH: GILOnceCell<Option<PyObject>> = GILOnceCell::new();
-    match private_function(py, &KEEP_GRAPH, "torch._C._autograd", "_get_current_graph_task_keep_graph") {
-        Some(query) => query.call0(py)?.extract(py),
-        None => Ok(true),
+/// `torch._C._autograd._get_current_graph_task_keep_graph`; `None` where torch has no such query
+/// (torch 2.0): then the gradient tap asks autograd at the end of the backward (see
+/// `choice::tap`), by whether the node's saved tensors were freed.
+pub fn backward_keeps_graph(py: Python<'_>) -> PyResult<Option<bool>> {
+    match keep_graph_query(py) {
+        Some(query) => Ok(Some(query.call0(py)?.extract(py)?)),
+        None => Ok(None),
     }
+}
+
+/// Whether torch can say whether a backward keeps its graph (see [`backward_keeps_graph`]).
+pub fn keep_graph_known(py: Python<'_>) -> bool {
+    keep_graph_query(py).is_some()
+}
+
+fn keep_graph_query(py: Python<'_>) -> Option<PyObject> {
+    static KEEP_GRAPH: GILOnceCell<Option<PyObject>> = GILOnceCell::new();
+    private_function(py, &KEEP_GRAPH, "torch._C._autograd", "_get_current_graph_task_keep_graph")
+}
+
+/// Runs `callback` when the running backward ends (autograd's engine's final callbacks, which
+/// every torch of the span has: `Variable._execution_engine.queue_callback`).
+pub fn at_backward_end(py: Python<'_>, callback: Bound<'_, PyAny>) -> PyResult<()> {
+    static ENGINE: GILOnceCell<PyObject> = GILOnceCell::new();
+    let engine = ENGINE.get_or_try_init(py, || -> PyResult<PyObject> {
+        Ok(py.import("torch.autograd")?.getattr("Variable")?.getattr("_execution_engine")?.unbind())
+    })?;
+    engine.bind(py).call_method1("queue_callback", (callback,))?;
+    Ok(())
 }
 
 /// Whether the running backward will execute `node` (an autograd graph node), from
