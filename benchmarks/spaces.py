@@ -12,8 +12,10 @@ search step is what that strategy runs:
 - ``random``: NNI's RandomOneShot (path sampling: a uniform draw, one path, no architecture step): a
   weight step.
 
-Each configuration runs in a process of its own, twice. Memory: the peak over ``--memory-steps``
-steps of the bytes held by the tensors the steps create (activations, saved tensors, gradients,
+Each configuration runs in a process of its own, twice. Memory: at the widest architecture (every
+width, expansion, kernel size and depth at its largest value: the most a single-path step can
+hold; DARTS computes every path anyway), the peak over ``--memory-steps`` steps of the bytes held
+by the tensors the steps create (activations, saved tensors, gradients,
 alternatives evaluated in backward), counted where torch dispatches their ops
 (``proxyless_rs.costs``'s tracker: the Rust core's ops too; kernels' own workspaces such as
 oneDNN's scratchpads are not tensors and are not seen, nor are the model and the optimizers' state,
@@ -103,6 +105,35 @@ def build_supernet(method: str, name: str):
     return space, searched
 
 
+def _largest(values: list) -> object:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return max(numbers) if len(numbers) == len(values) else values[0]
+
+
+def widest(model, searched) -> dict:
+    """The architecture of the memory runs: every value choice and depth at its largest value (a depth
+    chain's blocks all taken), every layer choice at its first candidate; the most a step can hold."""
+    from proxyless_rs._choices import choices
+    from proxyless_rs._mixed import ValueChoiceSite
+    from proxyless_rs.nni.version import NNI3
+
+    memo: dict = {}
+    for choice in choices(model):  # proxyless_rs's supernet
+        names = list(choice.names) if hasattr(choice, 'names') else list(range(choice.n_candidates))
+        if isinstance(choice, ValueChoiceSite):
+            memo[choice.label] = _largest(names)
+        else:
+            memo[choice.label] = '1' if names == ['0', '1'] else names[0]
+    if memo:
+        return memo
+    if NNI3:  # NNI's own supernets: the space's labels
+        return {label: _largest(list(m.values)) for label, m in model.simplify().items()}
+    for module in searched:
+        for label, spec in module.search_space_spec().items():
+            memo[label] = _largest(list(spec.values))
+    return memo
+
+
 def measure(method: str, name: str, batch: int, size: int, steps: int, memory: bool) -> dict:
     """One configuration, in this process: the steps' peak tensor memory (bytes), or seconds per step."""
     import torch
@@ -125,8 +156,10 @@ def measure(method: str, name: str, batch: int, size: int, steps: int, memory: b
     y = torch.randint(0, 10, (batch,))
     ours = method.startswith('ours')
 
+    fixed = widest(model, searched) if memory else {}
+
     def resample():
-        memo: dict = {}
+        memo: dict = dict(fixed)
         for m in searched:
             memo.update(m.resample(memo))
 

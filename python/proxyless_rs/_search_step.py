@@ -16,8 +16,8 @@ architecture optimizer), then a weight step on the training batch. What differs 
 - with ``arch_update_every`` = k > 1 (the paper code's ``grad_update_arch_step``), the architecture
   step runs every k-th step only;
 - cost terms enter the architecture loss with a gradient in alpha, through one
-  :func:`proxyless_rs.costs.cost_loss` call: the latency table's (``latency_weight``,
-  ``latency_limit``) as the ``'latency'`` cost, and those of ``costs`` / ``cost_spec``; a limit adds a
+  :func:`proxyless_rs.costs.cost_loss` call over ``costs`` / ``cost_spec`` (the ``latency_*`` options
+  are the ``'latency'`` cost, translated once: :func:`proxyless_rs.costs.costs_with_latency`); a limit adds a
   penalty that is zero below it, and :meth:`export` returns the exact most probable architecture
   within every limit (:func:`proxyless_rs.constrained_export`); NNI 3.0's profiler penalty gets
   probabilities that carry alpha's gradient;
@@ -27,7 +27,6 @@ architecture optimizer), then a weight step on the training batch. What differs 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import torch
@@ -38,83 +37,64 @@ from ._layer import ProxylessLayer
 from ._lightning_compat import counted_optimizer_step
 from ._nni_version import NNI_NAME
 from .checkpoint import rng_state, set_rng_state
-from .hardware.costs import CostSpec, CostTable, RankedArchitecture, constrained_export, cost_loss, top_architectures
-from .hardware.latency import LatencyTable, latency_loss, predicted_latency
+from .hardware.costs import (
+    LATENCY_OPTIONS,
+    CostSpec,
+    CostTable,
+    RankedArchitecture,
+    constrained_export,
+    cost_loss,
+    costs_with_latency,
+    top_architectures,
+)
+from .hardware.latency import predicted_latency
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchOptions:
     """proxyless_rs's options of the search, beyond NNI's own, the same for both NNI versions' one-shot
-    modules and strategies (which take them as keyword arguments and pass them here).
+    modules and strategies (which take them as keyword arguments and build these with :meth:`of`).
 
     ``exact``: run NNI's own step (its draws and alphas under the same seeds); none of the others
     then. ``mode``: ``'full'`` or ``'two'`` (two-path, rescaled after every architecture step).
     ``warmup_epochs``: epochs of weight steps only. ``arch_update_every``: the architecture step on
-    every k-th step. ``latency_table`` (a :class:`proxyless_rs.LatencyTable`) with ``latency_weight``,
-    ``latency_form`` (``'log'``, ``'mul'``), ``latency_target``: the expected latency in the
-    architecture loss; ``latency_limit`` (with ``latency_limit_weight``): a hard limit, a penalty
-    above it and an exact constrained export. ``costs`` with ``cost_spec``: several costs, each its
-    loss form, weight or limit (:func:`proxyless_rs.costs.cost_loss`).
+    every k-th step. ``costs``: the table of every cost the search knows (latency is the
+    ``'latency'`` cost), with ``cost_spec``, what each adds to the architecture loss: its loss form,
+    weight or limit (:func:`proxyless_rs.costs.cost_loss`); a limit also makes the export the most
+    probable architecture within it.
     """
 
     exact: bool = False
     mode: str = 'full'
     warmup_epochs: int = 0
     arch_update_every: int = 1
-    latency_table: LatencyTable | dict | None = None
-    latency_weight: float = 0.0
-    latency_form: str = 'log'
-    latency_target: float | None = None
-    latency_limit: float | None = None
-    latency_limit_weight: float = 5.0
-    costs: Any = None
-    cost_spec: dict[str, CostSpec | dict] | None = None
+    costs: CostTable | None = None
+    cost_spec: dict[str, CostSpec] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, **options: Any) -> SearchOptions:
+        """The options from the strategies' keyword arguments, where the ``latency_*`` ones
+        (:data:`LATENCY_OPTIONS`) are another spelling of the ``'latency'`` cost
+        (:func:`proxyless_rs.costs.latency_cost`) and ``costs`` may be any table :class:`CostTable` takes."""
+        latency = {name: options.pop(name) for name in LATENCY_OPTIONS if name in options}
+        costs, spec = costs_with_latency(options.pop('costs', None), options.pop('cost_spec', None), **latency)
+        return cls(**options, costs=costs, cost_spec=spec)
 
     @classmethod
     def split(cls, kwargs: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
-        """Takes this class's fields out of ``kwargs`` (but those in ``keep``) and returns them."""
-        names = {field.name for field in dataclasses.fields(cls)} - set(keep)
+        """Takes this class's options (its fields and :data:`LATENCY_OPTIONS`) out of ``kwargs`` (but
+        those in ``keep``) and returns them."""
+        names = ({field.name for field in dataclasses.fields(cls)} | set(LATENCY_OPTIONS)) - set(keep)
         return {name: kwargs.pop(name) for name in list(kwargs) if name in names}
 
     def __post_init__(self) -> None:
         # An unknown mode is refused by the layers as the mutation hooks build them.
-        if self.exact and (self.mode != 'full' or self.latency_weight or self.arch_update_every != 1
-                           or self.latency_limit is not None or self.costs is not None):
+        if self.exact and (self.mode != 'full' or self.arch_update_every != 1 or self.costs is not None):
             raise ValueError('exact=True reproduces NNI step for step; NNI has no two-path mode, latency loss, '
-                             'latency limit or arch_update_every')
+                             'latency limit, costs or arch_update_every')
         if self.warmup_epochs < 0 or self.arch_update_every < 1:
             raise ValueError(f'warmup_epochs must be >= 0 and arch_update_every >= 1, got {self.warmup_epochs} and '
                              f'{self.arch_update_every}')
-        self.cost_terms  # noqa: B018 (built once here: refuses inconsistent cost options now, not at the first step)
-
-    @functools.cached_property
-    def cost_terms(self) -> tuple[LatencyTable | None, CostTable | None, dict[str, CostSpec]]:
-        """The latency table, the table of every cost the loss includes and each cost's spec: the
-        latency term and limit are the ``'latency'`` cost of the one ``cost_loss`` call."""
-        latency_table = None if self.latency_table is None else LatencyTable(self.latency_table)
-        tables = {} if self.costs is None else dict(CostTable.of(self.costs))
-        cost_spec = {name: spec if isinstance(spec, CostSpec) else CostSpec(**spec)
-                     for name, spec in (self.cost_spec or {}).items()}
-        if (self.costs is None) != (not cost_spec):
-            raise ValueError('costs and cost_spec go together: a table of costs and what each adds to the loss')
-        unknown = set(cost_spec) - set(tables)
-        if unknown:
-            raise ValueError(f'cost_spec names costs {sorted(unknown)} that the table lacks (it has {list(tables)})')
-        if self.latency_limit is not None and latency_table is None:
-            raise ValueError('latency_limit is set but no latency_table was given')
-        if latency_table is not None:
-            # A bad form, weight or target is refused here.
-            latency_loss(torch.zeros(()), torch.ones(()), self.latency_form, self.latency_weight, self.latency_target)
-            if self.latency_weight or self.latency_limit is not None:
-                if 'latency' in tables:
-                    raise ValueError("latency_table and a 'latency' cost in costs: give latency one way")
-                tables['latency'] = latency_table
-                cost_spec['latency'] = CostSpec(form=self.latency_form, weight=self.latency_weight,
-                                                target=self.latency_target, limit=self.latency_limit,
-                                                penalty=self.latency_limit_weight)
-        elif self.latency_weight:
-            raise ValueError('latency_weight is set but no latency_table was given')
-        return latency_table, (CostTable(tables) if tables else None), cost_spec
 
 
 def _is_alpha_key(key: str) -> bool:
@@ -131,7 +111,8 @@ class ProxylessSearchStep:
     mode: str
     warmup_epochs: int
     arch_update_every: int
-    latency_table: LatencyTable | None
+    costs: CostTable | None
+    cost_spec: dict[str, CostSpec]
     gradient_clip_val: float | None
 
     def _init_search(self, options: SearchOptions) -> None:
@@ -139,7 +120,7 @@ class ProxylessSearchStep:
         self.mode = options.mode
         self.warmup_epochs = options.warmup_epochs
         self.arch_update_every = options.arch_update_every
-        self.latency_table, self.costs, self.cost_spec = options.cost_terms
+        self.costs, self.cost_spec = options.costs, options.cost_spec
 
     # What the version glue provides.
     def setup(self, stage: str | None = None):
@@ -228,9 +209,8 @@ class ProxylessSearchStep:
         """Hook for NNI 3.0's profiler penalty (the glue adds it); the identity by default."""
         return loss
 
-    def _check_latency_table(self) -> None:
-        if self.latency_table is not None:
-            self.latency_table.check(*self._mixed_modules())
+    def _check_costs(self) -> None:
+        """Refuses a cost table that lacks a choice of the supernet, naming it."""
         if self.costs is not None:
             self.costs.check(*self._mixed_modules())
 
@@ -258,10 +238,10 @@ class ProxylessSearchStep:
         return [r._replace(architecture={**base, **r.architecture}) for r in ranked]
 
     def export_latency(self) -> float:
-        """The latency (ms) that ``latency_table`` predicts for :meth:`export`'s architecture."""
-        if self.latency_table is None:
-            raise ValueError('export_latency needs a latency_table')
-        return predicted_latency(self.export(), self._model_root(), self.latency_table)  # type: ignore[attr-defined]
+        """The latency (ms) the latency table (the ``'latency'`` cost) predicts for :meth:`export`'s architecture."""
+        if self.costs is None or 'latency' not in self.costs:
+            raise ValueError('export_latency needs a latency table (latency_table, or a "latency" cost in costs)')
+        return predicted_latency(self.export(), self._model_root(), self.costs['latency'])  # type: ignore[arg-type]
 
     def _model_root(self) -> Any:
         raise NotImplementedError

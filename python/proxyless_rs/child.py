@@ -91,7 +91,9 @@ def _frozen(module: nn.Module, arch: Mapping[str, Any], reduction: str | None) -
                              f'candidates {module.names}')
         return _frozen(module.candidate(module.names.index(name)), arch, reduction)
     if isinstance(module, ProxylessLayer):  # a mixed input
-        indices = chosen_inputs(module._name(), _chosen(module, arch, module.label), module.n_candidates)
+        # n_candidates: NNI's InputChoice's, which the mixin goes in front of.
+        n = module.n_candidates  # type: ignore[attr-defined]
+        indices = chosen_inputs(module._name(), _chosen(module, arch, module.label), n)
         if len(indices) == 1:
             return ChosenInput(indices[0])
         if reduction not in ('sum', 'mean'):

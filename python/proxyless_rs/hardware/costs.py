@@ -37,7 +37,7 @@ from .latency import (
 
 __all__ = ['CostTable', 'CostSpec', 'count_costs', 'expected_costs', 'predicted_costs', 'constrained_export',
            'top_architectures', 'RankedArchitecture', 'limit_penalty', 'LagrangeMultiplier', 'cost_loss',
-           'COUNTED_COSTS']
+           'costs_with_latency', 'COUNTED_COSTS', 'LATENCY_OPTIONS']
 
 COUNTED_COSTS = ('params', 'flops', 'memory')
 """What :func:`count_costs` counts: parameters (a number), FLOPs (a number) and peak activation
@@ -578,3 +578,43 @@ def cost_loss(task_loss: torch.Tensor, model: nn.Module, table: TableLike,
     for term in added:
         loss = loss + term
     return loss, {cost: e.detach() for cost, e in expected.items()}
+
+
+# --- latency as a cost --------------------------------------------------------------------------
+
+LATENCY_OPTIONS = ('latency_table', 'latency_weight', 'latency_form', 'latency_target', 'latency_limit',
+                   'latency_limit_weight')
+"""The strategies' keyword arguments that spell the ``'latency'`` cost on its own."""
+
+
+def costs_with_latency(costs: Any = None, cost_spec: Mapping[str, CostSpec | Mapping[str, Any]] | None = None, *,
+                       latency_table: Any = None, latency_weight: float = 0.0, latency_form: str = 'log',
+                       latency_target: float | None = None, latency_limit: float | None = None,
+                       latency_limit_weight: float = 5.0) -> tuple[CostTable | None, dict[str, CostSpec]]:
+    """``(table, spec)`` of a search's costs, where the ``latency_*`` options are the ``'latency'``
+    cost: its table, and a spec of ``form`` / ``weight`` / ``target`` and a ``limit`` pushed by
+    ``latency_limit_weight``. The one place latency given that way becomes a cost; refuses latency
+    given both ways, a spec without its table and options without a latency table. A latency table
+    without a weight or a limit adds nothing to the loss (``export_latency`` reads it)."""
+    tables = {} if costs is None else dict(CostTable.of(costs))
+    spec = {name: _spec(value) for name, value in (cost_spec or {}).items()}
+    if (costs is None) != (not spec):
+        raise ValueError('costs and cost_spec go together: a table of costs and what each adds to the loss')
+    unknown = set(spec) - set(tables)
+    if unknown:
+        raise ValueError(f'cost_spec names costs {sorted(unknown)} that the table lacks (it has {list(tables)})')
+    if latency_table is None:
+        if latency_limit is not None:
+            raise ValueError('latency_limit is set but no latency_table was given')
+        if latency_weight:
+            raise ValueError('latency_weight is set but no latency_table was given')
+        return (CostTable(tables) if tables else None), spec
+    if 'latency' in tables:
+        raise ValueError("latency_table and a 'latency' cost in costs: give latency one way")
+    tables['latency'] = LatencyTable(latency_table)
+    if latency_weight or latency_limit is not None:
+        spec['latency'] = CostSpec(form=latency_form, weight=latency_weight, target=latency_target, limit=latency_limit,
+                                   penalty=latency_limit_weight)
+    else:  # a bad form or target is refused all the same
+        latency_loss(torch.zeros(()), torch.ones(()), latency_form, latency_weight, latency_target)
+    return CostTable(tables), spec

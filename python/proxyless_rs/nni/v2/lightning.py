@@ -72,7 +72,7 @@ class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule)
     def __init__(self, inner_module: pl.LightningModule, mutation_hooks: list[MutationHook] | None = None,
                  arc_learning_rate: float = 3.0E-4, gradient_clip_val: float | None = None, **options: Any):
         """``options``: those of :class:`proxyless_rs._search_step.SearchOptions`."""
-        self._init_search(SearchOptions(**options))
+        self._init_search(SearchOptions.of(**options))
         exact = self.exact
         if exact and arc_learning_rate != NNI_ARC_LEARNING_RATE:
             warnings.warn(f'exact=True reproduces NNI 2.10, whose architecture optimizer ignores arc_learning_rate '
@@ -83,7 +83,7 @@ class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule)
         if exact and next(mixed_operations(self.model), None) is not None:
             raise ValueError("exact=True reproduces NNI 2.10's ProxylessNAS step for step, and NNI 2.10's ProxylessNAS "
                              'has no value choices (mixed operations); this space has some: drop exact=True')
-        self._check_latency_table()
+        self._check_costs()
 
     def default_mutation_hooks(self) -> list[MutationHook]:
         mixed = [keeping_attributes(operation.mutate) for operation in NATIVE_MIXED_OPERATIONS]

@@ -61,7 +61,7 @@ class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
         NNI 3.0's own and goes to both)."""
         super().__init__(training_module, arc_learning_rate=arc_learning_rate, gradient_clip_val=gradient_clip_val,
                          log_prob_every_n_step=log_prob_every_n_step, warmup_epochs=warmup_epochs, penalty=penalty)
-        self._init_search(SearchOptions(warmup_epochs=warmup_epochs, **options))
+        self._init_search(SearchOptions.of(warmup_epochs=warmup_epochs, **options))
 
     def arch_parameters(self) -> list[torch.nn.Parameter]:
         """The alphas of every searched module, each once, in module order: NNI 3.0 collects them
@@ -75,7 +75,7 @@ class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
         return list(found.values())
 
     def on_fit_start(self):
-        self._check_latency_table()
+        self._check_costs()
         if self.exact and any(isinstance(m.__dict__.get('sampling_policy'), ProxylessMixedOpPolicy)
                               for m in self.supernet_modules()):
             raise ValueError("exact=True reproduces NNI 3.0's Proxyless step for step, and NNI 3.0's Proxyless has no "

@@ -44,7 +44,7 @@ class Proxyless(NNIProxyless):
         # proxyless_rs's options (SearchOptions) are checked now and go to the one-shot module;
         # the rest, warmup_epochs included, are NNI 3.0's.
         options = SearchOptions.split(kwargs, keep=('warmup_epochs',))
-        self.search_options = SearchOptions(**options)
+        self.search_options = SearchOptions.of(**options)
         self.proxyless_kwargs = options
         super().__init__(**kwargs)
 
