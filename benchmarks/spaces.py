@@ -17,7 +17,7 @@ width, expansion, kernel size and depth at its largest value: the most a single-
 hold; DARTS computes every path anyway), the peak over ``--memory-steps`` steps of the bytes held
 by the tensors the steps create (activations, saved tensors, gradients,
 alternatives evaluated in backward), counted where torch dispatches their ops
-(``proxyless_rs.costs``'s tracker: the Rust core's ops too; kernels' own workspaces such as
+(``proxyless_rs.hardware.counting``'s tracker: the Rust core's ops too; kernels' own workspaces such as
 oneDNN's scratchpads are not tensors and are not seen, nor are the model and the optimizers' state,
 which exist before the steps). Time: the median of ``--steps`` steps on one thread, in a process of
 its own (the tracker costs time).
@@ -141,7 +141,7 @@ def measure(method: str, name: str, batch: int, size: int, steps: int, memory: b
 
     sys.path.insert(0, str(HERE))
     import proxyless_rs
-    from proxyless_rs.hardware.costs import _PeakMemory
+    from proxyless_rs.hardware.counting import _PeakMemory
     from proxyless_rs.nni.version import NNI_NAME
 
     warnings.filterwarnings('ignore')

@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 pub mod arch;
 pub mod choice;
+pub mod constrained;
 pub mod errors;
 pub mod interop;
 
@@ -20,6 +21,6 @@ fn _core(py: Python<'_>, m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<choice::tap::TapBackward>()?;
     m.add_function(wrap_pyfunction!(arch::sampling::sample_index, m)?)?;
     m.add_function(wrap_pyfunction!(arch::gradient::py_alpha_grad, m)?)?;
-    m.add_function(wrap_pyfunction!(arch::constrained::py_constrained_choices, m)?)?;
+    m.add_function(wrap_pyfunction!(constrained::py_constrained_choices, m)?)?;
     Ok(())
 }

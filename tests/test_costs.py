@@ -31,7 +31,7 @@ from proxyless_rs import (
     predicted_latency,
     top_architectures,
 )
-from proxyless_rs.hardware.costs import _options
+from proxyless_rs.hardware.export import _options
 from proxyless_rs.nni.version import NNI3
 
 

@@ -94,4 +94,4 @@ def constrained_choices(values: list[list[float]], costs: list[list[list[float]]
     Returns ``(ranked, nodes)``: up to ``k`` pairs ``(choice, value)`` best first (candidate index
     per group, summed value; ties in the choices' lexicographic order; empty when no choice meets
     every limit, up to a relative 1e-9) and the search nodes visited. Branch and bound
-    (``src/arch/constrained.rs``)."""
+    (``src/constrained.rs``)."""

@@ -37,17 +37,9 @@ from ._layer import ProxylessLayer
 from ._lightning_compat import counted_optimizer_step
 from ._nni_version import NNI_NAME
 from .checkpoint import rng_state, set_rng_state
-from .hardware.costs import (
-    LATENCY_OPTIONS,
-    CostSpec,
-    CostTable,
-    RankedArchitecture,
-    constrained_export,
-    cost_loss,
-    costs_with_latency,
-    top_architectures,
-)
-from .hardware.latency import predicted_latency
+from .hardware.export import RankedArchitecture, constrained_export, predicted_latency, top_architectures
+from .hardware.loss import LATENCY_OPTIONS, CostSpec, cost_loss, costs_with_latency
+from .hardware.tables import CostTable
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,20 @@
-"""``proxyless_rs.costs``: the public names of :mod:`proxyless_rs.hardware.costs` (several costs, counting, the cost
-loss, the exact constrained export)."""
+"""``proxyless_rs.costs``: several costs, counting them, the cost loss with weights or hard limits, the k
+best and the exact constrained export (from :mod:`proxyless_rs.hardware`'s ``tables``, ``counting``,
+``loss`` and ``export``)."""
 
-from .hardware.costs import *  # noqa: F403
-from .hardware.costs import __all__  # noqa: F401
+from .hardware.counting import COUNTED_COSTS, count_costs
+from .hardware.export import RankedArchitecture, constrained_export, predicted_costs, top_architectures
+from .hardware.loss import (
+    LATENCY_OPTIONS,
+    CostSpec,
+    LagrangeMultiplier,
+    cost_loss,
+    costs_with_latency,
+    expected_costs,
+    limit_penalty,
+)
+from .hardware.tables import CostTable
+
+__all__ = ['CostTable', 'CostSpec', 'count_costs', 'expected_costs', 'predicted_costs', 'constrained_export',
+           'top_architectures', 'RankedArchitecture', 'limit_penalty', 'LagrangeMultiplier', 'cost_loss',
+           'costs_with_latency', 'COUNTED_COSTS', 'LATENCY_OPTIONS']

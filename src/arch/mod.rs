@@ -1,9 +1,7 @@
-//! The architecture parameters: the state of one (shared by every layer that shares its label,
-//! in this file), the draws of paths from it, alpha's gradient, and the exact most probable
-//! architecture under cost limits. Depends on `crate::interop` only.
+//! The architecture parameters: the state of one (shared by every choice that shares its label,
+//! in this file), the draws of paths from it, and alpha's gradient. Depends on `crate::interop`
+//! only.
 
-/// The most probable architecture under cost limits (branch and bound).
-pub mod constrained;
 /// Alpha's gradient from the binary gates' gradients, in closed form; the two-path rescale.
 pub mod gradient;
 /// Draws of paths on torch's default generator.

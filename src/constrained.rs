@@ -1,4 +1,6 @@
-//! Exact export under hard limits: a multiple-choice knapsack with several costs.
+//! Exact export under hard limits: a multiple-choice knapsack with several costs. Its own module:
+//! it touches no tensor and no architecture parameter, only numbers (the choices'
+//! log-probabilities and costs), and depends on nothing else of the crate.
 //!
 //! Each group (one architecture label) takes exactly one of its items (candidates); item `i` of
 //! group `g` has a value `v[g][i]` (the log of its probability, so that sums are log-products)
