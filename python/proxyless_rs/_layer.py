@@ -87,8 +87,9 @@ def chosen_inputs(name: str, value: Any, n: int, source: str = 'the architecture
     non-empty list of them, NNI 3.0's form. Anything else is refused naming the layer: an index out of
     range (-1 included: it would silently take the last input), a bool (``True`` would mean input 1),
     a string."""
-    indices = [value] if isinstance(value, int) and not isinstance(value, bool) else value
-    valid = isinstance(indices, (list, tuple)) and (lists or len(indices) == 1) and len(indices) > 0 and all(
+    single = isinstance(value, int) and not isinstance(value, bool)
+    indices = [value] if single else value
+    valid = (single or lists) and isinstance(indices, (list, tuple)) and len(indices) > 0 and all(
         isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in indices)
     if not valid:
         form = " (or a list of them, NNI 3.0's form)" if lists else ''
