@@ -5,7 +5,8 @@ two-path draws.
 
 A choice has ``label``, ``ctx`` (its ``ProxylessContext``), ``_arch_alpha``, ``softmax``,
 ``probabilities()``, ``active_index`` and ``_name()``; a layer is a module, a value choice a
-:class:`proxyless_rs._mixed.ValueChoiceSite` of its operation (``module``).
+:class:`proxyless_rs._mixed.ValueChoiceSite` of its operation, a cell's op or input of one slot a
+:class:`proxyless_rs._cell.CellChoice` (both :class:`proxyless_rs._site.ChoiceSite`: ``module``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Iterable, Iterator
 import torch
 import torch.nn as nn
 
+from ._cell import ProxylessCell
 from ._core import ArchParameter
 from ._layer import ProxylessLayer
 from ._mixed import ProxylessMixedOpPolicy
@@ -24,8 +26,8 @@ __all__ = ['choices', 'no_arch_grad', 'no_weight_grad', 'rescale_two_path', 'uni
 
 
 def choices(*modules: nn.Module) -> Iterator[Any]:
-    """The choices inside ``modules`` in module order: each mixed layer or input, and each label of
-    each mixed operation (in the operation's order)."""
+    """The choices inside ``modules`` in module order: each mixed layer or input, each label of each
+    mixed operation (in the operation's order), each slot's op and input of each cell."""
     for root in modules:
         for module in root.modules():
             if isinstance(module, ProxylessLayer):
@@ -34,6 +36,8 @@ def choices(*modules: nn.Module) -> Iterator[Any]:
             policy = module.__dict__.get('sampling_policy')
             if isinstance(policy, ProxylessMixedOpPolicy):
                 yield from policy.sites.values()
+            elif isinstance(module, ProxylessCell):
+                yield from module.choice_sites()
 
 
 def unique_arch_parameters(choices: Iterable[Any]) -> list[ArchParameter]:

@@ -50,8 +50,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from ._core import ProxylessContext
-from ._layer import _arch_parameter
+from ._site import ChoiceSite
 from ._torch_compat import is_compiling, mark_dynamo_disabled
 
 __all__ = ['ProxylessMixedOpPolicy', 'ValueChoiceSite', 'OperationShapes', 'INPUT_SIZES', 'register_input_sizes',
@@ -159,67 +158,16 @@ def _running_statistics_frozen(operation: nn.Module) -> Iterator[None]:
 
 # --- one label of one operation, as a choice of the core -------------------------------------------
 
-class ValueChoiceSite:
+class ValueChoiceSite(ChoiceSite):
     """One value choice (label) of one mixed operation, as the core's choice: its alternatives are
-    the label's values.
+    the label's values (see :class:`proxyless_rs._site.ChoiceSite`)."""
 
-    What layers have, so that hardware costs, exports, distributed search and ``no_arch_grad`` treat
-    it as they treat a layer choice: ``label``, ``names`` (the values), ``ctx``, ``_arch_alpha``,
-    ``softmax``, ``probabilities()``, ``active_index``, ``forward_candidate``, ``_name()``, and
-    ``module`` (the operation).
-    """
+    noun = 'value'
 
     def __init__(self, operation: nn.Module, label: str, values: list, alpha: torch.Tensor, softmax: nn.Module,
                  mode: str, where: str | None):
-        self.module = operation
-        self.label = label
-        self.names = list(values)
         name = f'{type(operation).__name__}{"" if where is None else f" {where!r}"} (value choice {label!r})'
-        self.ctx = ProxylessContext(_arch_parameter(alpha), softmax, label, name, mode, self.names, 'value')
-        self.index: int | None = None
-
-    def __repr__(self) -> str:
-        return f'ValueChoiceSite({self.ctx.name}, values={self.names})'
-
-    def _name(self) -> str:
-        return self.ctx.name
-
-    @property
-    def _arch_alpha(self) -> torch.Tensor:
-        return self.module._arch_alpha[self.label]
-
-    def _alpha_now(self) -> torch.Tensor:
-        """Alpha as this call sees it (``torch.func.functional_call`` may substitute the entry)."""
-        params = self.module._arch_alpha.__dict__
-        alpha = params.get(self.label)
-        return params['_parameters'][self.label] if alpha is None else alpha
-
-    @property
-    def softmax(self) -> nn.Module:
-        return self.ctx.softmax
-
-    def probabilities(self) -> torch.Tensor:
-        """``softmax(alpha)``, differentiable in alpha."""
-        return self.ctx.softmax(self._arch_alpha)
-
-    @property
-    def mode(self) -> str:
-        return self.ctx.mode
-
-    @mode.setter
-    def mode(self, mode: str) -> None:
-        self.ctx.mode = mode
-
-    @property
-    def active_index(self) -> int | None:
-        return self.index
-
-    def index_of(self, value: Any) -> int:
-        for i, v in enumerate(self.names):
-            if v == value and type(v) is not bool and type(value) is not bool:
-                return i
-        raise ValueError(f'{self._name()}: the architecture chose {value!r}, which is not one of its values '
-                         f'{self.names}')
+        super().__init__(operation, label, values, alpha, softmax, mode, name)
 
     def forward_candidate(self, k: int, *args: Any, **kwargs: Any) -> Any:
         """The operation with this label at value ``k`` and its other labels at their first values
@@ -350,9 +298,7 @@ class ProxylessMixedOpPolicy:
         for label, site in self.sites.items():
             if label in memo:
                 continue
-            with torch.no_grad():
-                probs = site.probabilities().cpu().tolist()
-            result[label] = site.names[max(range(len(probs)), key=lambda i: (probs[i], -i))]
+            result[label] = site.names[site.most_probable()]
         return result
 
     def export_probs(self, operation: nn.Module, memo: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import torch.nn as nn
 from .._choices import choices
 from .._layer import ProxylessLayerChoice
 from .._mixed import ValueChoiceSite
+from .._site import ChoiceSite
 from .._torch_compat import TorchDispatchMode, flop_counter_mode, tree_leaves
 from .tables import CostTable, LatencyTable, _choices
 
@@ -60,7 +61,7 @@ def _rows(measured: list[tuple[Any, list[float]]]) -> dict[str, dict[str, float]
 
 def _owner(choice: Any) -> nn.Module:
     """The module a choice's calls go through: the layer, or a value choice's operation."""
-    return choice.module if isinstance(choice, ValueChoiceSite) else choice
+    return choice.module if isinstance(choice, ChoiceSite) else choice
 
 
 def _capture_inputs(model: nn.Module, layers: list[Any], example_args: tuple,
@@ -69,11 +70,13 @@ def _capture_inputs(model: nn.Module, layers: list[Any], example_args: tuple,
     **example_kwargs)`` once under ``no_grad`` with every choice fixed to its first alternative, by
     ``id(choice)``. The choices' sampled paths are restored afterwards."""
     owners = {id(_owner(layer)): _owner(layer) for layer in layers}
-    sites = [layer for layer in layers if isinstance(layer, ValueChoiceSite)]
-    plain = [layer for layer in layers if not isinstance(layer, ValueChoiceSite)]
+    sites = [layer for layer in layers if isinstance(layer, ChoiceSite)]
+    plain = [layer for layer in layers if not isinstance(layer, ChoiceSite)]
     saved = {id(layer): (layer._sampled, getattr(layer, '_sample_idx', None), layer.active_index) for layer in plain}
     saved_sites = {id(site): site.index for site in sites}
-    saved_arguments = {id(site.module): site.module.sampling_policy._current for site in sites}
+    # A mixed operation's argument values of the draw (a cell's draw is its sites' indices alone).
+    saved_arguments = {id(site.module): site.module.sampling_policy._current for site in sites
+                       if isinstance(site, ValueChoiceSite)}
     by_owner: dict[int, tuple[tuple, dict]] = {}
     handles = [owner.register_forward_pre_hook(
         lambda module, args, kwargs: by_owner.setdefault(id(module), (args, kwargs)), with_kwargs=True)
@@ -102,7 +105,8 @@ def _capture_inputs(model: nn.Module, layers: list[Any], example_args: tuple,
                 layer._sample_idx = index
         for site in sites:
             site.index = saved_sites[id(site)]
-            site.module.sampling_policy._current = saved_arguments[id(site.module)]
+            if id(site.module) in saved_arguments:
+                site.module.sampling_policy._current = saved_arguments[id(site.module)]
     return {id(layer): by_owner[id(_owner(layer))] for layer in layers if id(_owner(layer)) in by_owner}
 
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 from .._choices import choices
 from .._core import constrained_choices
 from .._layer import DepthChain, ProxylessLayerChoice, chosen_inputs, depth_distribution
-from .._mixed import ValueChoiceSite
+from .._site import ChoiceSite
 from .tables import CostTable, LatencyTable, TableLike, _choices
 
 __all__ = ['predicted_latency', 'predicted_costs', 'top_architectures', 'RankedArchitecture', 'constrained_export']
@@ -33,7 +33,9 @@ def predicted_totals(architecture: Mapping[str, Any], model: nn.Module, tables: 
         if layer.label not in architecture:
             raise KeyError(f'{layer._name()}: {caller} was given an architecture with no choice for it')
         choice = architecture[layer.label]
-        if isinstance(layer, (ProxylessLayerChoice, ValueChoiceSite)):
+        if isinstance(layer, ChoiceSite):  # a value choice, a cell's op or input: its own form, checked
+            chosen = [layer.names[layer.index_of_exported(choice)]]
+        elif isinstance(layer, ProxylessLayerChoice):
             if str(choice) not in _choices(layer):
                 raise ValueError(f'{layer._name()}: {caller} was given an architecture that chose {choice!r}, which is '
                                  f'not one of its choices {list(layer.names)}')
@@ -69,7 +71,9 @@ def _log_probs(layer: nn.Module) -> torch.Tensor:
 
 def _options(layer: Any) -> list[tuple[Any, list[str]]]:
     """``(exported value, table keys)`` for every choice the layer (or value choice) can export."""
-    if isinstance(layer, (ProxylessLayerChoice, ValueChoiceSite)):
+    if isinstance(layer, ChoiceSite):
+        return [(layer.exported(i), [str(name)]) for i, name in enumerate(layer.names)]
+    if isinstance(layer, ProxylessLayerChoice):
         return [(name, [str(name)]) for name in layer.names]
     n, k = layer.n_candidates, layer.n_chosen
     if k is None or k >= n:
@@ -133,7 +137,7 @@ def _choice_groups(model: nn.Module, table: CostTable | None) -> list[_Group]:
         group = groups.get(layer.label)
         if group is None:
             logp = _log_probs(layer).tolist()
-            if isinstance(layer, (ProxylessLayerChoice, ValueChoiceSite)):
+            if isinstance(layer, (ProxylessLayerChoice, ChoiceSite)):
                 values = [logp[i] for i in range(len(options))]
             else:
                 values = [sum(logp[int(key)] for key in keys) for _, keys in options]

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .._choices import choices
 from .._layer import ProxylessLayerChoice
-from .._mixed import ValueChoiceSite
+from .._site import ChoiceSite
 
 __all__ = ['CandidateTable', 'LatencyTable', 'CostTable', 'TableLike']
 
@@ -23,7 +23,7 @@ __all__ = ['CandidateTable', 'LatencyTable', 'CostTable', 'TableLike']
 def _choices(layer: Any) -> list[str]:
     """A choice's alternatives as a table (and NNI's ``export_probs``) spells them: a layer's
     candidate names, a value choice's values, an input choice's indices."""
-    if isinstance(layer, (ProxylessLayerChoice, ValueChoiceSite)):
+    if isinstance(layer, (ProxylessLayerChoice, ChoiceSite)):
         return [str(name) for name in layer.names]  # NNI 3.0 names a list's candidates 0, 1, ...
     return [str(i) for i in range(layer.n_candidates)]
 

@@ -14,6 +14,7 @@ from nni.nas.oneshot.pytorch.differentiable import ProxylessLightningModule as N
 
 from ..._mixed import keeping_attributes, mixed_operations
 from ..._search_step import ProxylessSearchStep, SearchOptions
+from .cell import ProxylessMixedCell
 from .layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, register_repeat_layers
 from .mixed import NATIVE_MIXED_OPERATIONS, MixedOpProxylessPolicy
 
@@ -87,8 +88,8 @@ class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule)
 
     def default_mutation_hooks(self) -> list[MutationHook]:
         mixed = [keeping_attributes(operation.mutate) for operation in NATIVE_MIXED_OPERATIONS]
-        return [register_repeat_layers, ProxylessMixedLayer.mutate, ProxylessMixedInput.mutate,
-                ProxylessMixedRepeat.mutate, *mixed, unsupported_primitive_hook]
+        return [register_repeat_layers, ProxylessMixedCell.mutate, ProxylessMixedLayer.mutate,
+                ProxylessMixedInput.mutate, ProxylessMixedRepeat.mutate, *mixed, unsupported_primitive_hook]
 
     def mutate_kwargs(self) -> dict[str, Any]:
         return {**super().mutate_kwargs(), 'mixed_op_sampling': MixedOpProxylessPolicy, 'proxyless_mode': self.mode}

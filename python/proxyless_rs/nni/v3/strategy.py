@@ -13,6 +13,7 @@ from nni.nas.oneshot.pytorch.strategy import MutationHook, Proxyless as NNIProxy
 from ..._mixed import keeping_attributes
 from ..._search_step import SearchOptions
 from ...checkpoint import check_readable
+from .cell import ProxylessMixedCell
 from .layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, suppress_already_mutated
 from .lightning import ProxylessLightningModule
 from .mixed import NATIVE_MIXED_OPERATIONS, MixedOpProxylessPolicy
@@ -62,8 +63,8 @@ class Proxyless(NNIProxyless):
 
     def default_mutation_hooks(self) -> list[MutationHook]:
         mixed = [keeping_attributes(operation.mutate) for operation in NATIVE_MIXED_OPERATIONS]
-        return [suppress_already_mutated, ProxylessMixedLayer.mutate, ProxylessMixedInput.mutate,
-                ProxylessMixedRepeat.mutate, *mixed, no_default_hook]
+        return [suppress_already_mutated, ProxylessMixedCell.mutate, ProxylessMixedLayer.mutate,
+                ProxylessMixedInput.mutate, ProxylessMixedRepeat.mutate, *mixed, no_default_hook]
 
     def run_hook(self, hook: MutationHook, name: str, module, memo: dict[str, Any]):
         # NNI 3.0's DARTS.run_hook, with ProxylessNAS's policy for the mixed operations (NNI's own and a
