@@ -14,6 +14,7 @@ from proxyless_rs.nni.version import NNI3
 if NNI3:
     import nni
     from nni.nas.nn.pytorch import (
+        Cell,
         ModelSpace,
         MutableBatchNorm2d as BatchNorm2d,
         MutableConv2d as Conv2d,
@@ -33,6 +34,7 @@ else:
     import nni.retiarii.nn.pytorch as retiarii_nn
     from nni.retiarii import model_wrapper
 
+    Cell = retiarii_nn.Cell
     Conv2d = retiarii_nn.Conv2d
     BatchNorm2d = retiarii_nn.BatchNorm2d
     Linear = retiarii_nn.Linear
@@ -47,7 +49,7 @@ else:
 
     Base = torch_nn.Module
 
-__all__ = ['Conv2d', 'BatchNorm2d', 'Linear', 'LayerNorm', 'MultiheadAttention', 'choice', 'space', 'Base',
+__all__ = ['Cell', 'Conv2d', 'BatchNorm2d', 'Linear', 'LayerNorm', 'MultiheadAttention', 'choice', 'space', 'Base',
            'supernet', 'mixed_operations', 'resample']
 
 
@@ -71,7 +73,8 @@ def supernet(model: torch_nn.Module, mode: str = 'full', seed: int = 0) -> torch
 
 
 def mixed_operations(model: torch_nn.Module) -> list[torch_nn.Module]:
-    """The searched modules of ``model`` in module order (what the one-shot module resamples)."""
+    """The searched modules of ``model`` in module order (what the one-shot module resamples): layers,
+    mixed operations, cells."""
     from proxyless_rs._choices import choices
 
     seen: dict[int, torch_nn.Module] = {}

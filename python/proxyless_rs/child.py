@@ -19,10 +19,11 @@ from typing import Any, List, Mapping
 import torch
 import torch.nn as nn
 
+from ._cell import ProxylessCell, preprocess_cell_inputs
 from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, _proxyless_layers, chosen_inputs
 from ._mixed import ProxylessMixedOpPolicy, mixed_operations, plain_operation
 
-__all__ = ['freeze', 'load_weights', 'ChosenInput', 'ChosenInputs']
+__all__ = ['freeze', 'load_weights', 'ChosenInput', 'ChosenInputs', 'ChosenCell']
 
 
 class ChosenInput(nn.Module):
@@ -59,12 +60,55 @@ class ChosenInputs(nn.Module):
         return f'indices={self.indices}, mean={self.mean}'
 
 
+class ChosenCell(nn.Module):
+    """A searched cell with its ops and inputs chosen: each node sums its slots' chosen ops, each on
+    its chosen input, and every node is concatenated, as the supernet's cell merges them. Its
+    modules are named as NNI's frozen ``Cell`` names them (``preprocessor``, ``ops.<node>.<slot>``,
+    ``postprocessor``), so NNI's own frozen model loads its weights by key."""
+
+    def __init__(self, preprocessor: nn.Module, chosen: list[list[tuple[int, nn.Module]]], postprocessor: nn.Module,
+                 concat_dim: int, num_predecessors: int):
+        super().__init__()
+        self.preprocessor = preprocessor
+        self.ops = nn.ModuleList(nn.ModuleList(op for _, op in node) for node in chosen)
+        self.postprocessor = postprocessor
+        self.input_indices = [[j for j, _ in node] for node in chosen]
+        self.concat_dim = concat_dim
+        self.num_predecessors = num_predecessors
+
+    def forward(self, *inputs: Any) -> Any:
+        processed = preprocess_cell_inputs(self.num_predecessors, *inputs)
+        states = self.preprocessor(processed)
+        for ops, indices in zip(self.ops, self.input_indices):
+            states.append(sum(op(states[j]) for op, j in zip(ops, indices)))
+        return self.postprocessor(torch.cat(states[self.num_predecessors:], self.concat_dim), processed)
+
+    def extra_repr(self) -> str:
+        return f'inputs={self.input_indices}'
+
+
+def _frozen_cell(cell: ProxylessCell, arch: Mapping[str, Any], reduction: str | None) -> nn.Module:
+    chosen: list[list[tuple[int, nn.Module]]] = []
+    for node, op_site, input_site in cell._slots:
+        for site in (op_site, input_site):
+            if site.label not in arch:
+                raise KeyError(f'{site._name()}: the architecture has no choice for {site.label!r}; '
+                               f'it has {sorted(map(str, arch))}')
+        j = input_site.index_of_exported(arch[input_site.label])
+        name = op_site.names[op_site.index_of_exported(arch[op_site.label])]
+        if node - cell.num_predecessors == len(chosen):
+            chosen.append([])
+        chosen[-1].append((j, _frozen(cell.ops[node - cell.num_predecessors][j][name], arch, reduction)))
+    return ChosenCell(_frozen(cell.preprocessor, arch, reduction), chosen, _frozen(cell.postprocessor, arch, reduction),
+                      cell.concat_dim, cell.num_predecessors)
+
+
 def _export(model: nn.Module) -> dict[str, Any]:
     """The architecture the layers and mixed operations export (the most probable choices), in module order."""
     memo: dict[str, Any] = {}
     operations = {id(op) for op in mixed_operations(model)}
     for module in model.modules():
-        if isinstance(module, (ProxylessLayer, DepthChain)) or id(module) in operations:
+        if isinstance(module, (ProxylessLayer, DepthChain, ProxylessCell)) or id(module) in operations:
             memo.update(module.export(memo))  # type: ignore[attr-defined,operator]
     return memo
 
@@ -79,6 +123,8 @@ def _chosen(module: nn.Module, arch: Mapping[str, Any], label: Any) -> Any:
 def _frozen(module: nn.Module, arch: Mapping[str, Any], reduction: str | None) -> nn.Module:
     if isinstance(module.__dict__.get('sampling_policy'), ProxylessMixedOpPolicy):
         return plain_operation(module, arch)
+    if isinstance(module, ProxylessCell):
+        return _frozen_cell(module, arch, reduction)
     if isinstance(module, DepthChain):
         depth = arch.get(module.depth_label)
         if depth is None:  # the chain's own choices: its first blocks taken
@@ -122,6 +168,7 @@ def freeze(model: nn.Module, arch: Mapping[str, Any] | None = None, *, reduction
     arch = _export(model) if arch is None else dict(arch)
     child = _frozen(copy.deepcopy(model), arch, reduction)
     left = [type(m).__name__ for m in (*_proxyless_layers(child), *mixed_operations(child))]
+    left += [type(m).__name__ for m in child.modules() if isinstance(m, ProxylessCell)]
     if left:  # a mixed layer no rule reached (e.g. inside a container freeze does not enter)
         raise TypeError(f'freeze: mixed layers are left in the child: {left}')
     return child
