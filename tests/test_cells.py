@@ -75,7 +75,8 @@ def test_the_cell_is_one_unit_with_nnis_labels():
     assert all(memo[f'cell/op_{n}_{s}'] in ('conv', 'dilated', 'pool') for n in (2, 3) for s in (0, 1))
 
 
-def reference_alpha_grads(model: nn.Module, x: torch.Tensor, weight: torch.Tensor, memo: dict) -> dict[str, torch.Tensor]:
+def reference_alpha_grads(model: nn.Module, x: torch.Tensor, weight: torch.Tensor,
+                          memo: dict) -> dict[str, torch.Tensor]:
     """The binary-gate alpha gradients of every slot's op and input choices, in float64, by hand."""
     model = copy.deepcopy(model).double()
     resample(model, memo)
