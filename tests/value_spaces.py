@@ -21,6 +21,7 @@ if NNI3:
         MutableLayerNorm as LayerNorm,
         MutableLinear as Linear,
         MutableMultiheadAttention as MultiheadAttention,
+        Repeat,
     )
 
     def choice(label: str, values: list) -> Any:
@@ -40,6 +41,7 @@ else:
     Linear = retiarii_nn.Linear
     LayerNorm = retiarii_nn.LayerNorm
     MultiheadAttention = retiarii_nn.MultiheadAttention
+    Repeat = retiarii_nn.Repeat
 
     def choice(label: str, values: list) -> Any:
         return retiarii_nn.ValueChoice(values, label=label)
@@ -49,7 +51,8 @@ else:
 
     Base = torch_nn.Module
 
-__all__ = ['Cell', 'Conv2d', 'BatchNorm2d', 'Linear', 'LayerNorm', 'MultiheadAttention', 'choice', 'space', 'Base',
+__all__ = ['Cell', 'Conv2d', 'BatchNorm2d', 'Linear', 'LayerNorm', 'MultiheadAttention', 'Repeat', 'choice', 'space',
+           'Base',
            'supernet', 'mixed_operations', 'resample']
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from ._layer import chosen_inputs
-from ._site import ChoiceSite
+from ._site import ChoiceSite, SiteHolder
 
 __all__ = ['ProxylessCell', 'CellChoice', 'preprocess_cell_inputs']
 
@@ -78,7 +78,7 @@ class _OtherInputs:
         return self.edges[j][self.op](states[j])
 
 
-class ProxylessCell:
+class ProxylessCell(SiteHolder):
     """ProxylessNAS's cell (see the module doc): a mixin in front of NNI's ``PathSamplingCell``, whose
     attributes it uses (``ops``: per node, one ``ModuleDict`` of candidates per input; ``op_names``,
     ``num_nodes``, ``num_ops_per_node``, ``num_predecessors``, ``preprocessor``, ``postprocessor``,

@@ -6,7 +6,8 @@ two-path draws.
 A choice has ``label``, ``ctx`` (its ``ProxylessContext``), ``_arch_alpha``, ``softmax``,
 ``probabilities()``, ``active_index`` and ``_name()``; a layer is a module, a value choice a
 :class:`proxyless_rs._mixed.ValueChoiceSite` of its operation, a cell's op or input of one slot a
-:class:`proxyless_rs._cell.CellChoice` (both :class:`proxyless_rs._site.ChoiceSite`: ``module``).
+:class:`proxyless_rs._cell.CellChoice`, a depth expression's label a
+:class:`proxyless_rs._depth.DepthChoice` (all :class:`proxyless_rs._site.ChoiceSite`: ``module``).
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from typing import Any, Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from ._cell import ProxylessCell
 from ._core import ArchParameter
 from ._layer import ProxylessLayer
 from ._mixed import ProxylessMixedOpPolicy
+from ._site import SiteHolder
 
 __all__ = ['choices', 'no_arch_grad', 'no_weight_grad', 'rescale_two_path', 'unique_arch_parameters']
 
 
 def choices(*modules: nn.Module) -> Iterator[Any]:
     """The choices inside ``modules`` in module order: each mixed layer or input, each label of each
-    mixed operation (in the operation's order), each slot's op and input of each cell."""
+    mixed operation (in the operation's order), each slot's op and input of each cell, the label of
+    each depth expression."""
     for root in modules:
         for module in root.modules():
             if isinstance(module, ProxylessLayer):
@@ -36,7 +38,7 @@ def choices(*modules: nn.Module) -> Iterator[Any]:
             policy = module.__dict__.get('sampling_policy')
             if isinstance(policy, ProxylessMixedOpPolicy):
                 yield from policy.sites.values()
-            elif isinstance(module, ProxylessCell):
+            elif isinstance(module, SiteHolder):
                 yield from module.choice_sites()
 
 

@@ -1,5 +1,6 @@
 """One choice of a module that holds several (no NNI import): a mixed operation's value choice
-(``_mixed.ValueChoiceSite``), a cell's op or input of one slot (``_cell.CellChoice``). What a layer
+(``_mixed.ValueChoiceSite``), a cell's op or input of one slot (``_cell.CellChoice``), the label of
+a depth expression (``_depth.DepthChoice``). What a layer
 choice has, so that the search step, hardware costs, exports, distributed search and the no-grad
 blocks treat it as they treat a layer: ``label``, ``names`` (the alternatives), ``ctx`` (its
 ``ProxylessContext``), ``_arch_alpha`` (the module's ``nn.ParameterDict`` entry), ``softmax``,
@@ -15,7 +16,7 @@ import torch.nn as nn
 from ._core import ProxylessContext
 from ._layer import _arch_parameter
 
-__all__ = ['ChoiceSite']
+__all__ = ['ChoiceSite', 'SiteHolder']
 
 
 class ChoiceSite:
@@ -89,3 +90,11 @@ class ChoiceSite:
         with torch.no_grad():
             probs = self.probabilities().cpu().tolist()
         return max(range(len(probs)), key=lambda i: (probs[i], -i))
+
+
+class SiteHolder:
+    """A module whose choices are :class:`ChoiceSite` objects it holds (a cell, a depth expression):
+    what :func:`proxyless_rs._choices.choices` asks for them."""
+
+    def choice_sites(self) -> list[ChoiceSite]:
+        raise NotImplementedError

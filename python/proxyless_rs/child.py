@@ -3,12 +3,14 @@ the chosen architecture and the supernet's trained weights (once-for-all's ``get
 
 What it builds, layer by layer: a mixed layer becomes a copy of its chosen candidate; a mixed input
 becomes :class:`ChosenInput` (or :class:`ChosenInputs`, for several); a depth choice becomes an
-``nn.Sequential`` of its first blocks, as many as the chosen depth; a mixed operation (value choices
-in a ``Conv2d``, ``Linear``, ...) becomes the plain torch module of its chosen values holding the
-supernet's sliced weights (NNI's slicing). Everything else is copied as it is. The child holds no
-architecture parameter, no hook and no module of proxyless_rs but the two small input selectors,
-which TorchScript, tracing, ONNX export and ``torch.compile(fullgraph=True)`` take; in eval mode it
-gives the supernet's outputs with that architecture fixed, bit for bit.
+``nn.Sequential`` of its first blocks, as many as the chosen depth (a depth expression's one-block
+stage, :class:`ChosenDepth`, with the supernet's shape alignment); a cell becomes
+:class:`ChosenCell`; a mixed operation (value choices in a ``Conv2d``, ``Linear``, ...) becomes the
+plain torch module of its chosen values holding the supernet's sliced weights (NNI's slicing).
+Everything else is copied as it is. The child holds no architecture parameter, no hook and no
+module of proxyless_rs but the small selectors above, which TorchScript, tracing, ONNX export and
+``torch.compile(fullgraph=True)`` take; in eval mode it gives the supernet's outputs with that
+architecture fixed, bit for bit.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import torch
 import torch.nn as nn
 
 from ._cell import ProxylessCell, preprocess_cell_inputs
+from ._depth import ProxylessDepth
 from ._layer import DepthChain, ProxylessLayer, ProxylessLayerChoice, _proxyless_layers, chosen_inputs
 from ._mixed import ProxylessMixedOpPolicy, mixed_operations, plain_operation
 
-__all__ = ['freeze', 'load_weights', 'ChosenInput', 'ChosenInputs', 'ChosenCell']
+__all__ = ['freeze', 'load_weights', 'ChosenInput', 'ChosenInputs', 'ChosenCell', 'ChosenDepth']
 
 
 class ChosenInput(nn.Module):
@@ -87,6 +90,31 @@ class ChosenCell(nn.Module):
         return f'inputs={self.input_indices}'
 
 
+class ChosenDepth(nn.Module):
+    """A searched depth expression's repeat of one block whose stage input, passed on as the first
+    element of its output, goes through ``first_cell_transformation``, as the supernet aligns it (NNI's
+    NDS stages; NNI's own frozen stage of one cell has no such module: its next cell takes the other
+    shape)."""
+
+    def __init__(self, block: nn.Module, first_cell_transformation: nn.Module):
+        super().__init__()
+        self.blocks = nn.Sequential(block)
+        self.first_cell_transformation = first_cell_transformation
+
+    def forward(self, x: Any) -> Any:
+        x = self.blocks(x)
+        return (self.first_cell_transformation(x[0]), *x[1:])
+
+
+def _frozen_depth(module: ProxylessDepth, arch: Mapping[str, Any], reduction: str | None) -> nn.Module:
+    choice = module._choice
+    depth = module.depths[choice.index_of(_chosen(choice, arch, choice.label))]
+    blocks = [_frozen(block, arch, reduction) for block in module.blocks[:depth]]
+    if depth == 1 and module.first_cell_transformation is not None:
+        return ChosenDepth(blocks[0], _frozen(module.first_cell_transformation, arch, reduction))
+    return nn.Sequential(*blocks)
+
+
 def _frozen_cell(cell: ProxylessCell, arch: Mapping[str, Any], reduction: str | None) -> nn.Module:
     chosen: list[list[tuple[int, nn.Module]]] = []
     for node, op_site, input_site in cell._slots:
@@ -108,14 +136,14 @@ def _export(model: nn.Module) -> dict[str, Any]:
     memo: dict[str, Any] = {}
     operations = {id(op) for op in mixed_operations(model)}
     for module in model.modules():
-        if isinstance(module, (ProxylessLayer, DepthChain, ProxylessCell)) or id(module) in operations:
+        if isinstance(module, (ProxylessLayer, DepthChain, ProxylessCell, ProxylessDepth)) or id(module) in operations:
             memo.update(module.export(memo))  # type: ignore[attr-defined,operator]
     return memo
 
 
-def _chosen(module: nn.Module, arch: Mapping[str, Any], label: Any) -> Any:
+def _chosen(module: Any, arch: Mapping[str, Any], label: Any) -> Any:
     if label not in arch:
-        raise KeyError(f'{module._name()}: the architecture has no choice for {label!r}; '  # type: ignore[operator]
+        raise KeyError(f'{module._name()}: the architecture has no choice for {label!r}; '
                        f'it has {sorted(map(str, arch))}')
     return arch[label]
 
@@ -125,6 +153,8 @@ def _frozen(module: nn.Module, arch: Mapping[str, Any], reduction: str | None) -
         return plain_operation(module, arch)
     if isinstance(module, ProxylessCell):
         return _frozen_cell(module, arch, reduction)
+    if isinstance(module, ProxylessDepth):
+        return _frozen_depth(module, arch, reduction)
     if isinstance(module, DepthChain):
         depth = arch.get(module.depth_label)
         if depth is None:  # the chain's own choices: its first blocks taken
@@ -168,7 +198,7 @@ def freeze(model: nn.Module, arch: Mapping[str, Any] | None = None, *, reduction
     arch = _export(model) if arch is None else dict(arch)
     child = _frozen(copy.deepcopy(model), arch, reduction)
     left = [type(m).__name__ for m in (*_proxyless_layers(child), *mixed_operations(child))]
-    left += [type(m).__name__ for m in child.modules() if isinstance(m, ProxylessCell)]
+    left += [type(m).__name__ for m in child.modules() if isinstance(m, (ProxylessCell, ProxylessDepth))]
     if left:  # a mixed layer no rule reached (e.g. inside a container freeze does not enter)
         raise TypeError(f'freeze: mixed layers are left in the child: {left}')
     return child
@@ -182,11 +212,16 @@ def load_weights(target: nn.Module, child: nn.Module) -> nn.Module:
     By key where the two state dicts have the same keys. Otherwise by position: NNI 2.10's hub spaces
     drop a skipped block from their ``nn.Sequential`` under ``fixed_arch`` (``simplify_sequential``),
     which renumbers the blocks after it, while the child keeps the skip in its place. The two must
-    then hold the same number of entries, each of the same shape, in the same order; the first that
-    differs is named in a ``ValueError`` and nothing is loaded.
+    then hold the same number of entries, in the same order. Either way each entry must have the
+    child's shape; the first that differs is named in a ``ValueError`` and nothing is loaded (NNI's
+    frozen ``loose_end`` cell concatenates fewer nodes than the supernet's, which concatenates all).
     """
     source, destination = child.state_dict(), target.state_dict()
     if source.keys() == destination.keys():
+        for key, mine in source.items():
+            if mine.shape != destination[key].shape:
+                raise ValueError(f'load_weights: entry {key!r} of the child ({tuple(mine.shape)}) does not match the '
+                                 f"target's ({tuple(destination[key].shape)}): not the same architecture")
         target.load_state_dict(source)
         return target
     if len(source) != len(destination):

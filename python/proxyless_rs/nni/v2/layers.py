@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from nni.common.hpo_utils import ParameterSpec
 from nni.nas.nn.pytorch import Repeat
-from nni.nas.nn.pytorch.choice import ValueChoiceX
+from nni.nas.nn.pytorch.choice import ValueChoice
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
 
@@ -207,8 +207,9 @@ class ProxylessMixedRepeat(DepthChain, BaseSuperNetModule):
 
     @classmethod
     def mutate(cls, module, name, memo, mutate_kwargs):
-        if not isinstance(module, Repeat) or not isinstance(module.depth_choice, ValueChoiceX):
-            return None
+        if not isinstance(module, Repeat) or not isinstance(module.depth_choice, ValueChoice) or \
+                hasattr(module, 'first_cell_transformation_factory'):
+            return None  # an expression, or NNI's NDS stage: ``ProxylessMixedDepth``'s
         label = module.depth_choice.label
         values = list(module.depth_choice.all_options())
         if not all(isinstance(v, int) for v in values):

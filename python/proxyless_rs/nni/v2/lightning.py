@@ -15,6 +15,7 @@ from nni.nas.oneshot.pytorch.differentiable import ProxylessLightningModule as N
 from ..._mixed import keeping_attributes, mixed_operations
 from ..._search_step import ProxylessSearchStep, SearchOptions
 from .cell import ProxylessMixedCell
+from .depth import ProxylessMixedDepth, nni_depth_hook
 from .layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, register_repeat_layers
 from .mixed import NATIVE_MIXED_OPERATIONS, MixedOpProxylessPolicy
 
@@ -79,6 +80,8 @@ class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule)
             warnings.warn(f'exact=True reproduces NNI 2.10, whose architecture optimizer ignores arc_learning_rate '
                           f'and always uses {NNI_ARC_LEARNING_RATE}: arc_learning_rate={arc_learning_rate} is ignored '
                           'too. Drop exact=True to use it.', UserWarning, stacklevel=2)
+        # NNI's docs pair its hub's NDS depth hooks with ProxylessNAS: ours take their place.
+        mutation_hooks = None if mutation_hooks is None else [nni_depth_hook(hook) for hook in mutation_hooks]
         super().__init__(inner_module, mutation_hooks=mutation_hooks, arc_learning_rate=arc_learning_rate,
                          gradient_clip_val=gradient_clip_val)
         if exact and next(mixed_operations(self.model), None) is not None:
@@ -89,7 +92,8 @@ class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule)
     def default_mutation_hooks(self) -> list[MutationHook]:
         mixed = [keeping_attributes(operation.mutate) for operation in NATIVE_MIXED_OPERATIONS]
         return [register_repeat_layers, ProxylessMixedCell.mutate, ProxylessMixedLayer.mutate,
-                ProxylessMixedInput.mutate, ProxylessMixedRepeat.mutate, *mixed, unsupported_primitive_hook]
+                ProxylessMixedInput.mutate, ProxylessMixedRepeat.mutate, ProxylessMixedDepth.mutate, *mixed,
+                unsupported_primitive_hook]
 
     def mutate_kwargs(self) -> dict[str, Any]:
         return {**super().mutate_kwargs(), 'mixed_op_sampling': MixedOpProxylessPolicy, 'proxyless_mode': self.mode}

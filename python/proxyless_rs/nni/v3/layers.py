@@ -16,7 +16,7 @@ from typing import Any, Iterator, cast
 
 import torch
 import torch.nn as nn
-from nni.mutable import Categorical, Mutable, Sample, SampleValidationError, auto_label, frozen, label_scope
+from nni.mutable import Categorical, Sample, SampleValidationError, auto_label, frozen, label_scope
 from nni.nas.nn.pytorch import Repeat, recursive_freeze
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedInput, DifferentiableMixedLayer
@@ -224,11 +224,9 @@ class ProxylessMixedRepeat(DepthChain, Repeat, BaseSuperNetModule):
 
     @classmethod
     def mutate(cls, module, name, memo, mutate_kwargs):
-        if type(module) is Repeat and isinstance(module.depth_choice, Mutable):  # noqa: E721 (exactly Repeat)
+        # An expression, or NNI's NDS stage: ``ProxylessMixedDepth``'s.
+        if type(module) is Repeat and isinstance(module.depth_choice, Categorical):  # noqa: E721 (exactly Repeat)
             module = cast(Repeat, module)
-            if not isinstance(module.depth_choice, Categorical):
-                raise ValueError(f'Repeat {name!r}: the depth choice must be a plain categorical, got '
-                                 f'{module.depth_choice!r}')
             softmax = mutate_kwargs.get('softmax', nn.Softmax(-1))
             mode = mutate_kwargs.get('proxyless_mode', 'full')
             with label_scope(module.depth_choice.label):

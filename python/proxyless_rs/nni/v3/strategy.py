@@ -14,6 +14,7 @@ from ..._mixed import keeping_attributes
 from ..._search_step import SearchOptions
 from ...checkpoint import check_readable
 from .cell import ProxylessMixedCell
+from .depth import ProxylessMixedDepth, nni_depth_hook
 from .layers import ProxylessMixedInput, ProxylessMixedLayer, ProxylessMixedRepeat, suppress_already_mutated
 from .lightning import ProxylessLightningModule
 from .mixed import NATIVE_MIXED_OPERATIONS, MixedOpProxylessPolicy
@@ -64,7 +65,8 @@ class Proxyless(NNIProxyless):
     def default_mutation_hooks(self) -> list[MutationHook]:
         mixed = [keeping_attributes(operation.mutate) for operation in NATIVE_MIXED_OPERATIONS]
         return [suppress_already_mutated, ProxylessMixedCell.mutate, ProxylessMixedLayer.mutate,
-                ProxylessMixedInput.mutate, ProxylessMixedRepeat.mutate, *mixed, no_default_hook]
+                ProxylessMixedInput.mutate, ProxylessMixedRepeat.mutate, ProxylessMixedDepth.mutate, *mixed,
+                no_default_hook]
 
     def run_hook(self, hook: MutationHook, name: str, module, memo: dict[str, Any]):
         # NNI 3.0's DARTS.run_hook, with ProxylessNAS's policy for the mixed operations (NNI's own and a
@@ -73,6 +75,7 @@ class Proxyless(NNIProxyless):
         if not memo.get('_validated'):
             memo.update(self._arch_parameters)
             memo['_validated'] = True
+        hook = nni_depth_hook(hook)  # NNI's NDS spaces add their own depth hook for DARTS-like strategies
         kwargs = {'mixed_op_sampling': MixedOpProxylessPolicy, 'softmax': self.configure_softmax(),
                   'proxyless_mode': self.search_options.mode, 'proxyless_module_name': name}
         return hook(module, name, memo, kwargs)
