@@ -1,5 +1,6 @@
-"""Peak memory and time of a search step on NNI's own hub spaces with value choices: MobileNetV3Space
-and AutoformerSpace at their default widths, on 32x32 images, batch 32 (random data, 10 classes).
+"""Peak memory and time of a search step on NNI's own hub spaces: MobileNetV3Space and AutoformerSpace
+at their default widths (value choices), and the ProxylessNAS paper's comparison, the DARTS space at
+CIFAR-10 size (``DARTS(width=16, num_cells=8)``: cells), on 32x32 images (random data, 10 classes).
 
 Each method's supernet is built by its own strategy's mutation hooks from a fresh space, and one
 search step is what that strategy runs:
@@ -13,8 +14,9 @@ search step is what that strategy runs:
   weight step.
 
 Each configuration runs in a process of its own, twice. Memory: at the widest architecture (every
-width, expansion, kernel size and depth at its largest value: the most a single-path step can
-hold; DARTS computes every path anyway), the peak over ``--memory-steps`` steps of the bytes held
+width, expansion, kernel size and depth at its largest value, every cell slot's op the heaviest of
+its candidates (``sep_conv_5x5`` of DARTS's): the most a single-path step can hold; DARTS computes
+every path anyway), the peak over ``--memory-steps`` steps of the bytes held
 by the tensors the steps create (activations, saved tensors, gradients,
 alternatives evaluated in backward), counted where torch dispatches their ops
 (``proxyless_rs.hardware.counting``'s tracker: the Rust core's ops too; kernels' own workspaces such as
@@ -22,8 +24,10 @@ oneDNN's scratchpads are not tensors and are not seen, nor are the model and the
 which exist before the steps). Time: the median of ``--steps`` steps on one thread, in a process of
 its own (the tracker costs time).
 
-    python benchmarks/spaces.py [--space mobilenetv3 --space autoformer] [--out results/spaces.json]
+    python benchmarks/spaces.py [--space mobilenetv3 --space autoformer --space darts] [--batch N]
+                                [--out results/spaces.json]
     python benchmarks/spaces.py --table results/spaces.json
+    python benchmarks/spaces.py --plot results/spaces.json darts.png --space darts
 """
 
 from __future__ import annotations
@@ -42,7 +46,10 @@ HERE = Path(__file__).resolve().parent
 METHODS = ('ours', 'ours-two', 'darts', 'random')
 NAMES = {'ours': 'proxyless_rs (ProxylessNAS), full', 'ours-two': 'proxyless_rs, two-path',
          'darts': "NNI's DARTS", 'random': "NNI's RandomOneShot (weights only)"}
-SPACES = ('mobilenetv3', 'autoformer')
+SPACES = ('mobilenetv3', 'autoformer', 'darts')
+# A cell slot's candidates, heaviest first (weights and activations held by a step): NNI's NDS ops.
+HEAVIEST_OPS = ('sep_conv_7x7', 'sep_conv_5x5', 'dil_conv_5x5', 'sep_conv_3x3', 'dil_conv_3x3', 'conv_7x1_1x7',
+                'conv_3x3', 'conv_1x1')
 
 
 def build_space(name: str):
@@ -54,6 +61,8 @@ def build_space(name: str):
         import nni.retiarii.hub.pytorch as hub
     if name == 'mobilenetv3':
         return hub.MobileNetV3Space(num_labels=10), []
+    if name == 'darts':  # the ProxylessNAS paper's comparison: DARTS's CIFAR-10 search space
+        return hub.DARTS(width=16, num_cells=8, dataset='cifar'), []
     # 32x32 images in patches of 4: 64 tokens and the class token.
     labels = {'num_labels' if NNI3 else 'num_classes': 10}
     space = hub.AutoformerSpace(img_size=32, patch_size=4, **labels)
@@ -107,7 +116,9 @@ def build_supernet(method: str, name: str):
 
 def _largest(values: list) -> object:
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return max(numbers) if len(numbers) == len(values) else values[0]
+    if len(numbers) == len(values):
+        return max(numbers)
+    return next((op for op in HEAVIEST_OPS if op in values), values[0])
 
 
 def widest(model, searched) -> dict:
@@ -115,6 +126,7 @@ def widest(model, searched) -> dict:
     chain's blocks all taken), every layer choice at its first candidate; the most a step can hold."""
     from proxyless_rs._choices import choices
     from proxyless_rs._mixed import ValueChoiceSite
+    from proxyless_rs._site import ChoiceSite
     from proxyless_rs.nni.version import NNI3
 
     memo: dict = {}
@@ -122,12 +134,15 @@ def widest(model, searched) -> dict:
         names = list(choice.names) if hasattr(choice, 'names') else list(range(choice.n_candidates))
         if isinstance(choice, ValueChoiceSite):
             memo[choice.label] = _largest(names)
+        elif isinstance(choice, ChoiceSite):  # a cell's op (the heaviest) or input (the latest state)
+            memo[choice.label] = choice.exported(names.index(_largest(names)))
         else:
             memo[choice.label] = '1' if names == ['0', '1'] else names[0]
     if memo:
         return memo
-    if NNI3:  # NNI's own supernets: the space's labels
-        return {label: _largest(list(m.values)) for label, m in model.simplify().items()}
+    if NNI3:  # NNI's own supernets: the space's labels (a cell's input as a list, as NNI 3.0's cells take it)
+        memo = {label: _largest(list(m.values)) for label, m in model.simplify().items()}
+        return {label: [v] if '/input_' in label else v for label, v in memo.items()}
     for module in searched:
         for label, spec in module.search_space_spec().items():
             memo[label] = _largest(list(spec.values))
@@ -201,10 +216,10 @@ def measure(method: str, name: str, batch: int, size: int, steps: int, memory: b
             'seconds_per_step': statistics.median(times), 'nni': NNI_NAME, 'torch': torch.__version__}
 
 
-def table(results: list[dict]) -> str:
+def table(results: list[dict], only: list[str] | None = None) -> str:
     """docs/benchmarks.md's table: a row per NNI version and method, peak memory and time per search
-    step on each space, with the ratio to proxyless_rs's full mode."""
-    spaces = [s for s in SPACES if any(r['space'] == s for r in results)]
+    step on each space (``only`` these), with the ratio to proxyless_rs's full mode."""
+    spaces = [s for s in only or SPACES if any(r['space'] == s for r in results)]
     rows = ['| NNI | method | ' + ' | '.join(f'{s}: peak memory | {s}: time per step' for s in spaces) + ' |',
             '| --- | --- | ' + ' | '.join('---: | ---:' for _ in spaces) + ' |']
     for nni in sorted({r['nni'] for r in results}):
@@ -226,6 +241,38 @@ def table(results: list[dict]) -> str:
     return '\n'.join(rows) + '\n'
 
 
+def plot(results: list[dict], path: Path, spaces: list[str]) -> None:
+    """Peak memory and time per search step of each method on ``spaces``, bars grouped by NNI version."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    colours = {'ours': 'tab:green', 'ours-two': 'tab:olive', 'darts': 'tab:red', 'random': 'tab:gray'}
+    nnis = sorted({r['nni'] for r in results})
+    fig, axes = plt.subplots(len(spaces), 2, figsize=(11, 3.6 * len(spaces)), squeeze=False)
+    for row, space in enumerate(spaces):
+        by = {(r['nni'], r['method']): r for r in results if r['space'] == space}
+        batch = next((r['batch'] for r in by.values()), None)
+        for col, (key, scale, unit) in enumerate([('peak_bytes', 2**-20, 'peak MiB'),
+                                                   ('seconds_per_step', 1e3, 'ms per step')]):
+            axis = axes[row][col]
+            width = 0.8 / len(METHODS)
+            for i, method in enumerate(METHODS):
+                xs = [n + (i - (len(METHODS) - 1) / 2) * width for n in range(len(nnis))]
+                ys = [by[(nni, method)][key] * scale if (nni, method) in by else 0 for nni in nnis]
+                bars = axis.bar(xs, ys, width, color=colours[method], label=NAMES[method])
+                axis.bar_label(bars, fmt='%.0f', fontsize=7)
+            axis.set_xticks(range(len(nnis)), nnis)
+            axis.set_ylabel(unit)
+            axis.set_title(f'{space}, batch {batch}: {unit} of a search step', fontsize=9)
+            axis.grid(True, axis='y', alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=len(METHODS), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--space', action='append', choices=SPACES)
@@ -238,9 +285,13 @@ def main() -> None:
     parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)  # a child process's run
     parser.add_argument('--memory', action='store_true', help=argparse.SUPPRESS)  # ... of memory
     parser.add_argument('--table', default=None, help='print the Markdown table of a results file and stop')
+    parser.add_argument('--plot', nargs=2, metavar=('RESULTS', 'PNG'), help='plot a results file (--space) and stop')
     args = parser.parse_args()
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        print(table(json.loads(Path(args.table).read_text()), args.space))
+        return
+    if args.plot:
+        plot(json.loads(Path(args.plot[0]).read_text()), Path(args.plot[1]), args.space or list(SPACES))
         return
     spaces, methods = args.space or list(SPACES), args.method or list(METHODS)
     if args.one:

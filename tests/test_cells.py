@@ -174,3 +174,33 @@ def test_two_path_mode_moves_two_logits_of_each_choice():
         assert pending is not None and grad is not None
         others = [i for i in range(len(site.names)) if i not in pending]
         assert grad[others].abs().max() == 0 if others else True
+
+
+def test_costs_count_each_slots_op_and_the_exports_respect_them():
+    model = build()
+    resample(model)
+    x = torch.randn(2, 3, 8, 8)
+    table = proxyless_rs.count_costs(model, x, costs=('params', 'memory'))
+    cell = model.cell
+    for node in range(2, 4):
+        for slot in range(2):
+            row = table['params'][f'cell/op_{node}_{slot}']
+            # the op as built for the cell's first input (a reduction cell's stride-2 edge)
+            edge = cell.ops[node - PREDECESSORS][0]
+            assert row == {name: float(sum(p.numel() for p in edge[name].parameters())) for name in cell.op_names}
+            assert table['params'][f'cell/input_{node}_{slot}'] == {str(j): 0.0 for j in range(node)}
+    assert table['params']['cell/op_2_0']['conv'] > 0 and table['params']['cell/op_2_0']['pool'] == 0
+    assert table['memory']['cell/op_2_0']['dilated'] > table['memory']['cell/op_2_0']['conv']  # the ReLU's output
+    # Predicted costs: the sum of each slot's op row; the constrained export keeps within them.
+    architecture = proxyless_rs.child._export(model)
+    predicted = proxyless_rs.predicted_costs(architecture, model, table)
+    assert predicted['params'] == sum(table['params'][site.label][str(architecture[site.label])]
+                                      for site in cell.choice_sites() if site.kind == 'op')
+    limited = proxyless_rs.constrained_export(model, table, {'params': 84.0})
+    assert proxyless_rs.predicted_costs(limited, model, table)['params'] <= 84.0
+    assert sum(limited[f'cell/op_{n}_{s}'] != 'pool' for n in (2, 3) for s in (0, 1)) == 1
+    # The k best: the most probable first, each a full architecture NNI's cell takes.
+    best = proxyless_rs.top_architectures(model, k=3)
+    assert best[0].architecture == architecture and best[0].probability >= best[1].probability >= best[2].probability
+    latency = proxyless_rs.profile_latency(model, x, repeats=1, warmup=0, progress=False)
+    assert set(latency) == {site.label for site in cell.choice_sites()}

@@ -180,3 +180,26 @@ def test_a_depth_of_two_labels_is_refused_naming_the_repeat():
 
     with pytest.raises(ValueError, match=r"Repeat 'blocks'.*one .*choice.*\['a', 'b'\]"):
         supernet(TwoLabels())
+
+
+def test_costs_count_what_each_depth_adds():
+    model = build()
+    resample(model)
+    table = proxyless_rs.count_costs(model, torch.randn(2, 4), costs=('params',))
+
+    def params(*modules):
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    first, second = model.first, model.second
+    stacked = {  # the parameters each repeat holds at each value of the label
+        'first': [params(*first.blocks[:d], *([first.first_cell_transformation] if d == 1 else []))
+                  for d in first.depths],
+        'second': [params(*second.blocks[:d]) for d in second.depths]}
+    # each repeat's row: what a value adds over the shallowest; the table's: their mean (both count it)
+    expected = [((a - stacked['first'][0]) + (b - stacked['second'][0])) / 2
+                for a, b in zip(stacked['first'], stacked['second'])]
+    assert table['params']['depth'] == {str(v): e for v, e in zip([2, 4, 6], expected)}
+    # so that the prediction adds up to what the deeper network holds over the shallowest
+    shallow = proxyless_rs.predicted_costs({'depth': 2}, model, table)['params']
+    deep = proxyless_rs.predicted_costs({'depth': 6}, model, table)['params']
+    assert deep - shallow == stacked['first'][2] - stacked['first'][0] + stacked['second'][2] - stacked['second'][0]

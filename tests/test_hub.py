@@ -213,3 +213,20 @@ def test_nni_hub_matrix_proxyless_row(space_type):
         experiment = RetiariiExperiment(model_space, pl.Classification(**common), strategy=strategy)
         experiment.run(config)
         assert experiment.export_top_models()[0]
+
+
+def test_nasbench101_searches_under_nni2_and_is_refused_with_the_reason_under_nni3():
+    """NNI 3.0's cell constraint is no categorical choice: every one-shot strategy refuses it (here with
+    the reason); NNI 2.10's cell is layer and input choices, which proxyless_rs searches as NNI 2.10's
+    ProxylessNAS does (the full cell; its edge limit unchecked, ``num_nodes`` not searched)."""
+    space = hub.NasBench101(stem_out_channels=8, num_stacks=1, num_modules_per_stack=1)
+    if NNI3:
+        refusal = r"NasBench101 holds 'cell/final', a NasBench101CellConstraint.*max_num_edges"
+        with pytest.raises(TypeError, match=refusal):
+            search(space, [])
+        return
+    torch.manual_seed(0)
+    _, architecture, supernet, _ = search(space, [], count=8)
+    assert {f'cell/op{i}' for i in range(1, 6)} | {f'cell/input{i}' for i in range(1, 7)} == set(architecture)
+    assert all(architecture[f'cell/op{i}'] in ('conv3x3-bn-relu', 'conv1x1-bn-relu', 'maxpool3x3')
+               for i in range(1, 6))

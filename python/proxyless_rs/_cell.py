@@ -49,8 +49,9 @@ class CellChoice(ChoiceSite):
     indices) of a :class:`ProxylessCell`."""
 
     def __init__(self, cell: nn.Module, label: str, names: list, alpha: torch.Tensor, softmax: nn.Module, mode: str,
-                 kind: str, exported_input: Callable[[int], Any]):
+                 kind: str, exported_input: Callable[[int], Any], node: int):
         self.kind = kind
+        self.node = node
         self.noun = 'candidate' if kind == 'op' else 'input'
         self._exported_input = exported_input
         super().__init__(cell, label, names, alpha, softmax, mode, f'{type(cell).__name__} {label!r}')
@@ -63,6 +64,24 @@ class CellChoice(ChoiceSite):
             return self.index_of(value)
         (index,) = chosen_inputs(self._name(), value, len(self.names))[:1]
         return index
+
+    # Hardware costs: a slot costs its op's, counted as the op on the cell's first (preprocessed)
+    # input; choosing an input costs nothing of its own (0 in every row). (A reduction cell's op on a
+    # later node runs at stride 1 on a reduced state: the same output size as on the first input.)
+
+    def cost_inputs(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if self.kind == 'input':
+            return (), {}
+        processed = preprocess_cell_inputs(self.module.num_predecessors, *args)
+        return (self.module.preprocessor(processed)[0],), {}
+
+    def forward_candidate(self, k: int, *args: Any, **kwargs: Any) -> Any:
+        return self.candidate_module(k)(*args) if self.kind == 'op' else None  # type: ignore[misc]
+
+    def candidate_module(self, k: int) -> nn.Module | None:
+        if self.kind == 'input':
+            return None
+        return self.module.ops[self.node - self.module.num_predecessors][0][self.names[k]]
 
 
 class _OtherInputs:
@@ -123,7 +142,7 @@ class ProxylessCell(SiteHolder):
                                          f'parameter has {len(alpha)} entries')
                     self._arch_alpha[label] = alpha
                     choices.append(CellChoice(self, label, names, alpha, softmax, mode,  # type: ignore[arg-type]
-                                              kind, self._exported_input))
+                                              kind, self._exported_input, node))
                 slots.append((node, choices[0], choices[1]))
         self._slots = slots
 

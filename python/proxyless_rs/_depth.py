@@ -37,9 +37,22 @@ __all__ = ['ProxylessDepth', 'DepthChoice']
 
 
 class DepthChoice(ChoiceSite):
-    """The label of a :class:`ProxylessDepth` (its alternatives: the label's values)."""
+    """The label of a :class:`ProxylessDepth` (its alternatives: the label's values).
+
+    Hardware costs: value ``k`` is counted as the repeat run to its depth, its cells at their
+    first alternatives; its row is what that adds over the shallowest depth (first order: a cell's
+    own choices count in their rows wherever the cell sits)."""
 
     noun = 'value'
+
+    def forward_candidate(self, k: int, *args: Any, **kwargs: Any) -> Any:
+        return self.module.run_to_depth(k, *args)
+
+    def candidate_module(self, k: int) -> nn.Module | None:
+        module = self.module
+        depth = module.depths[k]
+        aligned = [module.first_cell_transformation] if depth == 1 and module.first_cell_transformation else []
+        return nn.ModuleList([*module.blocks[:depth], *aligned])
 
 
 class ProxylessDepth(SiteHolder):

@@ -85,6 +85,20 @@ class ChoiceSite:
         """The index of an alternative as an architecture spells it (:meth:`exported`), checked."""
         return self.index_of(value)
 
+    # What hardware costs count (``proxyless_rs.hardware.counting``) -------------------------------------
+
+    def cost_inputs(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """What :meth:`forward_candidate` takes, from the inputs of a call of :attr:`module`."""
+        return args, kwargs
+
+    def forward_candidate(self, k: int, *args: Any, **kwargs: Any) -> Any:
+        """Alternative ``k`` alone, on :meth:`cost_inputs`' arguments: what its costs are counted on."""
+        raise NotImplementedError
+
+    def candidate_module(self, k: int) -> nn.Module | None:
+        """The module whose parameters alternative ``k`` holds (``None``: none of its own)."""
+        return None
+
     def most_probable(self) -> int:
         """The index of the most probable alternative (the first of equals)."""
         with torch.no_grad():

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .._choices import choices
+from .._depth import DepthChoice
 from .._layer import ProxylessLayerChoice
 from .._mixed import ValueChoiceSite
 from .._site import ChoiceSite
@@ -32,21 +33,25 @@ memory (bytes)."""
 def _rows(measured: list[tuple[Any, list[float]]]) -> dict[str, dict[str, float]]:
     """A table's rows from each choice's figures, one per alternative (in order).
 
-    Layers sharing a label keep the largest instance's figure. A value choice's row is what each
-    operation using it counts (:class:`CandidateTable`), so that the operations' counts add up to
-    their cost: the mean over those operations of ``f(v) - f(v0) * (1 - 1/m)``, where ``f(v)`` is the
-    operation's figure with this label at ``v`` and its other labels at their first values ``v0``,
-    and ``m`` its number of value choices (never below 0). Summed over an operation's labels that is
-    ``f(v0) + sum of each label's change from v0``: exact at the first values and wherever the cost
-    adds up over the labels (a convolution's FLOPs in its kernel size and width multiply, and are
-    approximated to first order).
+    Layers sharing a label keep the largest instance's figure. The sites of a module (a value
+    choice, a cell's slot, a depth expression) have rows that are what each instance counts
+    (:class:`CandidateTable`), so that the instances' counts add up to their cost: for a cell's slot
+    or a depth expression (whose figure is what each depth adds over the shallowest), the mean over
+    the instances; for a value choice the mean over the operations using it of
+    ``f(v) - f(v0) * (1 - 1/m)``, where ``f(v)`` is the operation's figure with this label at ``v``
+    and its other labels at their first values ``v0``, and ``m`` its number of value choices (never
+    below 0). Summed over an operation's labels that is ``f(v0) + sum of each label's change from
+    v0``: exact at the first values and wherever the cost adds up over the labels (a convolution's
+    FLOPs in its kernel size and width multiply, and are approximated to first order).
     """
     layers: dict[str, dict[str, float]] = {}
     values: dict[str, dict[str, list[float]]] = {}
     for choice, figures in measured:
         label, keys = str(choice.label), _choices(choice)
-        if isinstance(choice, ValueChoiceSite):
-            m = len(choice.module.sampling_policy.sites)
+        if isinstance(choice, DepthChoice):  # what each depth adds over the shallowest
+            figures = [figure - min(figures) for figure in figures]
+        if isinstance(choice, ChoiceSite):
+            m = len(choice.module.sampling_policy.sites) if isinstance(choice, ValueChoiceSite) else 1
             row = values.setdefault(label, {})
             for key, figure in zip(keys, figures):
                 row.setdefault(key, []).append(max(0.0, figure - figures[0] * (1 - 1 / m)))
@@ -107,7 +112,12 @@ def _capture_inputs(model: nn.Module, layers: list[Any], example_args: tuple,
             site.index = saved_sites[id(site)]
             if id(site.module) in saved_arguments:
                 site.module.sampling_policy._current = saved_arguments[id(site.module)]
-    return {id(layer): by_owner[id(_owner(layer))] for layer in layers if id(_owner(layer)) in by_owner}
+    captured = {id(layer): by_owner[id(_owner(layer))] for layer in layers if id(_owner(layer)) in by_owner}
+    with torch.no_grad():  # what each site's alternatives read (a cell's slot: its op's input)
+        for site in sites:
+            if id(site) in captured:
+                captured[id(site)] = site.cost_inputs(*captured[id(site)])
+    return captured
 
 
 def profile_latency(model: nn.Module, *example_args: Any, repeats: int = 20, warmup: int = 3,
@@ -210,8 +220,12 @@ def _value_parameters(site: ValueChoiceSite, k: int) -> float:
 
 def _count_candidate(layer: Any, k: int, args: tuple, kwargs: dict, costs: tuple[str, ...]) -> dict[str, float]:
     result: dict[str, float] = {}
-    module = layer.candidate(k) if isinstance(layer, ProxylessLayerChoice) else (
-        layer.module if isinstance(layer, ValueChoiceSite) else None)
+    if isinstance(layer, ProxylessLayerChoice):
+        module = layer.candidate(k)
+    elif isinstance(layer, ValueChoiceSite):
+        module = layer.module
+    else:  # a cell's slot, a depth expression (an input choice: None)
+        module = layer.candidate_module(k) if isinstance(layer, ChoiceSite) else None
     if 'params' in costs:
         if isinstance(layer, ValueChoiceSite):
             result['params'] = _value_parameters(layer, k)

@@ -38,7 +38,9 @@ class CandidateTable(Mapping[str, Mapping[str, float]]):
     (``'params'``, ``'flops'``, ``'memory'`` or anything measured); :class:`LatencyTable` is the one
     for latency in milliseconds. Layers that share a label share its row: each such layer counts
     the row's value (once per layer); so does each mixed operation that uses a value choice (an
-    operation with several value choices counts each one's row).
+    operation with several value choices counts each one's row), each cell whose slots carry the
+    label (an input choice's row is 0: the slot's op carries its cost) and each repeat of a depth
+    expression (its row: what each depth adds over the shallowest).
     """
 
     cost: str = 'cost'

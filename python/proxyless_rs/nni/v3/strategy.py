@@ -56,6 +56,24 @@ class Proxyless(NNIProxyless):
             self.load_state_dict({'ckpt_path': self.resume})
         super()._run()
 
+    def mutate_model(self, model):  # noqa: ANN001, ANN201 (NNI's signature)
+        # NNI 3.0's differentiable strategies refuse any mutable that is not a categorical choice with
+        # a bare TypeError; say which, and why it cannot be searched one-shot.
+        from nni.mutable import Categorical, CategoricalMultiple
+
+        for label, mutable in model.simplify().items():
+            if not isinstance(mutable, (Categorical, CategoricalMultiple)):
+                raise TypeError(
+                    f'proxyless_rs.strategy.Proxyless: {type(model).__name__} holds {label!r}, a '
+                    f'{type(mutable).__name__}, which is not a categorical choice: ProxylessNAS, like every one-shot '
+                    'strategy of NNI 3.0, searches categorical choices with an architecture parameter each, and a '
+                    'constraint on the architecture (such as NasBench101 cells\' limit on their edges, '
+                    'max_num_edges) is none; its exports could break it, and NNI 3.0 would refuse them. '
+                    'Search the space with a multi-trial strategy, or under NNI 2.10, whose NasBench101 cell '
+                    'has no such constraint object (proxyless_rs searches it there and leaves the edge limit '
+                    'unchecked, as NNI 2.10 does).')
+        return super().mutate_model(model)
+
     def configure_oneshot_module(self, training_module) -> ProxylessLightningModule:
         return ProxylessLightningModule(
             training_module, arc_learning_rate=self.arc_learning_rate, gradient_clip_val=self.gradient_clip_val,
