@@ -166,9 +166,10 @@ def _choices_state(root) -> dict:
     return {'alphas': [c._arch_alpha.detach().clone() for c in found], 'saved_entries': [len(c.ctx) for c in found]}
 
 
-def lightning_search(rank: int, world: int, port: int, out_dir: str, values: bool = False) -> None:
-    """proxyless_rs.strategy.Proxyless through RetiariiExperiment, Lightning DDP on CPU (``values``: on
-    a space of value choices, a width shared by two mixed operations)."""
+def lightning_search(rank: int, world: int, port: int, out_dir: str, kind: str = 'layers') -> None:
+    """proxyless_rs.strategy.Proxyless through RetiariiExperiment, Lightning DDP on CPU (``kind``:
+    ``layers``, ``values``, a width shared by two mixed operations, or ``cells``,
+    ``value_spaces.cell_space``)."""
     try:
         os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                           LOCAL_RANK=str(rank), NODE_RANK='0')
@@ -208,7 +209,10 @@ def lightning_search(rank: int, world: int, port: int, out_dir: str, values: boo
         evaluator = ddp_evaluator(Classification, DataLoader, rank, world, DDPStrategy(
             process_group_backend='gloo', timeout=TIMEOUT))
         strategy = proxyless_rs.strategy.Proxyless(arc_learning_rate=0.05)
-        experiment = RetiariiExperiment(Values() if values else Space(), evaluator, [], strategy)
+        from value_spaces import cell_space
+
+        space = {'layers': Space, 'values': Values, 'cells': cell_space}[kind]()
+        experiment = RetiariiExperiment(space, evaluator, [], strategy)
         config = RetiariiExeConfig()
         config.execution_engine = 'oneshot'
         experiment.run(config)
@@ -224,9 +228,9 @@ def lightning_search(rank: int, world: int, port: int, out_dir: str, values: boo
         raise
 
 
-def lightning_search_nni3(rank: int, world: int, port: int, out_dir: str, values: bool = False) -> None:
-    """proxyless_rs.strategy.Proxyless through NNI 3.0's NasExperiment, Lightning DDP on CPU (``values``:
-    on a space of value choices)."""
+def lightning_search_nni3(rank: int, world: int, port: int, out_dir: str, kind: str = 'layers') -> None:
+    """proxyless_rs.strategy.Proxyless through NNI 3.0's NasExperiment, Lightning DDP on CPU (``kind``:
+    as :func:`lightning_search`'s)."""
     try:
         os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                           LOCAL_RANK=str(rank), NODE_RANK='0')
@@ -267,7 +271,10 @@ def lightning_search_nni3(rank: int, world: int, port: int, out_dir: str, values
         evaluator = ddp_evaluator(Classification, DataLoader, rank, world, DDPStrategy(
             process_group_backend='gloo', timeout=TIMEOUT, find_unused_parameters=True), num_classes=10)
         strategy = proxyless_rs.strategy.Proxyless(arc_learning_rate=0.05)
-        experiment = NasExperiment(Values() if values else Space(), evaluator, strategy)
+        from value_spaces import cell_space
+
+        space = {'layers': Space, 'values': Values, 'cells': cell_space}[kind]()
+        experiment = NasExperiment(space, evaluator, strategy)
         experiment.run()
         (model,) = strategy.list_models()
         module = strategy.oneshot_module

@@ -4,10 +4,11 @@
 
 KIND: ``script`` (a plain training loop of proxyless_rs's layers, checkpointing with torch.save
 after every epoch, as docs/nni.md's recipe does), ``strategy`` (proxyless_rs's strategy through
-the installed NNI's experiment, checkpointing through Lightning's ModelCheckpoint) or ``values``
-(the same strategy on a space of value choices: a width shared by two mixed operations). MODE: ``full``
-or ``two``. With ``--kill-at``, the process writes ``OUT_DIR/killable`` at that step of that
-epoch and waits there for the test's SIGKILL. With ``--resume``, it continues from the last
+the installed NNI's experiment, checkpointing through Lightning's ModelCheckpoint), ``values`` (the
+same strategy on a space of value choices: a width shared by two mixed operations) or ``cells``
+(the same on one or two cells of two nodes, a depth expression: ``value_spaces.cell_space``).
+MODE: ``full`` or ``two``. With ``--kill-at``, the process writes ``OUT_DIR/killable`` at that
+step of that epoch and waits there for the test's SIGKILL. With ``--resume``, it continues from the last
 checkpoint in OUT_DIR. At the end it writes ``OUT_DIR/result.pt``: every tensor of the search's
 state and its export.
 """
@@ -207,7 +208,7 @@ def supernet() -> nn.Module:
 
 
 def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool, epochs: int,
-             values: bool = False) -> dict:
+             kind: str = 'strategy') -> dict:
     import pytorch_lightning as pl
 
     import proxyless_rs
@@ -225,9 +226,15 @@ def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool
     # Just above the least latency (0.6 ms): the multiplier rises and stays up.
     cost_spec = {'latency': {'limit': 0.65, 'multiplier': proxyless_rs.LagrangeMultiplier(0.65, lr=0.5)}}
     table = {'first': {'0': 1.0, '1': 2.0, '2': 0.5}, 'readout': {'0': 0.1, '1': 0.1}}
-    if values:  # each of the two operations counts the width's row: 0.6 ms at least
+    if kind == 'values':  # each of the two operations counts the width's row: 0.6 ms at least
         table = {'width': {'16': 0.3, '32': 0.5}}
-    make_space = value_space if values else space
+    if kind == 'cells':  # each of the two cells counts its slots' ops: 0.6 ms at least
+        ops = {'linear': 0.3, 'tanh': 0.2, 'skip': 0.15}
+        table = {'cell/op_1_0': ops, 'cell/op_2_0': ops, 'cell/input_1_0': {'0': 0.0},
+                 'cell/input_2_0': {'0': 0.0, '1': 0.0}, 'depth': {'1': 0.0, '2': 0.1}}
+    from value_spaces import cell_space
+
+    make_space = {'values': value_space, 'cells': cell_space}.get(kind, space)
     options = dict(arc_learning_rate=0.05, mode=mode, costs={'latency': table}, cost_spec=cost_spec,
                    resume=str(out / 'last.ckpt') if resume else None)
 
@@ -266,7 +273,7 @@ def strategy(mode: str, out: Path, kill_at: tuple[int, int] | None, resume: bool
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument('kind', choices=['script', 'strategy', 'values'])
+    parser.add_argument('kind', choices=['script', 'strategy', 'values', 'cells'])
     parser.add_argument('mode', choices=['full', 'two'])
     parser.add_argument('out')
     parser.add_argument('--kill-at', default=None)
@@ -279,7 +286,7 @@ def main() -> None:
     if args.kind == 'script':
         result = script(args.mode, out, kill_at, args.resume, args.epochs)
     else:
-        result = strategy(args.mode, out, kill_at, args.resume, args.epochs, values=args.kind == 'values')
+        result = strategy(args.mode, out, kill_at, args.resume, args.epochs, kind=args.kind)
     torch.save(result, out / 'result.pt')
 
 

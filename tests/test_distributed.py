@@ -74,21 +74,22 @@ def test_plain_pytorch_search_on_two_ranks(tmp_path, backend):
     assert r0['saved_entries'] == r1['saved_entries'] == [0, 0, 0]
 
 
-@pytest.mark.parametrize('values', [False, True], ids=['layers', 'value-choices'])
-def test_lightning_ddp_search_exports_one_architecture(tmp_path, values):
+@pytest.mark.parametrize('kind', ['layers', 'values', 'cells'])
+def test_lightning_ddp_search_exports_one_architecture(tmp_path, kind):
     # NNI 2.10's RetiariiExperiment or NNI 3.0's NasExperiment, whichever NNI is installed; ranks
     # seeded differently on purpose: one draw for all ranks, or their weights would differ.
     worker = distributed_workers.lightning_search_nni3 if NNI3 else distributed_workers.lightning_search
-    codes, _ = launch(worker, tmp_path, values=values)
+    codes, _ = launch(worker, tmp_path, kind=kind)
     assert codes == [0, 0], errors(tmp_path)
     r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in range(WORLD))
     assert r0['architecture'] == r1['architecture']
-    assert set(r0['architecture']) == ({'width'} if values else {'first', 'readout'})
+    cells = {f'cell/{choice}_{node}_0' for choice in ('op', 'input') for node in (1, 2)} | {'depth'}
+    assert set(r0['architecture']) == {'layers': {'first', 'readout'}, 'values': {'width'}, 'cells': cells}[kind]
     for a, b in zip(r0['alphas'], r1['alphas']):
         assert torch.equal(a, b)
     for key in r0['weights']:
         assert torch.equal(r0['weights'][key], r1['weights'][key]), key
-    assert r0['saved_entries'] == r1['saved_entries'] == [0, 0]
+    assert r0['saved_entries'] == r1['saved_entries'] == [0] * len(r0['alphas'])
     assert any(float(alpha.abs().max()) > 1e-2 for alpha in r0['alphas'])  # the search moved them
 
 

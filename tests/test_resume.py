@@ -118,6 +118,16 @@ def test_a_search_of_value_choices_killed_mid_epoch_resumes_to_the_same_search(t
     assert alphas[0].abs().max() > 1e-2 and whole['export']['width'] in (16, 32)
 
 
+@pytest.mark.parametrize('mode', ['full', 'two'])
+def test_a_search_of_cells_killed_mid_epoch_resumes_to_the_same_search(tmp_path, whole_search, mode):
+    whole = torch.load(whole_search('cells', mode) / 'result.pt', weights_only=False)
+    resumed = killed_and_resumed('cells', mode, tmp_path / 'resumed', '1,3')
+    assert_same(resumed, whole)
+    depth = [value for key, value in whole['state'].items() if key.endswith('_arch_alpha.depth')]
+    assert len(depth) == 1 and depth[0].abs().max() > 1e-2  # the depth expression's alpha moved
+    assert whole['export']['depth'] in (1, 2) and whole['export']['cell/op_2_0'] in ('linear', 'tanh', 'skip')
+
+
 def test_a_checkpoint_from_elsewhere_is_refused_by_the_strategys_module():
     from proxyless_rs._search_step import ProxylessSearchStep
 

@@ -52,7 +52,7 @@ else:
     Base = torch_nn.Module
 
 __all__ = ['Cell', 'Conv2d', 'BatchNorm2d', 'Linear', 'LayerNorm', 'MultiheadAttention', 'Repeat', 'choice', 'space',
-           'Base',
+           'Base', 'cell_space',
            'supernet', 'mixed_operations', 'resample']
 
 
@@ -93,3 +93,38 @@ def resample(model: torch_nn.Module, memo: dict | None = None) -> dict:
     for module in mixed_operations(model):
         memo.update(module.resample(memo))
     return memo
+
+
+class SumHalves(torch_nn.Module):
+    """A cell's postprocessor: its two nodes' concatenated outputs summed back to one width."""
+
+    def forward(self, this_cell: torch.Tensor, inputs: Any) -> torch.Tensor:
+        first, second = this_cell.chunk(2, dim=-1)
+        return first + second
+
+
+def _cell_op(kind: str) -> Any:
+    def make(node: int, op: int, input_index: int | None) -> torch_nn.Module:  # built per input: one unit
+        return {'linear': lambda: torch_nn.Linear(16, 16), 'tanh': torch_nn.Tanh, 'skip': torch_nn.Identity}[kind]()
+    return make
+
+
+def cell_space() -> torch_nn.Module:
+    """Digits (64 features) through one or two cells of two nodes (a depth expression, ``'depth'``),
+    every slot's op (``linear``, ``tanh``, ``skip``) and input searched, the cells sharing their labels
+    (``cell/op_<node>_0``, ``cell/input_<node>_0``)."""
+    ops = {kind: _cell_op(kind) for kind in ('linear', 'tanh', 'skip')}
+
+    @space
+    class Cells(Base):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch_nn.Linear(64, 16)
+            self.cells = Repeat(lambda i: Cell(ops, 2, 1, 1, postprocessor=SumHalves(), label='cell'),
+                                choice('depth', [1, 2]) * 1)
+            self.head = torch_nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.head(self.cells(torch.tanh(self.stem(x))))
+
+    return Cells()

@@ -36,6 +36,7 @@ from ._choices import no_arch_grad, no_weight_grad, rescale_two_path
 from ._layer import ProxylessLayer
 from ._lightning_compat import counted_optimizer_step
 from ._nni_version import NNI_NAME
+from ._site import SiteHolder
 from .checkpoint import rng_state, set_rng_state
 from .hardware.export import RankedArchitecture, constrained_export, predicted_latency, top_architectures
 from .hardware.loss import LATENCY_OPTIONS, CostSpec, cost_loss, costs_with_latency
@@ -174,8 +175,11 @@ class ProxylessSearchStep:
         for name, module in self.named_modules():  # type: ignore[attr-defined]
             if isinstance(module, ProxylessLayer):
                 here[f'{name}._arch_alpha'] = module
-            for label, site in getattr(module.__dict__.get('sampling_policy'), 'sites', {}).items():
-                here[f'{name}._arch_alpha.{label}'] = site
+            # the sites of a mixed operation's policy, of a cell or of a depth expression
+            sites = module.choice_sites() if isinstance(module, SiteHolder) else getattr(
+                module.__dict__.get('sampling_policy'), 'sites', {}).values()
+            for site in sites:
+                here[f'{name}._arch_alpha.{site.label}'] = site
         there = {key: value for key, value in saved.items() if _is_alpha_key(key)}
         for key, layer in here.items():
             if key not in there:

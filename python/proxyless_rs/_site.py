@@ -30,6 +30,8 @@ class ChoiceSite:
         self.module = module
         self.label = label
         self.names = list(names)
+        if len(self.names) == 1:  # no choice (a cell's first node of one predecessor): nothing for two-path to draw
+            mode = 'full'
         self.ctx = ProxylessContext(_arch_parameter(alpha), softmax, label, name, mode, self.names, self.noun)
         self.index: int | None = None
 
