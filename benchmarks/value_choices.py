@@ -1,18 +1,22 @@
-"""Searches with a known right answer for value choices: does a short search from uniform alphas
-export the value that generated the data?
+"""Searches with a known right answer for value choices and cells: does a short search from uniform
+alphas export the choices that generated the data?
 
 - ``kernel``: the targets are a random convolution with kernel size 5 applied to random images; the
   space is one convolution whose kernel size is a choice of 1, 3 or 5 (padding ``ks // 2``);
 - ``dilation``: the targets are a random 3x3 convolution with dilation 2; the space's convolution
   takes dilation 1, 2 or 3 (padding = dilation): not nested, so a bias towards the largest value
-  cannot pass.
+  cannot pass;
+- ``cell``: the targets are a random 5x5 convolution of the first of two random images; the space is
+  NNI's ``Cell`` of one node on the two images, whose op is a 1x1, 3x3 or 5x5 convolution (built per
+  input: a reduction-cell-like graph, searched as one unit) and whose input is either image: the
+  answer is op ``conv5`` on input 0.
 
 Each search trains the weights alone for ``--warmup`` steps, then alternates NNI's two steps (an
 architecture step on a validation batch, a weight step on a training batch) for ``--steps`` steps,
-and exports the most probable value. ``proxyless`` is
-proxyless_rs's strategy's supernet (its mutation hooks); ``darts`` NNI's own DARTS supernet of the
-same space (its ``MixedOpDifferentiablePolicy``: the softmax-weighted superkernel), which refuses a
-mutable dilation. Prints how many seeds export the true value, per method and task.
+and exports the most probable choices. ``proxyless`` is proxyless_rs's strategy's supernet (its
+mutation hooks); ``darts`` NNI's own DARTS supernet of the same space (its
+``MixedOpDifferentiablePolicy``: the softmax-weighted superkernel; its ``DifferentiableMixedCell``),
+which refuses a mutable dilation. Prints how many seeds export the true choices, per method and task.
 
     python benchmarks/value_choices.py [--seeds 10] [--steps 100] [--warmup 30]
 """
@@ -33,12 +37,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'tests'))
 
 import proxyless_rs  # noqa: E402
 from proxyless_rs.nni.version import NNI3, NNI_NAME  # noqa: E402
-from value_spaces import Base, Conv2d, choice, resample, space, supernet  # noqa: E402
+from value_spaces import Base, Cell, Conv2d, choice, resample, space, supernet  # noqa: E402
 
 warnings.filterwarnings('ignore', category=UserWarning)
 
 CHANNELS, SIZE, BATCH = 4, 10, 16
-TASKS = {'kernel': ('ks', [1, 3, 5], 5), 'dilation': ('dilation', [1, 2, 3], 2)}
+# Each task: its choices' values by label, and the true architecture.
+TASKS: dict[str, tuple[dict[str, list], dict[str, Any]]] = {
+    'kernel': ({'ks': [1, 3, 5]}, {'ks': 5}),
+    'dilation': ({'dilation': [1, 2, 3]}, {'dilation': 2}),
+    'cell': ({'cell/op_2_0': ['conv1', 'conv3', 'conv5'], 'cell/input_2_0': [0, 1]},
+             {'cell/op_2_0': 'conv5', 'cell/input_2_0': 0}),
+}
 
 
 @space
@@ -63,9 +73,27 @@ class DilationStudent(Base):
         return self.conv(x)
 
 
+def _conv(ks: int):
+    def make(node: int, op: int, input_index: int | None) -> nn.Module:  # built per input: one unit
+        return nn.Conv2d(CHANNELS, CHANNELS, ks, padding=ks // 2, bias=False)
+    return make
+
+
+@space
+class CellStudent(Base):
+    """NNI's cell of one node on two images (stacked on dimension 1 of the input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = Cell({f'conv{ks}': _conv(ks) for ks in (1, 3, 5)}, 1, 1, 2, label='cell')
+
+    def forward(self, x):
+        return self.cell([x[:, 0], x[:, 1]])
+
+
 def teacher(task: str, seed: int) -> nn.Module:
     torch.manual_seed(1000 + seed)
-    if task == 'kernel':
+    if task in ('kernel', 'cell'):
         conv = nn.Conv2d(CHANNELS, CHANNELS, 5, padding=2, bias=False)
     else:
         conv = nn.Conv2d(CHANNELS, CHANNELS, 3, dilation=2, padding=2, bias=False)
@@ -79,8 +107,12 @@ def batches(task: str, seed: int, count: int, split: int) -> list[tuple[torch.Te
     generator = torch.Generator().manual_seed(2000 + 2 * seed + split)
     out = []
     for _ in range(count):
-        x = torch.randn(BATCH, CHANNELS, SIZE, SIZE, generator=generator)
-        out.append((x, net(x)))
+        if task == 'cell':  # the teacher reads the first image; the second is noise
+            x = torch.randn(BATCH, 2, CHANNELS, SIZE, SIZE, generator=generator)
+            out.append((x, net(x[:, 0])))
+        else:
+            x = torch.randn(BATCH, CHANNELS, SIZE, SIZE, generator=generator)
+            out.append((x, net(x)))
     return out
 
 
@@ -101,23 +133,24 @@ def darts_supernet(model: nn.Module) -> nn.Module:
 
 
 def search(method: str, task: str, seed: int, steps: int = 100, warmup: int = 30) -> Any:
-    """The value a search exports, or the error NNI's method refuses the space with."""
-    label, values, _ = TASKS[task]
-    student = {'kernel': KernelStudent, 'dilation': DilationStudent}[task]
+    """The architecture a search exports (``{label: value}``), or the error NNI's method refuses the
+    space with."""
+    values, _ = TASKS[task]
+    student = {'kernel': KernelStudent, 'dilation': DilationStudent, 'cell': CellStudent}[task]
     torch.manual_seed(seed)
     model = student()
     try:
         model = supernet(model, seed=seed) if method == 'proxyless' else darts_supernet(model)
     except Exception as err:  # noqa: BLE001 (reported: NNI's refusal)
         return f'refused: {type(err).__name__}'
-    (op,) = [m for m in model.modules() if hasattr(m, 'sampling_policy')]
-    alpha = op._arch_alpha[label]
+    # NNI's DARTS cell has an alpha per edge (its ops and 'none'), ours one per slot's op and input.
+    alphas = {name.split('_arch_alpha.', 1)[1]: p for name, p in model.named_parameters() if '_arch_alpha.' in name}
     with torch.no_grad():
-        alpha.zero_()  # uniform
-    weights = [p for name, p in op.named_parameters() if not name.startswith('_arch_alpha')] if method == 'darts' \
-        else list(op.parameters(arch=False))
+        for alpha in alphas.values():
+            alpha.zero_()  # uniform
+    weights = [p for name, p in model.named_parameters() if '_arch_alpha' not in name]
     weight_optim = torch.optim.Adam(weights, lr=0.02)
-    arch_optim = torch.optim.Adam([alpha], lr=0.05, betas=(0.5, 0.999))
+    arch_optim = torch.optim.Adam(list(alphas.values()), lr=0.05, betas=(0.5, 0.999))
     train, val = batches(task, seed, warmup + steps, 0), [None] * warmup + batches(task, seed, steps, 1)
     torch.manual_seed(seed)
     try:
@@ -135,7 +168,11 @@ def search(method: str, task: str, seed: int, steps: int = 100, warmup: int = 30
             weight_optim.step()
     except Exception as err:  # noqa: BLE001 (reported: NNI's refusal)
         return f'refused: {type(err).__name__}'
-    return values[int(torch.argmax(alpha.detach()))]
+    if task == 'cell':  # the cell's own export (NNI's DARTS: the strongest edges' strongest ops)
+        (cell,) = [m for m in model.modules() if type(m).__name__.endswith('Cell')]
+        exported = cell.export({})
+        return {label: value[0] if isinstance(value, list) else value for label, value in exported.items()}
+    return {label: values[label][int(torch.argmax(alpha.detach()))] for label, alpha in alphas.items()}
 
 
 def arch_step(method: str, model: nn.Module, arch_optim: torch.optim.Optimizer, xv: torch.Tensor,
@@ -154,7 +191,7 @@ def arch_step(method: str, model: nn.Module, arch_optim: torch.optim.Optimizer, 
 def rates(seeds: int, steps: int, warmup: int) -> dict[tuple[str, str], tuple[int, int, list]]:
     result = {}
     for method in ('proxyless', 'darts'):
-        for task, (_, _, truth) in TASKS.items():
+        for task, (_, truth) in TASKS.items():
             exported = [search(method, task, seed, steps, warmup) for seed in range(seeds)]
             result[method, task] = (sum(e == truth for e in exported), len(exported), exported)
     return result
@@ -169,8 +206,9 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f'{NNI_NAME}, torch {torch.__version__}: {args.seeds} seeds, {args.warmup} warm-up and {args.steps} search '
           'steps from uniform alphas')
-    print('| method | kernel size (true 5 of 1/3/5) | dilation (true 2 of 1/2/3) |')
-    print('|---|---|---|')
+    print('| method | kernel size (true 5 of 1/3/5) | dilation (true 2 of 1/2/3) | cell (true conv5 on input 0 '
+          'of 3 ops x 2 inputs) |')
+    print('|---|---|---|---|')
     result = rates(args.seeds, args.steps, args.warmup)
     for method, name in (('proxyless', 'proxyless_rs (ProxylessNAS)'), ('darts', f"{NNI_NAME}'s DARTS")):
         cells = []
@@ -178,7 +216,7 @@ def main() -> None:
             found, total, exported = result[method, task]
             refused = [e for e in exported if isinstance(e, str)]
             cells.append(f'refused ({refused[0][9:]})' if refused else f'{found}/{total}')
-        print(f'| {name} | {cells[0]} | {cells[1]} |')
+        print(f'| {name} | ' + ' | '.join(cells) + ' |')
 
 
 if __name__ == '__main__':

@@ -90,13 +90,14 @@ def random_data(shape, classes: int, count: int, batch: int):
     return pl.DataLoader(data, batch_size=batch), pl.DataLoader(data, batch_size=batch)
 
 
-def search(model_space, hooks: list, classes: int = 10, shape=(3, 32, 32), count: int = 16, batch: int = 4):
+def search(model_space, hooks: list, classes: int = 10, shape=(3, 32, 32), count: int = 16, batch: int = 4,
+           **options):
     """Our strategy through the version's experiment API; returns (strategy, architecture, supernet,
     the one-shot module's searched modules)."""
     train, val = random_data(shape, classes, count, batch)
     common = dict(train_dataloaders=train, val_dataloaders=val, max_epochs=1, logger=False, enable_checkpointing=False,
                   enable_model_summary=False, enable_progress_bar=False)
-    strategy = proxyless_rs.strategy.Proxyless(mutation_hooks=hooks, arc_learning_rate=0.05)
+    strategy = proxyless_rs.strategy.Proxyless(mutation_hooks=hooks, arc_learning_rate=0.05, **options)
     if NNI3:
         experiment = NasExperiment(model_space, pl.Classification(**common, num_classes=classes), strategy)
         experiment.run()
@@ -230,3 +231,10 @@ def test_nasbench101_searches_under_nni2_and_is_refused_with_the_reason_under_nn
     assert {f'cell/op{i}' for i in range(1, 6)} | {f'cell/input{i}' for i in range(1, 7)} == set(architecture)
     assert all(architecture[f'cell/op{i}'] in ('conv3x3-bn-relu', 'conv1x1-bn-relu', 'maxpool3x3')
                for i in range(1, 6))
+
+
+def test_exact_mode_refuses_what_nnis_proxylessnas_cannot_search():
+    from value_spaces import cell_space
+
+    with pytest.raises(ValueError, match=r"exact=True reproduces NNI .* searches no cells nor depth expressions"):
+        search(cell_space(), [], shape=(64,), exact=True)

@@ -23,7 +23,7 @@ from ._layer import ProxylessLayer
 from ._mixed import ProxylessMixedOpPolicy
 from ._site import SiteHolder
 
-__all__ = ['choices', 'no_arch_grad', 'no_weight_grad', 'rescale_two_path', 'unique_arch_parameters']
+__all__ = ['choices', 'beyond_nni', 'no_arch_grad', 'no_weight_grad', 'rescale_two_path', 'unique_arch_parameters']
 
 
 def choices(*modules: nn.Module) -> Iterator[Any]:
@@ -40,6 +40,22 @@ def choices(*modules: nn.Module) -> Iterator[Any]:
                 yield from policy.sites.values()
             elif isinstance(module, SiteHolder):
                 yield from module.choice_sites()
+
+
+def beyond_nni(*modules: nn.Module) -> list[str]:
+    """What ``modules`` search that NNI's own ProxylessNAS cannot (both versions): value choices of
+    mixed operations, cells searched as one unit, depth expressions; what ``exact=True`` refuses."""
+    from ._cell import ProxylessCell
+    from ._depth import ProxylessDepth
+
+    found = []
+    for kind, present in (('value choices (mixed operations)', lambda m: isinstance(
+            m.__dict__.get('sampling_policy'), ProxylessMixedOpPolicy)),
+                          ('cells', lambda m: isinstance(m, ProxylessCell)),
+                          ('depth expressions', lambda m: isinstance(m, ProxylessDepth))):
+        if any(present(m) for root in modules for m in root.modules()):
+            found.append(kind)
+    return found
 
 
 def unique_arch_parameters(choices: Iterable[Any]) -> list[ArchParameter]:

@@ -12,7 +12,8 @@ import torch.nn as nn
 from nni.nas.oneshot.pytorch.base_lightning import MutationHook, no_default_hook as nni_no_default_hook
 from nni.nas.oneshot.pytorch.differentiable import ProxylessLightningModule as NNIProxylessLightningModule
 
-from ..._mixed import keeping_attributes, mixed_operations
+from ..._choices import beyond_nni
+from ..._mixed import keeping_attributes
 from ..._search_step import ProxylessSearchStep, SearchOptions
 from .cell import ProxylessMixedCell
 from .depth import ProxylessMixedDepth, nni_depth_hook
@@ -84,9 +85,10 @@ class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule)
         mutation_hooks = None if mutation_hooks is None else [nni_depth_hook(hook) for hook in mutation_hooks]
         super().__init__(inner_module, mutation_hooks=mutation_hooks, arc_learning_rate=arc_learning_rate,
                          gradient_clip_val=gradient_clip_val)
-        if exact and next(mixed_operations(self.model), None) is not None:
+        beyond = beyond_nni(self.model) if exact else []
+        if beyond:
             raise ValueError("exact=True reproduces NNI 2.10's ProxylessNAS step for step, and NNI 2.10's ProxylessNAS "
-                             'has no value choices (mixed operations); this space has some: drop exact=True')
+                             f"searches no {' nor '.join(beyond)}; this space has some: drop exact=True")
         self._check_costs()
 
     def default_mutation_hooks(self) -> list[MutationHook]:

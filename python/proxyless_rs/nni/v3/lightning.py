@@ -11,9 +11,8 @@ import torch.nn as nn
 from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 from nni.nas.oneshot.pytorch.profiler import ExpectationProfilerPenalty
 
-from ..._choices import choices
+from ..._choices import beyond_nni, choices
 from ..._layer import ProxylessLayer
-from ..._mixed import ProxylessMixedOpPolicy
 from ..._search_step import ProxylessSearchStep, SearchOptions
 from .layers import ProxylessMixedInput, ProxylessMixedRepeat
 
@@ -76,10 +75,10 @@ class ProxylessLightningModule(ProxylessSearchStep, DartsLightningModule):
 
     def on_fit_start(self):
         self._check_costs()
-        if self.exact and any(isinstance(m.__dict__.get('sampling_policy'), ProxylessMixedOpPolicy)
-                              for m in self.supernet_modules()):
-            raise ValueError("exact=True reproduces NNI 3.0's Proxyless step for step, and NNI 3.0's Proxyless has no "
-                             'value choices (mixed operations); this space has some: drop exact=True')
+        beyond = beyond_nni(*self.supernet_modules()) if self.exact else []
+        if beyond:
+            raise ValueError("exact=True reproduces NNI 3.0's Proxyless step for step, and NNI 3.0's Proxyless "
+                             f"searches no {' nor '.join(beyond)}; this space has some: drop exact=True")
         if self.exact:
             self._count_grad_forwards()
         return super().on_fit_start()
