@@ -182,9 +182,10 @@ stubtest: $(DEVELOP)
 # and plots are those of docs/benchmarks.md.
 MEMORY_ARGS ?= --depth 2 --depth 4 --depth 6
 GROWTH_ARGS ?= --candidates 2 --candidates 4 --candidates 6
-# Then value choices: the searches with a known answer (ours beside NNI's DARTS) and a search step on
-# NNI's MobileNetV3 and AutoFormer spaces (ours, NNI's DARTS and RandomOneShot), under both NNIs.
-SPACES_ARGS ?= --batch 8
+# Then value choices and cells: the searches with a known answer (ours beside NNI's DARTS) and a search
+# step on NNI's MobileNetV3 and AutoFormer spaces and on the DARTS space at batch 64 (the ProxylessNAS
+# paper's comparison; ours, NNI's DARTS and RandomOneShot), under both NNIs.
+SPACES_ARGS ?= --batch 8 --space mobilenetv3 --space autoformer
 bench: $(DEVELOP) $(NNI3_VENV)/.installed
 	$(PY) benchmarks/run.py
 	rm -f benchmarks/results/memory.json
@@ -194,10 +195,14 @@ bench: $(DEVELOP) $(NNI3_VENV)/.installed
 	$(PY) benchmarks/memory.py --plot benchmarks/results/memory.json benchmarks/results/memory.png
 	$(PY) benchmarks/value_choices.py
 	$(NNI3_VENV)/bin/python benchmarks/value_choices.py
-	rm -f benchmarks/results/spaces.json
+	rm -f benchmarks/results/spaces.json benchmarks/results/darts.json
 	$(PY) benchmarks/spaces.py $(SPACES_ARGS) --out benchmarks/results/spaces.json
 	$(NNI3_VENV)/bin/python benchmarks/spaces.py $(SPACES_ARGS) --out benchmarks/results/spaces.json
 	$(PY) benchmarks/spaces.py --table benchmarks/results/spaces.json
+	$(PY) benchmarks/spaces.py --space darts --batch 64 --out benchmarks/results/darts.json
+	$(NNI3_VENV)/bin/python benchmarks/spaces.py --space darts --batch 64 --out benchmarks/results/darts.json
+	$(PY) benchmarks/spaces.py --table benchmarks/results/darts.json --space darts
+	$(PY) benchmarks/spaces.py --plot benchmarks/results/darts.json benchmarks/results/darts.png --space darts
 
 bench-smoke: $(DEVELOP)
 	@$(call start,benchmark smoke run (tiny shapes))
@@ -209,9 +214,10 @@ bench-smoke: $(DEVELOP)
 	$(PY) benchmarks/memory.py --plot target/bench-smoke/memory.json target/bench-smoke/memory.png
 	$(PY) benchmarks/value_choices.py --seeds 1 --warmup 2 --steps 3
 	rm -f target/bench-smoke/spaces.json
-	$(PY) benchmarks/spaces.py --space autoformer --method ours --method random --batch 2 --steps 1 --memory-steps 1 \
-	    --out target/bench-smoke/spaces.json
+	$(PY) benchmarks/spaces.py --space autoformer --space darts --method ours --method random --batch 2 --steps 1 \
+	    --memory-steps 1 --out target/bench-smoke/spaces.json
 	$(PY) benchmarks/spaces.py --table target/bench-smoke/spaces.json > target/bench-smoke/spaces.md
+	$(PY) benchmarks/spaces.py --plot target/bench-smoke/spaces.json target/bench-smoke/darts.png --space darts
 	$(call done,benchmark smoke run)
 
 gpu: $(DEVELOP)

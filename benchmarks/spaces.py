@@ -254,8 +254,8 @@ def plot(results: list[dict], path: Path, spaces: list[str]) -> None:
     for row, space in enumerate(spaces):
         by = {(r['nni'], r['method']): r for r in results if r['space'] == space}
         batch = next((r['batch'] for r in by.values()), None)
-        for col, (key, scale, unit) in enumerate([('peak_bytes', 2**-20, 'peak MiB'),
-                                                   ('seconds_per_step', 1e3, 'ms per step')]):
+        for col, (key, scale, unit) in enumerate([('peak_bytes', 2**-20, 'peak memory, MiB'),
+                                                   ('seconds_per_step', 1e3, 'time, ms')]):
             axis = axes[row][col]
             width = 0.8 / len(METHODS)
             for i, method in enumerate(METHODS):
@@ -265,7 +265,7 @@ def plot(results: list[dict], path: Path, spaces: list[str]) -> None:
                 axis.bar_label(bars, fmt='%.0f', fontsize=7)
             axis.set_xticks(range(len(nnis)), nnis)
             axis.set_ylabel(unit)
-            axis.set_title(f'{space}, batch {batch}: {unit} of a search step', fontsize=9)
+            axis.set_title(f'{space}, batch {batch}: one search step, {unit}', fontsize=9)
             axis.grid(True, axis='y', alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc='lower center', ncol=len(METHODS), fontsize=8)

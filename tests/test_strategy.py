@@ -251,8 +251,8 @@ class UnsupportedSpace(nn.Module):
 
 def test_unsupported_primitive_is_named():
     # A value choice in a module NNI has no mixed operation for.
-    with pytest.raises(TypeError, match=r"supports LayerChoice, InputChoice, Repeat and value choices in NNI's mixed "
-                                        r"operations; module 'stem' of type Conv1d is not supported"):
+    with pytest.raises(TypeError, match=r"supports LayerChoice, InputChoice, Repeat, Cell and value choices in NNI's "
+                                        r"mixed operations; module 'stem' of type Conv1d is not supported"):
         run(Proxyless(), space_cls=UnsupportedSpace)
 
 

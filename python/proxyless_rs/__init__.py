@@ -1,5 +1,6 @@
 """proxyless-rs: NNI's ProxylessNAS supermodule and strategy, for NNI 2.10 and NNI 3.0 alike, with
-the backward work done in Rust, and value choices searched too.
+the backward work done in Rust, and value choices, cells and depth expressions searched too
+(``ProxylessMixedCell``, ``ProxylessMixedDepth``).
 
 ``ProxylessMixedLayer`` and ``ProxylessMixedInput`` (and under NNI 3.0 ``ProxylessMixedRepeat``) are
 drop-ins for the classes of the same name in ``nni.nas.oneshot.pytorch.supermodule.proxyless`` of
@@ -53,6 +54,8 @@ _LAZY_NAMES = {
     "ProxylessMixedLayer": "supermodule",
     "ProxylessMixedInput": "supermodule",
     "ProxylessMixedRepeat": "supermodule",
+    "ProxylessMixedCell": "supermodule",
+    "ProxylessMixedDepth": "supermodule",
     "depth_distribution": "supermodule",
     "no_arch_grad": "supermodule",
     "no_weight_grad": "supermodule",
@@ -106,6 +109,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (re-exported: `X as X`); at
     from .patch import patch_nni as patch_nni
     from .supermodule import (
         MODES as MODES,
+        ProxylessMixedCell as ProxylessMixedCell,
+        ProxylessMixedDepth as ProxylessMixedDepth,
         ProxylessMixedInput as ProxylessMixedInput,
         ProxylessMixedLayer as ProxylessMixedLayer,
         ProxylessMixedRepeat as ProxylessMixedRepeat,

@@ -32,9 +32,9 @@ def unsupported_primitive_hook(module: nn.Module, name: str, memo: dict[str, Any
     try:
         return nni_no_default_hook(module, name, memo, mutate_kwargs)
     except TypeError as err:
-        raise TypeError(f'ProxylessNAS (proxyless_rs) supports LayerChoice, InputChoice, Repeat and value choices in '
-                        f"NNI's mixed operations; module {name!r} of type {type(module).__name__} is not supported "
-                        f'({err}).') from err
+        raise TypeError(f'ProxylessNAS (proxyless_rs) supports LayerChoice, InputChoice, Repeat, Cell and value '
+                        f"choices in NNI's mixed operations; module {name!r} of type {type(module).__name__} is not "
+                        f'supported ({err}).') from err
 
 
 class ProxylessLightningModule(ProxylessSearchStep, NNIProxylessLightningModule):
