@@ -24,8 +24,8 @@ from .torch_sys_patch import apply_patch, is_patched, patched_dir
 
 # What maturin needs from the source tree (python/ without build products).
 STAGED = (
-    'Cargo.toml', 'Cargo.lock', 'build.rs', 'torch-span.toml', 'pyproject.toml', 'README.md', 'LICENSE', 'src', 'python',
-    '.cargo',
+    'Cargo.toml', 'Cargo.lock', 'build.rs', 'torch-span.toml', 'pyproject.toml', 'README.md', 'LICENSE', 'src',
+    'python', '.cargo',
 )
 SKIPPED = re.compile(r'(__pycache__|\.pyc$|\.so$|\.pyd$|\.egg-info$)')
 

@@ -171,7 +171,7 @@ class ProxylessSearchStep:
     def _check_same_search_space(self, saved: dict[str, Any]) -> None:
         """Refuses a checkpoint of another search space, naming the first layer that differs (before
         Lightning's own load, whose error lists every key)."""
-        here = {}
+        here: dict[str, Any] = {}  # a layer, or a site of a module
         for name, module in self.named_modules():  # type: ignore[attr-defined]
             if isinstance(module, ProxylessLayer):
                 here[f'{name}._arch_alpha'] = module

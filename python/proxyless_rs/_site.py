@@ -8,7 +8,7 @@ blocks treat it as they treat a layer: ``label``, ``names`` (the alternatives), 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -112,5 +112,5 @@ class SiteHolder:
     """A module whose choices are :class:`ChoiceSite` objects it holds (a cell, a depth expression):
     what :func:`proxyless_rs._choices.choices` asks for them."""
 
-    def choice_sites(self) -> list[ChoiceSite]:
+    def choice_sites(self) -> Sequence[ChoiceSite]:
         raise NotImplementedError
