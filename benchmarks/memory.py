@@ -163,14 +163,20 @@ def _grid(results: list[dict], axis: str, fixed: dict, cell) -> list[str]:
     return rows
 
 
+def _ratio(r: dict, base: dict | None, impl: str, key: str) -> str:
+    # No ratio to a baseline that measured nothing (tiny smoke shapes can peak below a byte's worth of
+    # new allocations).
+    if base is None or impl == 'nni' or not base[key] > 0:
+        return ''
+    return f' ({r[key] / base[key]:.2f}x)'
+
+
 def _memory_cell(r: dict, base: dict | None, impl: str) -> str:
-    ratio = '' if base is None or impl == 'nni' else f' ({r["peak_bytes"] / base["peak_bytes"]:.2f}x)'
-    return f'{r["peak_bytes"] / 2**20:.0f} MiB{ratio}'
+    return f'{r["peak_bytes"] / 2**20:.0f} MiB{_ratio(r, base, impl, "peak_bytes")}'
 
 
 def _time_cell(r: dict, base: dict | None, impl: str) -> str:
-    ratio = '' if base is None or impl == 'nni' else f' ({r["seconds_per_step"] / base["seconds_per_step"]:.2f}x)'
-    return f'{r["seconds_per_step"] * 1e3:.0f} ms{ratio}'
+    return f'{r["seconds_per_step"] * 1e3:.0f} ms{_ratio(r, base, impl, "seconds_per_step")}'
 
 
 def _growth_depth(results: list[dict]) -> int | None:

@@ -233,8 +233,9 @@ def table(results: list[dict], only: list[str] | None = None) -> str:
                     continue
                 memory = f'{r["peak_bytes"] / 2**20:.0f} MiB'
                 seconds = f'{r["seconds_per_step"] * 1e3:.0f} ms'
-                if base is not None and method != 'ours':
+                if base is not None and method != 'ours' and base['peak_bytes'] > 0:
                     memory += f' ({r["peak_bytes"] / base["peak_bytes"]:.2f}x)'
+                if base is not None and method != 'ours' and base['seconds_per_step'] > 0:
                     seconds += f' ({r["seconds_per_step"] / base["seconds_per_step"]:.2f}x)'
                 cells += [memory, seconds]
             rows.append(f'| {nni} | {NAMES[method]} | ' + ' | '.join(cells) + ' |')

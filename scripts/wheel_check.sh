@@ -64,7 +64,7 @@ echo "installed in $SECONDS s: $(python -m pip list 2>/dev/null | grep -iE '^(to
 
 # The regression tests from this checkout against the installed package (not python/ of the
 # checkout): the files they read beside them.
-cp -r tests benchmarks build_backend scripts "$WORK/"
+cp -r tests benchmarks build_backend scripts docs "$WORK/"
 cp pyproject.toml Cargo.toml Cargo.lock torch-span.toml requirements-*.txt "$WORK/"
 cd "$WORK"
 python -c 'import proxyless_rs, sys; assert proxyless_rs.__file__.startswith(sys.prefix), proxyless_rs.__file__; print("proxyless_rs from", proxyless_rs.__file__)'

@@ -192,6 +192,7 @@ MATRIX = ['nasbench201', 'mobilenetv3', 'mobilenetv3_small', 'proxylessnas', 'sh
 IMAGENET = ('mobilenetv3', 'mobilenetv3_small', 'proxylessnas', 'shufflenet', 'autoformer')
 
 
+@pytest.mark.matrix
 @pytest.mark.parametrize('space_type', MATRIX)
 def test_nni_hub_matrix_proxyless_row(space_type):
     """NNI's ``test_hub_oneshot`` with ``strategy_type='proxyless'`` and its skip removed."""

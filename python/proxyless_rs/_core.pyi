@@ -79,6 +79,9 @@ class TapBackward:
     def __call__(self, grads: Any, alpha_needed: bool) -> Any:
         """Alpha's gradient from the tapped outputs' gradients, or None when not ``alpha_needed``."""
 
+    def release(self) -> None:
+        """Frees the call's saved state (a backward freed the graph it belongs to)."""
+
 def sample_index(probs: torch.Tensor) -> int:
     """One draw of ``torch.multinomial(probs, 1)``, as a Python int."""
 
