@@ -185,7 +185,8 @@ MEMORY_ARGS ?= --depth 2 --depth 4 --depth 6
 GROWTH_ARGS ?= --candidates 2 --candidates 4 --candidates 6
 # Then value choices and cells: the searches with a known answer (ours beside NNI's DARTS) and a search
 # step on NNI's MobileNetV3 and AutoFormer spaces and on the DARTS space at batch 64 (the ProxylessNAS
-# paper's comparison; ours, NNI's DARTS and RandomOneShot), under both NNIs.
+# paper's comparison; ours, NNI's DARTS and RandomOneShot), under both NNIs. Last, data-parallel search:
+# collectives and time per step against depth, gloo on 2 and 4 processes.
 SPACES_ARGS ?= --batch 8 --space mobilenetv3 --space autoformer
 bench: $(DEVELOP) $(NNI3_VENV)/.installed
 	$(PY) benchmarks/run.py
@@ -204,6 +205,7 @@ bench: $(DEVELOP) $(NNI3_VENV)/.installed
 	$(NNI3_VENV)/bin/python benchmarks/spaces.py --space darts --batch 64 --out benchmarks/results/darts.json
 	$(PY) benchmarks/spaces.py --table benchmarks/results/darts.json --space darts
 	$(PY) benchmarks/spaces.py --plot benchmarks/results/darts.json benchmarks/results/darts.png --space darts
+	$(PY) benchmarks/distributed.py --out benchmarks/results/distributed.json
 
 bench-smoke: $(DEVELOP)
 	@$(call start,benchmark smoke run (tiny shapes))
@@ -219,6 +221,7 @@ bench-smoke: $(DEVELOP)
 	    --memory-steps 1 --out target/bench-smoke/spaces.json
 	$(PY) benchmarks/spaces.py --table target/bench-smoke/spaces.json > target/bench-smoke/spaces.md
 	$(PY) benchmarks/spaces.py --plot target/bench-smoke/spaces.json target/bench-smoke/darts.png --space darts
+	$(PY) benchmarks/distributed.py --world 2 --layers 2 --steps 1 --out target/bench-smoke/distributed.json
 	$(call done,benchmark smoke run)
 
 gpu: $(DEVELOP)

@@ -44,7 +44,7 @@ def main():
     xt, yt, xv, yv = (t[rank::world].to(device) for t in (xt, yt, xv, yv))
     torch.manual_seed(0)
     net = DigitsSupernet(proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedInput).to(device)
-    proxyless_rs.distributed.setup(net)                      # the one extra call
+    search = proxyless_rs.distributed.setup(net)             # the one extra call
     ddp = DDP(net, find_unused_parameters=True)              # unsampled candidates get no gradient
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.05, momentum=0.9)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-2, betas=(0.5, 0.999))
@@ -53,11 +53,13 @@ def main():
     for epoch in range(args.epochs):
         for i in range(0, len(xt) - batch + 1, batch):
             j = i % (len(xv) - batch)
-            net.resample()                                   # the same architecture on every rank
+            with search.draws():                             # the same architecture on every rank,
+                net.resample()                               # one collective for all the draws
             a_opt.zero_grad()
             F.cross_entropy(ddp(xv[j:j + batch]), yv[j:j + batch]).backward()   # alpha grads averaged
             a_opt.step()
-            net.resample()
+            with search.draws():
+                net.resample()
             w_opt.zero_grad()
             with proxyless_rs.no_arch_grad(net):
                 loss = F.cross_entropy(ddp(xt[i:i + batch]), yt[i:i + batch])

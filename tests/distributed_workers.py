@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import faulthandler
 import os
+import time
 import traceback
 import warnings
 
@@ -80,10 +82,11 @@ def _init(rank: int, world: int, port: int, backend: str = 'gloo') -> None:
 
 
 def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20, die_at: int | None = None,
-                 backend: str = 'gloo') -> None:
+                 backend: str = 'gloo', rounds: bool = True) -> None:
     """A plain-PyTorch search: setup + DDP; arch step on validation shards, weight step on training shards.
 
-    ``backend='nccl'``: rank r runs on cuda:r. What it saves is moved to the host."""
+    ``backend='nccl'``: rank r runs on cuda:r. What it saves is moved to the host. ``rounds``: each
+    resample in a draw round (``search.draws()``), else each draw broadcast on its own."""
     try:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -97,8 +100,9 @@ def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20
         # Different seeds per rank on purpose: weights, alphas and draws must still agree.
         torch.manual_seed(100 + rank)
         model = Supernet().to(device)
-        proxyless_rs.distributed.setup(model)
+        search = proxyless_rs.distributed.setup(model)
         ddp = DDP(model, device_ids=[rank] if device.type == 'cuda' else None, find_unused_parameters=True)
+        draws = search.draws if rounds else contextlib.nullcontext
         alphas = [m._arch_alpha for m in model.mixed()]
         arch_ids = {id(a) for a in alphas}
         weights = [p for p in model.parameters() if id(p) not in arch_ids]
@@ -111,7 +115,8 @@ def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20
                 os._exit(3)
             i = (step * 16) % (len(xt) - 16)
             # Architecture step.
-            sample = model.resample()
+            with draws():
+                sample = model.resample()
             samples.append(sample)
             if step == 0:
                 local = copy.deepcopy(model)  # not set up: its hooks leave the gradient local
@@ -126,7 +131,8 @@ def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20
                 step0['averaged'] = [a.grad.cpu() for a in alphas]
             arc_opt.step()
             # Weight step, without alpha-gradient work.
-            model.resample()
+            with draws():
+                model.resample()
             w_opt.zero_grad()
             with proxyless_rs.no_arch_grad(model):
                 F.cross_entropy(ddp(xt[i:i + 16]), yt[i:i + 16]).backward()
@@ -137,6 +143,126 @@ def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20
             'saved_entries': [len(m.ctx) for m in model.mixed()],
             'step0': step0,
         }, os.path.join(out_dir, f'rank{rank}.pt'))
+        _finish()
+    except Exception:
+        with open(os.path.join(out_dir, f'rank{rank}.err'), 'w') as f:
+            f.write(traceback.format_exc())
+        raise
+
+
+def chain(layers: int, width: int = 8) -> nn.Module:
+    """A supernet of ``layers`` mixed layers in a row (two candidates each), for counting collectives."""
+    import proxyless_rs
+
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Linear(64, width)
+            self.layers = nn.ModuleList([proxyless_rs.ProxylessMixedLayer(
+                [('linear', nn.Linear(width, width)), ('tanh', nn.Sequential(nn.Linear(width, width), nn.Tanh()))],
+                nn.Parameter(torch.zeros(2)), nn.Softmax(-1), f'layer{i}') for i in range(layers)])
+            self.head = nn.Linear(width, 10)
+
+        def mixed(self):
+            return list(self.layers)
+
+        def resample(self, memo=None):
+            return resample_in_order(self.mixed(), memo)
+
+        def forward(self, x):
+            h = self.stem(x)
+            for layer in self.layers:
+                h = layer(h)
+            return self.head(h)
+
+    return Chain()
+
+
+def count_collectives(rank: int, world: int, port: int, out_dir: str, layers: tuple[int, ...] = (2, 16),
+                      steps: int = 4, warmup: int = 1) -> None:
+    """For each depth in ``layers`` and with and without draw rounds: a plain search of ``steps``
+    search steps (architecture and weight step) under DDP, counting the search's own collectives
+    (broadcasts and all-reduces on its group) per search step and timing the steps."""
+    try:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        import proxyless_rs
+
+        torch.set_num_threads(1)
+        _init(rank, world, port)
+        (xt, yt), (xv, yv) = digits_shard(rank, world)
+        results = []
+        for depth in layers:
+            for rounds in (True, False):
+                torch.manual_seed(rank)
+                model = chain(depth)
+                search = proxyless_rs.distributed.setup(model)
+                ddp = DDP(model, find_unused_parameters=True)
+                alphas = [m._arch_alpha for m in model.mixed()]
+                arc_opt = torch.optim.Adam(alphas, lr=0.05)
+                w_opt = torch.optim.SGD([p for p in model.parameters() if all(p is not a for a in alphas)], lr=0.05)
+                calls = {'count': 0}
+                originals = {name: getattr(dist, name) for name in ('broadcast', 'all_reduce')}
+
+                def counted(original, group=search.group, calls=calls):
+                    def call(*args, **kwargs):
+                        if kwargs.get('group') is group:
+                            calls['count'] += 1
+                        return original(*args, **kwargs)
+                    return call
+
+                draws = search.draws if rounds else contextlib.nullcontext
+                per_step, seconds = [], []
+                for name, original in originals.items():
+                    setattr(dist, name, counted(original))
+                try:
+                    for step in range(warmup + steps):
+                        i = (step * 16) % (len(xt) - 16)
+                        before, start = calls['count'], time.perf_counter()
+                        with draws():
+                            model.resample()
+                        arc_opt.zero_grad()
+                        F.cross_entropy(ddp(xv[i:i + 16]), yv[i:i + 16]).backward()
+                        arc_opt.step()
+                        with draws():
+                            model.resample()
+                        w_opt.zero_grad()
+                        with proxyless_rs.no_arch_grad(model):
+                            F.cross_entropy(ddp(xt[i:i + 16]), yt[i:i + 16]).backward()
+                        w_opt.step()
+                        if step >= warmup:
+                            per_step.append(calls['count'] - before)
+                            seconds.append(time.perf_counter() - start)
+                finally:
+                    for name, original in originals.items():
+                        setattr(dist, name, original)
+                search.detach()
+                results.append({'world': world, 'layers': depth, 'rounds': rounds, 'collectives': per_step,
+                                'seconds': seconds})
+        torch.save(results, os.path.join(out_dir, f'rank{rank}.pt'))
+        _finish()
+    except Exception:
+        with open(os.path.join(out_dir, f'rank{rank}.err'), 'w') as f:
+            f.write(traceback.format_exc())
+        raise
+
+
+def diverging_draws(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Rank 1's alpha is changed behind the search's back: the next round says the ranks drew differently."""
+    try:
+        import proxyless_rs
+
+        torch.set_num_threads(1)
+        _init(rank, world, port)
+        model = chain(2)
+        search = proxyless_rs.distributed.setup(model)
+        with torch.no_grad():
+            for m in model.mixed():
+                m._arch_alpha.copy_(torch.tensor([50.0, -50.0]) * (1 if rank == 0 else -1))
+        with search.draws():
+            model.resample()
+        with search.draws():  # raises on every rank
+            model.resample()
         _finish()
     except Exception:
         with open(os.path.join(out_dir, f'rank{rank}.err'), 'w') as f:
@@ -220,6 +346,7 @@ def lightning_search(rank: int, world: int, port: int, out_dir: str, kind: str =
         torch.save({
             'architecture': architecture,
             'weights': {k: v.detach().clone() for k, v in strategy.model.state_dict().items()},
+            'rounds': strategy.model._distributed_search.rounds,
             **_choices_state(strategy.model),
         }, os.path.join(out_dir, f'rank{rank}.pt'))
     except Exception:
@@ -281,6 +408,7 @@ def lightning_search_nni3(rank: int, world: int, port: int, out_dir: str, kind: 
         torch.save({
             'architecture': dict(model.sample),
             'weights': {k: v.detach().clone() for k, v in module.state_dict().items()},
+            'rounds': module._distributed_search.rounds,
             **_choices_state(module),
         }, os.path.join(out_dir, f'rank{rank}.pt'))
         experiment.stop()

@@ -3,8 +3,11 @@ there are two), loopback only."""
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,14 +30,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(target, out_dir: Path, **kwargs) -> tuple[list[int | None], float]:
-    """Runs target(rank, WORLD, port, out_dir, **kwargs) in WORLD spawned processes; never hangs."""
+def launch(target, out_dir: Path, world: int = WORLD, **kwargs) -> tuple[list[int | None], float]:
+    """Runs target(rank, world, port, out_dir, **kwargs) in ``world`` spawned processes; never hangs."""
     context = multiprocessing.get_context('spawn')
     port = free_port()
     # A rank still running 15 s before the join's limit writes its stacks to rank<r>.hang.
     processes = [context.Process(target=distributed_workers.watched,
-                                 args=(target, JOIN_TIMEOUT - 15, rank, WORLD, port, str(out_dir)), kwargs=kwargs)
-                 for rank in range(WORLD)]
+                                 args=(target, JOIN_TIMEOUT - 15, rank, world, port, str(out_dir)), kwargs=kwargs)
+                 for rank in range(world)]
     start = time.monotonic()
     for p in processes:
         p.start()
@@ -83,6 +86,8 @@ def test_lightning_ddp_search_exports_one_architecture(tmp_path, kind):
     assert codes == [0, 0], errors(tmp_path)
     r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in range(WORLD))
     assert r0['architecture'] == r1['architecture']
+    # The strategy drew in rounds: one for each architecture and each weight step of 6 training steps.
+    assert r0['rounds'] == r1['rounds'] == 12
     cells = {f'cell/{choice}_{node}_0' for choice in ('op', 'input') for node in (1, 2)} | {'depth'}
     assert set(r0['architecture']) == {'layers': {'first', 'readout'}, 'values': {'width'}, 'cells': cells}[kind]
     for a, b in zip(r0['alphas'], r1['alphas']):
@@ -93,10 +98,50 @@ def test_lightning_ddp_search_exports_one_architecture(tmp_path, kind):
     assert any(float(alpha.abs().max()) > 1e-2 for alpha in r0['alphas'])  # the search moved them
 
 
-def test_a_dead_rank_makes_the_other_fail_clearly_and_soon(tmp_path):
-    codes, elapsed = launch(distributed_workers.plain_search, tmp_path, steps=20, die_at=5)
+@pytest.mark.parametrize('rounds, failed', [(True, 'agreeing on the draws of a round'),
+                                            (False, 'broadcasting the sampled architecture')])
+def test_a_dead_rank_makes_the_other_fail_clearly_and_soon(tmp_path, rounds, failed):
+    codes, elapsed = launch(distributed_workers.plain_search, tmp_path, steps=20, die_at=5, rounds=rounds)
     assert codes[1] == 3  # the rank that died
     assert codes[0] not in (0, None)  # the survivor failed rather than hanging or succeeding
     message = (tmp_path / 'rank0.err').read_text()
-    assert 'proxyless_rs.distributed: broadcasting the sampled architecture failed on rank 0' in message
+    assert f'proxyless_rs.distributed: {failed} failed on rank 0' in message
     assert elapsed < distributed_workers.TIMEOUT.total_seconds() + 60
+
+
+@pytest.mark.parametrize('world', [2, 4])
+def test_a_search_step_makes_the_same_collectives_whatever_the_depth(tmp_path, world):
+    # Per search step: a draw round for each of the two steps and the averaged alpha gradient of the
+    # architecture step's backward: 3 at any depth; a draw broadcast on its own is one per layer.
+    codes, _ = launch(distributed_workers.count_collectives, tmp_path, world=world, layers=(2, 16))
+    assert codes == [0] * world, errors(tmp_path)
+    for rank in range(world):
+        results = torch.load(tmp_path / f'rank{rank}.pt', weights_only=False)
+        counts = {(r['layers'], r['rounds']): set(r['collectives']) for r in results}
+        assert counts == {(2, True): {3}, (16, True): {3}, (2, False): {2 * 2 + 1}, (16, False): {2 * 16 + 1}}
+
+
+def test_ranks_that_draw_differently_fail_at_the_next_round(tmp_path):
+    codes, _ = launch(distributed_workers.diverging_draws, tmp_path)
+    assert all(code not in (0, None) for code in codes)
+    for rank in range(WORLD):
+        message = (tmp_path / f'rank{rank}.err').read_text()
+        assert 'the ranks drew different architectures in the previous draw round' in message
+
+
+def test_two_machines_as_two_node_groups_through_torchrun_export_one_architecture():
+    # docs/distributed.md's recipe for several machines, both "machines" on this one: each node runs
+    # torchrun with its --node_rank, the rendezvous at node 0's address; every rank exports one
+    # architecture (the example gathers them on rank 0).
+    port = free_port()
+    example = Path(__file__).resolve().parents[1] / 'examples' / 'digits_ddp.py'
+    nodes = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--node_rank',
+                               str(node), '--nproc_per_node', '1', '--master_addr', '127.0.0.1', '--master_port',
+                               str(port), str(example), '--epochs', '1'],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for node in (0, 1)]
+    outputs = [node.communicate(timeout=JOIN_TIMEOUT)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], '\n'.join(outputs)
+    line = next(line for line in outputs[0].splitlines() if line.startswith('exported on every rank: '))
+    gathered = ast.literal_eval(line.removeprefix('exported on every rank: ').split('; test accuracy')[0])
+    assert len(gathered) == 2 and gathered[0] == gathered[1] and gathered[0]

@@ -26,6 +26,7 @@ architecture optimizer), then a weight step on the training batch. What differs 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -128,6 +129,13 @@ class ProxylessSearchStep:
                 getattr(self, '_distributed_search', None) is None:
             self._distributed_search = distributed.setup(self)  # type: ignore[arg-type]
         return super().setup(stage)  # type: ignore[misc]
+
+    def _draw_round(self) -> None:
+        """Draws every choice (NNI's ``resample``): in one draw round of the data-parallel search
+        (one collective, whatever the number of choices) when there is one."""
+        search = getattr(self, '_distributed_search', None)
+        with search.draws() if search is not None else contextlib.nullcontext():
+            self.resample()  # type: ignore[attr-defined]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Lightning's hook: the random streams and the cost terms' multipliers go into every
@@ -257,7 +265,7 @@ class ProxylessSearchStep:
         # Architecture step, on a validation batch: after the warm-up, every arch_update_every steps.
         expected: dict[str, torch.Tensor] | None = None
         if not self._in_warmup() and batch_idx % self.arch_update_every == 0:
-            self.resample()  # type: ignore[attr-defined]
+            self._draw_round()
             arc_optim.zero_grad()
             # Alpha's gradient only: no weight gradient is computed, nor anything saved for one (the
             # weight step's optimizer clears weight gradients before its own backward, in NNI too).
@@ -280,7 +288,7 @@ class ProxylessSearchStep:
                     spec.multiplier.step(expected[name])
 
         # Weight step, on a training batch: no alpha-gradient work.
-        self.resample()  # type: ignore[attr-defined]
+        self._draw_round()
         with no_arch_grad(*mixed):
             loss_and_metrics = self._inner_training_step(trn_batch, 2 * batch_idx + 1)
             w_step_loss = loss_and_metrics['loss'] if isinstance(loss_and_metrics, dict) else loss_and_metrics

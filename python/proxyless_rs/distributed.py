@@ -3,11 +3,17 @@
 One call, :func:`setup`, after ``init_process_group`` and before wrapping the supernet in
 ``DistributedDataParallel``, makes a search data-parallel:
 
-- **the same architecture on every rank**: each draw of a path (``resample``) is broadcast from
-  rank 0. Broadcast rather than a shared seed because nothing else has to agree for it: ranks
-  that seed their default generator differently, a stochastic softmax (NNI's GumbelSoftmax) or
-  dropout drawing different numbers per rank cannot make them diverge; it costs one small
-  broadcast per layer draw.
+- **the same architecture on every rank, in one collective per draw round**: the draws of a round
+  (one ``resample`` of the whole supernet) made inside :meth:`DistributedSearch.draws` come from the
+  default generators seeded, on every rank, with one number from rank 0, taken by the round's one
+  collective (an all-reduce of three integers, whatever the number of choices); the generators are
+  forked for the round, so that dropout and anything else the ranks draw stay their own. Ranks whose
+  alphas agree (they are broadcast at setup and their gradients averaged) draw the same paths, a
+  stochastic softmax (NNI's GumbelSoftmax) the same noise. The same collective checks the previous
+  round: ranks that drew differently (their alphas or softmax differ) fail with a ``RuntimeError``
+  saying so, never a silent divergence. The strategies (:mod:`proxyless_rs.strategy`) open the
+  rounds themselves; a script writes ``with search.draws(): net.resample()``. A draw outside a round
+  is broadcast from rank 0 on its own (one collective per draw, as before rounds existed).
 - **averaged architecture gradients**: the alphas are taken out of DDP's hands (DDP ignores them
   and never waits for them) and, at the end of every backward that gave one a gradient, the
   alpha gradients of the model are averaged across ranks in one all-reduce (queued on autograd's
@@ -26,7 +32,9 @@ which step of the search failed on which rank.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import hashlib
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -55,13 +63,64 @@ class DistributedSearch:
         self.src = src
         self.world_size = dist.get_world_size(group)
         self._queued = False
+        # The open round's draws (None: no round open), and the closed round's not yet checked.
+        self._round: list[int] | None = None
+        self._unchecked: list[int] | None = None
+        # Each alpha's device: a round forks (and seeds) the generators that draw there.
+        self._cuda_devices = sorted({alpha.device.index or 0 for alpha in self.alphas if alpha.device.type == 'cuda'})
+        self.rounds = 0
 
     def comm_device(self, device: torch.device) -> torch.device:
         """Where a tensor on ``device`` must be for this group's collectives (NCCL: the GPU; else host)."""
         return device if dist.get_backend(self.group) == 'nccl' else torch.device('cpu')
 
+    @contextlib.contextmanager
+    def draws(self) -> Iterator[None]:
+        """One draw round: every draw inside comes from the default generators seeded with rank
+        ``src``'s number, forked for the round (their states are back as they were at its end); one
+        collective for the round, which also checks that the previous round drew the same on every
+        rank. Every rank opens the same rounds, in the same order (a collective)."""
+        if self._round is not None:
+            raise RuntimeError('proxyless_rs.distributed: a draw round is already open (rounds do not nest)')
+        seed = self._open_round()
+        with torch.random.fork_rng(devices=self._cuda_devices):
+            torch.random.default_generator.manual_seed(seed)
+            for index in self._cuda_devices:
+                torch.cuda.default_generators[index].manual_seed(seed)
+            self._round = []
+            try:
+                yield
+            finally:
+                self._unchecked, self._round = self._round, None
+                self.rounds += 1
+
+    def _open_round(self) -> int:
+        """The round's seed (rank ``src``'s) and the previous round's check, in one all-reduce (max)
+        of ``[seed or -1, digest, -digest]``: every rank's digest equal iff max == -max(-digest)."""
+        rank = dist.get_rank(self.group)
+        seed = int(torch.randint(0, 2**62, ())) if rank == self.src else -1
+        digest = _digest(self._unchecked)
+        buffer = torch.tensor([seed, digest, -digest], dtype=torch.int64,
+                              device=self.comm_device(self.alphas[0].device))
+        try:
+            dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=self.group)
+        except Exception as err:
+            raise _fail('agreeing on the draws of a round', err) from err
+        agreed_seed, most, least = buffer.tolist()
+        if most != -least:
+            raise RuntimeError(
+                f'proxyless_rs.distributed: the ranks drew different architectures in the previous draw round '
+                f'(rank {dist.get_rank()} drew {self._unchecked}): their alphas or their softmax differ (a '
+                'softmax that draws noise, or alphas changed outside the averaged architecture step)')
+        self._unchecked = None
+        return agreed_seed
+
     def agree(self, values: list[int], device: torch.device) -> list[int]:
-        """``values`` as drawn on rank ``src`` (every rank calls this for every draw)."""
+        """``values`` as drawn on rank ``src`` (every rank calls this for every draw): the draw itself
+        inside a round (every rank drew from rank ``src``'s seed), else rank ``src``'s, broadcast."""
+        if self._round is not None:
+            self._round.extend(values)
+            return values
         buffer = torch.tensor(values, dtype=torch.int64, device=self.comm_device(device))
         try:
             dist.broadcast(buffer, self.src, group=self.group)
@@ -99,6 +158,13 @@ class DistributedSearch:
         for arch in self.arch_parameters:
             arch.agreement = None
             arch.after_backward = None
+
+
+def _digest(draws: list[int] | None) -> int:
+    """A round's draws as one non-negative integer (0: no round to check)."""
+    if draws is None:
+        return 0
+    return 1 + int.from_bytes(hashlib.blake2b(repr(draws).encode(), digest_size=7).digest(), 'little')
 
 
 def _default_group_timeout():
