@@ -81,6 +81,18 @@ def _init(rank: int, world: int, port: int, backend: str = 'gloo') -> None:
                             timeout=TIMEOUT)
 
 
+def weight_step(model, ddp, draws, w_opt, x, y) -> None:
+    """A weight step on ``x``, ``y``: a resample (in ``draws()``), the loss through DDP, no alpha-gradient work."""
+    import proxyless_rs
+
+    with draws():
+        model.resample()
+    w_opt.zero_grad()
+    with proxyless_rs.no_arch_grad(model):
+        F.cross_entropy(ddp(x), y).backward()
+    w_opt.step()
+
+
 def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20, die_at: int | None = None,
                  backend: str = 'gloo', rounds: bool = True) -> None:
     """A plain-PyTorch search: setup + DDP; arch step on validation shards, weight step on training shards.
@@ -130,13 +142,7 @@ def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20
             if step == 0:
                 step0['averaged'] = [a.grad.cpu() for a in alphas]
             arc_opt.step()
-            # Weight step, without alpha-gradient work.
-            with draws():
-                model.resample()
-            w_opt.zero_grad()
-            with proxyless_rs.no_arch_grad(model):
-                F.cross_entropy(ddp(xt[i:i + 16]), yt[i:i + 16]).backward()
-            w_opt.step()
+            weight_step(model, ddp, draws, w_opt, xt[i:i + 16], yt[i:i + 16])
         torch.save({
             'samples': samples,
             'state': {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -224,12 +230,7 @@ def count_collectives(rank: int, world: int, port: int, out_dir: str, layers: tu
                         arc_opt.zero_grad()
                         F.cross_entropy(ddp(xv[i:i + 16]), yv[i:i + 16]).backward()
                         arc_opt.step()
-                        with draws():
-                            model.resample()
-                        w_opt.zero_grad()
-                        with proxyless_rs.no_arch_grad(model):
-                            F.cross_entropy(ddp(xt[i:i + 16]), yt[i:i + 16]).backward()
-                        w_opt.step()
+                        weight_step(model, ddp, draws, w_opt, xt[i:i + 16], yt[i:i + 16])
                         if step >= warmup:
                             per_step.append(calls['count'] - before)
                             seconds.append(time.perf_counter() - start)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from ._layer import chosen_inputs
+from ._layer import chosen_inputs, label_alpha
 from ._site import ChoiceSite, SiteHolder
 
 __all__ = ['ProxylessCell', 'CellChoice', 'preprocess_cell_inputs']
@@ -134,12 +134,8 @@ class ProxylessCell(SiteHolder):
                 choices = []
                 for label, names, kind in ((op_label, list(self.op_names), 'op'), (input_label, list(range(node)),
                                                                                      'input')):
-                    alpha = memo.get(label)
-                    if alpha is None:
-                        alpha = memo[label] = nn.Parameter(torch.randn(len(names)) * 1E-3)
-                    elif len(alpha) != len(names):
-                        raise ValueError(f'{type(self).__name__} {label!r}: {len(names)} {kind}s, but its architecture '
-                                         f'parameter has {len(alpha)} entries')
+                    alpha = label_alpha(memo, label, len(names),
+                                        f'{type(self).__name__} {label!r}: {len(names)} {kind}s')
                     self._arch_alpha[label] = alpha
                     choices.append(CellChoice(self, label, names, alpha, softmax, mode,  # type: ignore[arg-type]
                                               kind, self._exported_input, node))

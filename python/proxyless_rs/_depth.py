@@ -28,9 +28,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import torch
 import torch.nn as nn
 
+from ._layer import label_alpha
 from ._site import ChoiceSite, SiteHolder
 
 __all__ = ['ProxylessDepth', 'DepthChoice']
@@ -74,13 +74,8 @@ class ProxylessDepth(SiteHolder):
         self.first_cell_transformation = first_cell_transformation
         softmax = mutate_kwargs.get('softmax', nn.Softmax(-1))
         mode = mutate_kwargs.get('proxyless_mode', 'full')
-        alpha = memo.get(label)
-        if alpha is None:
-            alpha = memo[label] = nn.Parameter(torch.randn(len(values)) * 1E-3)
-        elif len(alpha) != len(values):
-            raise ValueError(f'{name}: depth choice {label!r} has {len(values)} values {list(values)}, but its '
-                             f'architecture parameter has {len(alpha)} entries (a label used with other values '
-                             'elsewhere)')
+        alpha = label_alpha(memo, label, len(values), f'{name}: depth choice {label!r} has {len(values)} values '
+                                                      f'{list(values)}')
         self._arch_alpha = nn.ParameterDict({label: alpha})
         self._softmax = softmax
         self._choice = DepthChoice(self, label, list(values), alpha, softmax, mode,  # type: ignore[arg-type]

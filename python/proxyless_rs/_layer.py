@@ -35,6 +35,19 @@ def _arch_parameter(alpha: torch.Tensor) -> ArchParameter:
     return arch
 
 
+def label_alpha(memo: dict, label: Any, size: int, mismatch: str) -> nn.Parameter:
+    """``label``'s architecture parameter: the one in ``memo`` (the choices of one label share one) or a
+    new one of ``size`` logits (NNI's ``randn * 1e-3``), put there. ``mismatch`` names what is built and
+    its choice, at the head of the ValueError raised where the memo's has another size."""
+    alpha = memo.get(label)
+    if alpha is None:
+        alpha = memo[label] = nn.Parameter(torch.randn(size) * 1E-3)
+    elif len(alpha) != size:
+        raise ValueError(f'{mismatch}, but its architecture parameter has {len(alpha)} entries (a label used '
+                         'with another number of alternatives elsewhere)')
+    return alpha
+
+
 def _proxyless_layers(*modules: nn.Module) -> Iterator[nn.Module]:
     for root in modules:
         for module in root.modules():
@@ -298,9 +311,7 @@ class DepthChain:
                 chain.append(block)
                 continue
             label = label_of(i)
-            alpha = memo.get(label)
-            if alpha is None:
-                alpha = memo[label] = nn.Parameter(torch.randn(2) * 1E-3)
+            alpha = label_alpha(memo, label, 2, f'block {i} of a depth choice, {label!r}: skip or block')
             chain.append(make_layer(label, block, alpha))
         return chain
 

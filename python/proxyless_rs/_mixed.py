@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from ._layer import label_alpha
 from ._site import ChoiceSite
 from ._torch_compat import is_compiling, mark_dynamo_disabled
 
@@ -257,13 +258,8 @@ class ProxylessMixedOpPolicy:
         operation._softmax = softmax
         self.sites: dict[str, ValueChoiceSite] = {}
         for label, values in self.leaves(operation).items():
-            alpha = memo.get(label)
-            if alpha is None:
-                alpha = memo[label] = nn.Parameter(torch.randn(len(values)) * 1E-3)
-            elif len(alpha) != len(values):
-                raise ValueError(f'{type(operation).__name__} {where or ""}: value choice {label!r} has {len(values)} '
-                                 f'values {values}, but its architecture parameter has {len(alpha)} entries '
-                                 '(a label used with other values elsewhere)')
+            alpha = label_alpha(memo, label, len(values), f'{type(operation).__name__} {where or ""}: value choice '
+                                                          f'{label!r} has {len(values)} values {values}')
             operation._arch_alpha[str(label)] = alpha
             self.sites[str(label)] = ValueChoiceSite(operation, str(label), values, alpha, softmax, mode, where)
         # Argument values by the labels' values: composing NNI's expressions costs tens of microseconds.
