@@ -126,7 +126,7 @@ demo: $(DEVELOP)
 # Each writes its output to target/ as well, for the one summary line of `make test`.
 # The heartbeat says so when a long test keeps pytest silent (the resume tests' searches take a minute).
 pytest: $(DEVELOP)
-	@$(call start,pytest (about 12 min on 2 cores))
+	@$(call start,pytest (about 7 min on 2 cores))
 	mkdir -p target
 	$(call watch,pytest) $(PY) -m pytest -rs --durations=5 2>&1 | tee target/pytest.log
 	$(call done,pytest)
