@@ -137,7 +137,7 @@ class ProxylessCell(SiteHolder):
                     alpha = label_alpha(memo, label, len(names),
                                         f'{type(self).__name__} {label!r}: {len(names)} {kind}s')
                     self._arch_alpha[label] = alpha
-                    choices.append(CellChoice(self, label, names, alpha, softmax, mode,  # type: ignore[arg-type]
+                    choices.append(CellChoice(self, label, names, alpha, softmax, mode,
                                               kind, self._exported_input, node))
                 slots.append((node, choices[0], choices[1]))
         self._slots = slots
@@ -186,6 +186,6 @@ class ProxylessCell(SiteHolder):
                     out = input_site.ctx.tap(_OtherInputs(edges, name), tuple(states[:node]), None, j,
                                              input_site._alpha_now(), out)
                 current.append(out)
-            states.append(sum(current))  # type: ignore[arg-type]
+            states.append(sum(current))
         merged = torch.cat(states[self.num_predecessors:], self.concat_dim)
         return self.postprocessor(merged, processed)

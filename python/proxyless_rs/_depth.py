@@ -78,7 +78,7 @@ class ProxylessDepth(SiteHolder):
                                                       f'{list(values)}')
         self._arch_alpha = nn.ParameterDict({label: alpha})
         self._softmax = softmax
-        self._choice = DepthChoice(self, label, list(values), alpha, softmax, mode,  # type: ignore[arg-type]
+        self._choice = DepthChoice(self, label, list(values), alpha, softmax, mode,
                                    f'{type(self).__name__} {name!r}' if name else type(self).__name__)
 
     @property

@@ -127,7 +127,7 @@ class ProxylessLayer:
     @classmethod
     def mutate(cls, module, name, memo, mutate_kwargs):
         """NNI's mutation hook; the mode comes from ``mutate_kwargs['proxyless_mode']`` (default full)."""
-        layer = super().mutate(module, name, memo, mutate_kwargs)  # type: ignore[misc]
+        layer = super().mutate(module, name, memo, mutate_kwargs)
         if layer is not None:
             layer.mode = mutate_kwargs.get('proxyless_mode', 'full')
         return layer
@@ -161,7 +161,7 @@ class ProxylessLayer:
         if arch is None:
             return super().parameters(recurse=recurse)  # type: ignore[misc]
         # nn.Module's walk, not NNI 2.10's named_parameters (which reads arch itself, as NNI 3.0's does not).
-        return (p for name, p in nn.Module.named_parameters(self, recurse=recurse)  # type: ignore[arg-type]
+        return (p for name, p in nn.Module.named_parameters(self, recurse=recurse)
                 if (name in self._arch_parameter_names) == arch)  # type: ignore[attr-defined]
 
     @property
@@ -196,7 +196,7 @@ class ProxylessLayer:
         if torch.jit.is_tracing():
             raise RuntimeError(_NOT_TRACEABLE.format(self._name(), 'trace', 'trace'))
         if is_compiling():
-            return _forward_under_dynamo(self, args, kwargs, index)  # type: ignore[arg-type]
+            return _forward_under_dynamo(self, args, kwargs, index)
         return self.ctx.forward(self._alternatives(), args, kwargs, index, self._alpha_now())
 
     def forward_candidate(self, index: int, *args, **kwargs) -> Any:

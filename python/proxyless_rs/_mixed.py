@@ -92,7 +92,7 @@ def register_input_sizes(cls: type | str, inputs: InputSizes, spatial: Sequence[
 
 def _shapes_of(operation: nn.Module) -> OperationShapes | None:
     for cls in type(operation).__mro__:
-        shapes = INPUT_SIZES.get(cls) or INPUT_SIZES.get(f'{cls.__module__}.{cls.__qualname__}')  # type: ignore[call-overload]
+        shapes = INPUT_SIZES.get(cls) or INPUT_SIZES.get(f'{cls.__module__}.{cls.__qualname__}')
         if shapes is not None:
             return shapes
     return None
@@ -401,12 +401,12 @@ def _fit_inputs(sizes: Mapping[Any, Mapping[int, int]], given_args: tuple, given
             container, key = kwargs, keyword  # type: ignore[assignment]
         else:
             continue
-        t = container[key]  # type: ignore[index]
+        t = container[key]
         if not isinstance(t, torch.Tensor):
             continue
         for dim, size in dims.items():
             t = _fit(t, dim, int(size), 'prefix')
-        container[key] = t  # type: ignore[index]
+        container[key] = t
     return tuple(args), kwargs
 
 

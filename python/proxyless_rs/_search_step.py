@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 import torch.optim as optim
@@ -109,6 +109,24 @@ class ProxylessSearchStep:
     cost_spec: dict[str, CostSpec]
     gradient_clip_val: float | None
 
+    if TYPE_CHECKING:  # what the host, NNI's one-shot Lightning module (either version), provides
+        trainer: Any
+
+        def resample(self) -> dict[str, Any]: ...
+
+        def architecture_optimizers(self) -> Any: ...
+
+        def manual_backward(self, loss: torch.Tensor) -> None: ...
+
+        def advance_optimization(self, loss: Any, batch_idx: int, gradient_clip_val: Any = None,
+                                 gradient_clip_algorithm: Any = None) -> None: ...
+
+        def advance_lr_schedulers(self, batch_idx: int) -> None: ...
+
+        def named_modules(self) -> Iterator[tuple[str, torch.nn.Module]]: ...
+
+        def log(self, name: str, value: float) -> None: ...
+
     def _init_search(self, options: SearchOptions) -> None:
         self.exact = options.exact
         self.mode = options.mode
@@ -127,7 +145,7 @@ class ProxylessSearchStep:
 
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and \
                 getattr(self, '_distributed_search', None) is None:
-            self._distributed_search = distributed.setup(self)  # type: ignore[arg-type]
+            self._distributed_search = distributed.setup(self)
         return super().setup(stage)  # type: ignore[misc]
 
     def _draw_round(self) -> None:
@@ -135,7 +153,7 @@ class ProxylessSearchStep:
         (one collective, whatever the number of choices) when there is one."""
         search = getattr(self, '_distributed_search', None)
         with search.draws() if search is not None else contextlib.nullcontext():
-            self.resample()  # type: ignore[attr-defined]
+            self.resample()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Lightning's hook: the random streams and the cost terms' multipliers go into every
@@ -180,7 +198,7 @@ class ProxylessSearchStep:
         """Refuses a checkpoint of another search space, naming the first layer that differs (before
         Lightning's own load, whose error lists every key)."""
         here: dict[str, Any] = {}  # a layer, or a site of a module
-        for name, module in self.named_modules():  # type: ignore[attr-defined]
+        for name, module in self.named_modules():
             if isinstance(module, ProxylessLayer):
                 here[f'{name}._arch_alpha'] = module
             # the sites of a mixed operation's policy, of a cell or of a depth expression
@@ -225,7 +243,7 @@ class ProxylessSearchStep:
         """NNI's export, or under cost limits (``latency_limit``, a ``limit`` in ``cost_spec``) the most
         probable architecture whose predicted costs are within them (exact; a depth choice is one
         choice among its depths)."""
-        architecture = super().export()  # type: ignore[misc]
+        architecture = super().export()
         limits = self._cost_limits()
         if not limits:
             return architecture
@@ -251,12 +269,12 @@ class ProxylessSearchStep:
         raise NotImplementedError
 
     def _in_warmup(self) -> bool:
-        return self.trainer.current_epoch < self.warmup_epochs  # type: ignore[attr-defined]
+        return self.trainer.current_epoch < self.warmup_epochs
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
         if self.exact:
             return super().training_step(batch, batch_idx)  # type: ignore[misc]
-        arc_optim = self.architecture_optimizers()  # type: ignore[attr-defined]
+        arc_optim = self.architecture_optimizers()
         if not isinstance(arc_optim, optim.Optimizer):
             raise TypeError(f'Expect arc_optim to be a single Optimizer, but found: {arc_optim}')
         trn_batch, val_batch = batch['train'], batch['val']
@@ -278,13 +296,14 @@ class ProxylessSearchStep:
                     arc_step_loss, expected = cost_loss(arc_step_loss, self._model_root(), self.costs,
                                                         self.cost_spec)
                 arc_step_loss = self._penalized(arc_step_loss)
-                self.manual_backward(arc_step_loss)  # type: ignore[attr-defined]
-            with counted_optimizer_step(self.trainer):  # type: ignore[attr-defined]
+                self.manual_backward(arc_step_loss)
+            with counted_optimizer_step(self.trainer):
                 arc_optim.step()
             # Each parameter's pending two-path draw says whether it is rescaled (full mode: none).
             rescale_two_path(*mixed)
             for name, spec in self.cost_spec.items():
                 if spec.multiplier is not None:
+                    assert expected is not None  # a multiplier comes with a cost table, which gives expected
                     spec.multiplier.step(expected[name])
 
         # Weight step, on a training batch: no alpha-gradient work.
@@ -292,15 +311,15 @@ class ProxylessSearchStep:
         with no_arch_grad(*mixed):
             loss_and_metrics = self._inner_training_step(trn_batch, 2 * batch_idx + 1)
             w_step_loss = loss_and_metrics['loss'] if isinstance(loss_and_metrics, dict) else loss_and_metrics
-            with counted_optimizer_step(self.trainer):  # type: ignore[attr-defined]
-                self.advance_optimization(w_step_loss, batch_idx, self.gradient_clip_val)  # type: ignore[attr-defined]
+            with counted_optimizer_step(self.trainer):
+                self.advance_optimization(w_step_loss, batch_idx, self.gradient_clip_val)
 
-        self.advance_lr_schedulers(batch_idx)  # type: ignore[attr-defined]
+        self.advance_lr_schedulers(batch_idx)
         if self._log_this_step(batch_idx):
             self._log_probabilities()
             for name, value in (expected or {}).items():
                 self.log('latency/expected_ms' if name == 'latency' else f'cost/expected_{name}',
-                         float(value))  # type: ignore[attr-defined]
+                         float(value))
         return loss_and_metrics
 
     def _log_probabilities(self) -> None:

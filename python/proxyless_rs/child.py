@@ -137,7 +137,7 @@ def _export(model: nn.Module) -> dict[str, Any]:
     operations = {id(op) for op in mixed_operations(model)}
     for module in model.modules():
         if isinstance(module, (ProxylessLayer, DepthChain, ProxylessCell, ProxylessDepth)) or id(module) in operations:
-            memo.update(module.export(memo))  # type: ignore[attr-defined,operator]
+            memo.update(module.export(memo))
     return memo
 
 
