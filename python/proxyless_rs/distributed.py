@@ -97,8 +97,8 @@ class DistributedSearch:
     def _open_round(self) -> int:
         """The round's seed (rank ``src``'s) and the previous round's check, in one all-reduce (max)
         of ``[seed or -1, digest, -digest]``: every rank's digest equal iff max == -max(-digest)."""
-        rank = dist.get_rank(self.group)
-        seed = int(torch.randint(0, 2**62, ())) if rank == self.src else -1
+        # ``src`` is a global rank, as for the broadcasts outside rounds.
+        seed = int(torch.randint(0, 2**62, ())) if dist.get_rank() == self.src else -1
         digest = _digest(self._unchecked)
         buffer = torch.tensor([seed, digest, -digest], dtype=torch.int64,
                               device=self.comm_device(self.alphas[0].device))
@@ -111,7 +111,8 @@ class DistributedSearch:
             raise RuntimeError(
                 f'proxyless_rs.distributed: the ranks drew different architectures in the previous draw round '
                 f'(rank {dist.get_rank()} drew {self._unchecked}): their alphas or their softmax differ (a '
-                'softmax that draws noise, or alphas changed outside the averaged architecture step)')
+                'softmax that draws noise from a generator of its own, or alphas changed outside the averaged '
+                'architecture step)')
         self._unchecked = None
         return agreed_seed
 
