@@ -75,7 +75,14 @@ def main():
     gathered = [None] * world
     dist.all_gather_object(gathered, architecture)
     if rank == 0:
-        print(f'exported on every rank: {gathered}; test accuracy {accuracy:.3f}')
+        print(f'exported on every rank: {gathered}; test accuracy {accuracy:.3f}', flush=True)
+    # Every rank reaches the teardown together (a rank that leaves while rank 0, which holds the
+    # rendezvous store, still talks to it can leave rank 0 hanging), and DDP goes before the process
+    # group: a DDP freed after it would destroy the group holding the GIL, which a gloo thread
+    # finishing its last work may need (a deadlock seen on torch 2.13; torch's own binding of the
+    # group releases the GIL when it destroys it, DDP's reducer does not).
+    dist.barrier()
+    del ddp
     dist.destroy_process_group()
 
 

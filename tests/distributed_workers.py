@@ -72,6 +72,9 @@ def watched(target, seconds: float, rank: int, world: int, port: int, out_dir: s
 def _finish() -> None:
     # Every rank reaches the teardown together: a rank that tears down while another still
     # talks to it (rank 0 holds the TCP store) can leave that one waiting in destroy_process_group.
+    # The callers drop their DDP first, while the process group is still alive: a reducer that drops
+    # the group's last reference destroys it holding the GIL, which a gloo thread finishing its last
+    # work may need (a deadlock; torch's ProcessGroup binding releases the GIL there, the reducer not).
     dist.barrier()
     dist.destroy_process_group()
 
@@ -149,6 +152,7 @@ def plain_search(rank: int, world: int, port: int, out_dir: str, steps: int = 20
             'saved_entries': [len(m.ctx) for m in model.mixed()],
             'step0': step0,
         }, os.path.join(out_dir, f'rank{rank}.pt'))
+        del ddp
         _finish()
     except Exception:
         with open(os.path.join(out_dir, f'rank{rank}.err'), 'w') as f:
@@ -241,6 +245,7 @@ def count_collectives(rank: int, world: int, port: int, out_dir: str, layers: tu
                 results.append({'world': world, 'layers': depth, 'rounds': rounds, 'collectives': per_step,
                                 'seconds': seconds})
         torch.save(results, os.path.join(out_dir, f'rank{rank}.pt'))
+        del ddp
         _finish()
     except Exception:
         with open(os.path.join(out_dir, f'rank{rank}.err'), 'w') as f:

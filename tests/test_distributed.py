@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import multiprocessing
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -138,9 +140,15 @@ def test_two_machines_as_two_node_groups_through_torchrun_export_one_architectur
     nodes = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--node_rank',
                                str(node), '--nproc_per_node', '1', '--master_addr', '127.0.0.1', '--master_port',
                                str(port), str(example), '--epochs', '1'],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
              for node in (0, 1)]
-    outputs = [node.communicate(timeout=JOIN_TIMEOUT)[0] for node in nodes]
+    try:
+        outputs = [node.communicate(timeout=JOIN_TIMEOUT)[0] for node in nodes]
+    finally:
+        for node in nodes:  # a node still running (a hang) goes, with its workers: no stray processes
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
     assert [node.returncode for node in nodes] == [0, 0], '\n'.join(outputs)
     line = next(line for line in outputs[0].splitlines() if line.startswith('exported on every rank: '))
     gathered = ast.literal_eval(line.removeprefix('exported on every rank: ').split('; test accuracy')[0])
