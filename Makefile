@@ -20,6 +20,7 @@
 #                 docs/torch-span.md). About 6-8 min a release on 2 cores. SPAN_ARGS="2.0 2.15" for some.
 #   make wheels   the wheel of every release into dist/wheels/ (scripts/span.py wheels)
 #   make hub-matrix       NNI's hub x strategy matrix, its Proxyless row (27 spaces), under both NNIs
+#   make multinode        several machines as two torchrun node groups on this one, under both NNIs
 #
 # Set-up is two stamped phases, each printing what it does and how long it took:
 #   .venv/.deps     the Python packages of requirements-dev.txt (redone when that file changes)
@@ -80,7 +81,7 @@ PIP_NOISE := ^ *(Requirement already satisfied|Link requires|Skipping link|Found
 start = echo "==> $(1)"; SECONDS=0
 done = echo "    $(1): done in $$((SECONDS / 60)) min $$((SECONDS % 60)) s"
 
-.PHONY: demo test pytest cargo-test lint fmt-check clippy ruff mypy stubtest bench bench-smoke hub-matrix gpu develop deps wheel \
+.PHONY: demo test pytest cargo-test lint fmt-check clippy ruff mypy stubtest bench bench-smoke hub-matrix multinode gpu develop deps wheel \
 	wheel-check test-nni3 checkpoint-fixtures demo-nni3 nni3-env test-regression regression-env span wheels clean
 
 deps: $(DEPS)
@@ -297,6 +298,13 @@ hub-matrix: $(DEVELOP) $(NNI3_VENV)/.installed
 	$(PY) -m pytest -rs -m matrix tests/test_hub.py
 	$(NNI3_VENV)/bin/python -m pytest -rs -m matrix tests/test_hub.py
 	$(call done,NNI's hub matrix)
+
+# Several machines, as two torchrun node groups on this one (docs/distributed.md), under both NNIs;
+# outside make test and CI, since gloo's teardown can hang on a loaded host (the test then fails
+# after 3 min and kills the groups).
+multinode: $(DEVELOP) $(NNI3_VENV)/.installed
+	$(PY) -m pytest -rs -m multinode tests/test_distributed.py
+	$(NNI3_VENV)/bin/python -m pytest -rs -m multinode tests/test_distributed.py
 
 # --- other torch releases -------------------------------------------------------------------------
 # $(REG_VENV): torch==$(TORCH) and the NNI 2.10 stack, then proxyless-rs the way a user with that

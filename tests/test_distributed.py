@@ -131,6 +131,7 @@ def test_ranks_that_draw_differently_fail_at_the_next_round(tmp_path):
         assert 'the ranks drew different architectures in the previous draw round' in message
 
 
+@pytest.mark.multinode
 def test_two_machines_as_two_node_groups_through_torchrun_export_one_architecture():
     # docs/distributed.md's recipe for several machines, both "machines" on this one: each node runs
     # torchrun with its --node_rank, the rendezvous at node 0's address; every rank exports one
