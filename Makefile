@@ -5,7 +5,8 @@
 #   make test     set up, build, run the pytest suite and the Rust unit tests
 #   make lint     set up, build, run the gates: cargo fmt --check, cargo clippy -D warnings, ruff, mypy, stubtest
 #   make bench    set up, build, run the benchmarks (speed; memory and step time on the paper's space; value
-#                 choices: searches with a known answer, a search step on NNI's MobileNetV3 and AutoFormer)
+#                 choices: searches with a known answer, a search step on NNI's MobileNetV3 and AutoFormer;
+#                 collectives per step; a search step against the same step in plain torch, the floor)
 #   make gpu      set up, build, run everything that needs a GPU (scripts/gpu_check.sh)
 #   make wheel    build a wheel into dist/ against the torch of .venv (2.13), the way
 #                 `pip install --no-build-isolation .` builds (build_backend/proxyless_build/)
@@ -207,6 +208,8 @@ bench: $(DEVELOP) $(NNI3_VENV)/.installed
 	$(PY) benchmarks/spaces.py --table benchmarks/results/darts.json --space darts
 	$(PY) benchmarks/spaces.py --plot benchmarks/results/darts.json benchmarks/results/darts.png --space darts
 	$(PY) benchmarks/distributed.py --out benchmarks/results/distributed.json
+	$(PY) benchmarks/floor.py --out benchmarks/results/floor.json
+	$(NNI3_VENV)/bin/python benchmarks/floor.py --out benchmarks/results/floor-nni3.json
 
 bench-smoke: $(DEVELOP)
 	@$(call start,benchmark smoke run (tiny shapes))
@@ -223,6 +226,7 @@ bench-smoke: $(DEVELOP)
 	$(PY) benchmarks/spaces.py --table target/bench-smoke/spaces.json > target/bench-smoke/spaces.md
 	$(PY) benchmarks/spaces.py --plot target/bench-smoke/spaces.json target/bench-smoke/darts.png --space darts
 	$(PY) benchmarks/distributed.py --world 2 --layers 2 --steps 1 --out target/bench-smoke/distributed.json
+	$(PY) benchmarks/floor.py --smoke --out target/bench-smoke/floor.json
 	$(call done,benchmark smoke run)
 
 gpu: $(DEVELOP)

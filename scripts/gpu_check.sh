@@ -3,7 +3,8 @@
 #   1. the CUDA tests: the device-parametrized regression, two-path and kernel tests on cuda,
 #      tests/test_cuda.py (the binary-gate backward under torch.cuda.set_sync_debug_mode('error'):
 #      no host round trip), and the NCCL search on two GPUs where there are two;
-#   2. the benchmarks on the GPU (benchmarks/run.py --device cuda).
+#   2. the benchmarks on the GPU (benchmarks/run.py --device cuda; benchmarks/floor.py --device cuda,
+#      the floor ratios).
 #
 #   make gpu                                 # builds first if needed, then runs this
 #   bash scripts/gpu_check.sh [OUT]          # in a set-up checkout; OUT defaults to gpu-results/<UTC time>
@@ -52,6 +53,11 @@ echo "==> [2/2] benchmarks on the GPU (benchmarks/run.py --device cuda ${GPU_BEN
 "$PY" benchmarks/run.py --device cuda --out "$OUT/bench" ${GPU_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.txt"
 bench_status=${PIPESTATUS[0]}
 [ "$bench_status" -eq 0 ] || status=1
+# The floor: a search step against the same step in plain torch (GPU_BENCH_ARGS=--smoke applies here too).
+# shellcheck disable=SC2086
+"$PY" benchmarks/floor.py --device cuda --out "$OUT/bench/floor.json" ${GPU_BENCH_ARGS:-} 2>&1 | tee "$OUT/floor.txt"
+floor_status=${PIPESTATUS[0]}
+[ "$floor_status" -eq 0 ] || { status=1; bench_status=$floor_status; }
 echo "    benchmarks: exit $bench_status, $SECONDS s"
 
 {

@@ -171,6 +171,24 @@ def test_weight_step_does_no_alpha_gradient_work(monkeypatch):
     assert all(m.ctx.enabled for m in strategy.model.nas_modules)  # restored after each weight step
 
 
+def test_the_step_blocks_are_made_once_per_search(monkeypatch):
+    # Each block walks every module when made: the strategy makes each once and enters it at every
+    # step (a block made at each step cost as much as a small supernet's whole step overhead).
+    import proxyless_rs._search_step as search_step
+
+    made = []
+    for name in ('no_arch_grad', 'no_weight_grad'):
+        original = getattr(search_step, name)
+        monkeypatch.setattr(search_step, name,
+                            lambda *modules, _name=name, _original=original, **kwargs:
+                            made.append(_name) or _original(*modules, **kwargs))
+    strategy = Proxyless()
+    run(strategy, max_epochs=2)
+    assert sorted(made) == ['no_arch_grad', 'no_weight_grad']
+    assert all(m.ctx.enabled for m in strategy.model.nas_modules)
+    assert all(p.requires_grad for p in strategy.model.parameters())
+
+
 def test_probabilities_are_logged_every_n_steps(monkeypatch):
     logged = []
     monkeypatch.setattr(proxyless_rs.ProxylessLightningModule, 'log_dict',

@@ -7,6 +7,7 @@ File checks, no build: the builds themselves are `make span`'s (docs/torch-span.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -210,3 +211,38 @@ def test_the_patch_stops_where_the_file_is_not_as_expected(tmp_path):
     build_rs.write_text('.flag("-std=c++14")')
     with pytest.raises(span.BuildError, match='expected .* once'):
         torch_sys_patch._replace_once(build_rs, '.flag("-std=c++17")', '.flag("-std=c++20")')
+
+
+def registry_torch_sys(version: str) -> Path | None:
+    """cargo's registry copy of torch-sys ``version`` (where this machine's builds fetched it)."""
+    home = Path(os.environ.get('CARGO_HOME', Path.home() / '.cargo'))
+    found = sorted(home.glob(f'registry/src/*/torch-sys-{version}'))
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize('version, patch', sorted(torch_sys_patch.REVIEWED))
+def test_the_patch_makes_exactly_the_reviewed_diff(tmp_path, version, patch):
+    import difflib
+
+    source = registry_torch_sys(version)
+    if source is None:
+        pytest.skip(f'torch-sys {version} is not in cargo\'s registry here (no build has fetched it)')
+    dest = tmp_path / 'patched'
+    torch_sys_patch.patch_copy(source, dest, version, patch)
+    diff = []
+    for name in torch_sys_patch.REVIEWED[(version, patch)]:
+        before = (source / name).read_text().splitlines(keepends=True)
+        after = (dest / name).read_text().splitlines(keepends=True)
+        diff += difflib.unified_diff(before, after, f'a/{name}', f'b/{name}', n=3)
+    assert ''.join(diff) == torch_sys_patch.reviewed_diff(version, patch).read_text()
+
+
+def test_the_patch_refuses_a_source_that_is_not_the_registrys_release(tmp_path):
+    (version, patch), files = next(iter(torch_sys_patch.REVIEWED.items()))
+    source = tmp_path / 'torch-sys'
+    for name in files:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text('.flag("-std=c++17")\n.flag("/std:c++17")\n')
+    with pytest.raises(span.BuildError, match="is not the registry's torch-sys .*nothing was built"):
+        torch_sys_patch.patch_copy(source, tmp_path / 'patched', version, patch)
+    assert not (tmp_path / 'patched').exists()

@@ -111,3 +111,47 @@ def test_requires_grad_is_restored_when_the_block_raises_and_frozen_parameters_s
             assert not net.head.weight.requires_grad and net.first._arch_alpha.requires_grad
             raise RuntimeError('inside')
     assert net.head.weight.requires_grad and not net.head.bias.requires_grad
+
+
+def test_a_block_made_once_and_entered_at_every_step_gives_the_gradients_of_one_made_at_each_step():
+    # README's recipe makes both blocks once, outside the loop; entered again (and inside itself),
+    # each must switch off and restore exactly what a block made at that step does.
+    net = build('rs')
+    x = torch.randn(6, 8)
+    frozen_once, skipping_once = no_weight_grad(net), proxyless_rs.no_arch_grad(net)
+    weights = weight_parameters(net).values()
+    contexts = [layer.ctx for layer in net.mixed()]
+    for seed in range(4):
+        expected = alpha_grads(net, x, seed, frozen=True)
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)
+        net.resample()
+        with frozen_once:
+            with frozen_once:  # entered inside itself: the outer exit restores
+                pass
+            assert not any(p.requires_grad for p in weights)
+            net(x).square().mean().backward()
+        assert all(p.requires_grad and p.grad is None for p in weights)
+        for name, p in arch_parameters(net).items():
+            torch.testing.assert_close(p.grad, expected[name], rtol=0, atol=0)
+        with skipping_once:
+            with skipping_once:
+                pass
+            assert not any(ctx.enabled for ctx in contexts)
+            net(x).square().mean().backward()
+        assert all(ctx.enabled for ctx in contexts)
+        assert all(len(ctx) == 0 for ctx in contexts)
+
+
+def test_the_module_walk_is_nn_modules_own_order_with_shared_and_missing_modules():
+    from proxyless_rs._choices import modules_of
+
+    shared = nn.Linear(2, 2)
+    inner = nn.Sequential(shared, nn.ReLU(), shared)
+    net = nn.Sequential(inner, nn.ModuleDict({'a': shared, 'b': nn.Sequential(nn.Tanh(), inner)}), nn.Identity())
+    net.register_module('missing', None)
+    assert modules_of(net) == list(net.modules())
+    first = list(inner.modules())
+    assert modules_of(inner, net) == first + [m for m in net.modules() if m not in first]
+    regression = build('rs')
+    assert modules_of(regression) == list(regression.modules())

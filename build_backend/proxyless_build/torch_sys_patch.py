@@ -14,10 +14,16 @@ The C symbols stay, so tch's Rust bindings link unchanged; proxyless-rs calls no
 Cargo builds the copy through ``[patch.crates-io]`` in the stage's Cargo.toml. Nothing outside
 the target folder is modified, and each edit must match exactly where it is expected, or the
 build stops with the file and the edit that did not apply.
+
+The edits are pinned at both ends: each file they touch must hold the exact bytes of the registry's
+release before (sha256) and the exact reviewed bytes after (``REVIEWED``), or the build stops naming
+the file. The reviewed change itself is committed beside this module as a unified diff
+(``torch-sys-<release>-<patch>.diff``; tests/test_build_backend.py checks the edits still make it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -29,6 +35,35 @@ from .span import BuildError
 # The ops torch 2.14 removed from the C++ API that tch 0.26's generated wrapper still calls.
 REMOVED_OPS = ('cholesky', 'cholesky_out', 'qr', 'qr_out')
 PATCHES = ('cxx20-removed-ops',)
+
+# (torch-sys release, patch) -> {file: (sha256 of the registry's bytes, sha256 of the patched bytes)}.
+REVIEWED = {
+    ('0.26.0', 'cxx20-removed-ops'): {
+        'build.rs': ('d520a8ba62620cff8768113ab13e25e909a11adde8058e0d90acb3e7484b7eb9',
+                     '6e90fc0bbf1eb26cc3c65f6f141853d247902289a82011dc175b366bfb293739'),
+        'libtch/torch_api_generated.cpp': ('d833ea5381c09ee20e0d156b9ad2429995fbc6f9af4e16674c01c0ab8ed4e72b',
+                                           'e964d6b2c5fdcf7808ab0968e9ae74cdca1cae9bd732ab01d5d97bbb88a4d55d'),
+    },
+}
+
+
+def reviewed_diff(version: str, patch: str) -> Path:
+    """The committed unified diff of ``patch`` on torch-sys ``version``: what the edits make."""
+    return Path(__file__).with_name(f'torch-sys-{version}-{patch}.diff')
+
+
+def _check_bytes(root: Path, version: str, patch: str, stage: int) -> None:
+    """Each file of the patch holds the bytes it must before (``stage`` 0) or after (1) the edits."""
+    files = REVIEWED.get((version, patch))
+    if files is None:
+        raise BuildError(f'proxyless-rs: torch-sys patch {patch!r} has no reviewed result for torch-sys {version} '
+                         f'(REVIEWED in {__file__})')
+    for name, digests in files.items():
+        got = hashlib.sha256((root / name).read_bytes()).hexdigest()
+        if got != digests[stage]:
+            what = 'the registry\'s torch-sys' if stage == 0 else 'the reviewed result'
+            raise BuildError(f'proxyless-rs: torch-sys patch {patch!r}: {root / name} is not {what} {version} '
+                             f'(sha256 {got}, expected {digests[stage]}); nothing was built from it')
 
 
 def crate_source(stage_dir: Path, crate: str, version: str) -> Path:
@@ -96,14 +131,23 @@ def apply_patch(stage_dir: Path, dest: Path, version: str, patch: str) -> None:
     if patch not in PATCHES:
         raise BuildError(f'proxyless-rs: torch-span.toml names an unknown torch-sys patch {patch!r} ({PATCHES})')
     source = crate_source(stage_dir, 'torch-sys', version)
+    patch_copy(source, dest, version, patch)
+    stubbed = ', '.join(REMOVED_OPS)
+    print(f'proxyless-rs: torch-sys {version} patched ({patch}: -std=c++20, stubbed {stubbed}) in {dest}')
+
+
+def patch_copy(source: Path, dest: Path, version: str, patch: str) -> None:
+    """``dest``: a copy of torch-sys ``version``'s sources at ``source`` with ``patch`` applied,
+    checked at both ends against ``REVIEWED``."""
+    _check_bytes(source, version, patch, 0)
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(source, dest)
     _replace_once(dest / 'build.rs', '.flag("-std=c++17")', '.flag("-std=c++20")')
     _replace_once(dest / 'build.rs', '.flag("/std:c++17")', '.flag("/std:c++20")')
-    stubbed = _stub_removed_ops(dest / 'libtch' / 'torch_api_generated.cpp')
+    _stub_removed_ops(dest / 'libtch' / 'torch_api_generated.cpp')
+    _check_bytes(dest, version, patch, 1)
     # A path dependency now: cargo reads no registry markers from it.
     (dest / '.cargo-ok').unlink(missing_ok=True)
     (dest / '.cargo_vcs_info.json').unlink(missing_ok=True)
     (dest / '.proxyless-patch').write_text(patch)
-    print(f'proxyless-rs: torch-sys {version} patched ({patch}: -std=c++20, stubbed {", ".join(stubbed)}) in {dest}')

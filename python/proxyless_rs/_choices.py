@@ -12,7 +12,6 @@ A choice has ``label``, ``ctx`` (its ``ProxylessContext``), ``_arch_alpha``, ``s
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -23,23 +22,48 @@ from ._layer import ProxylessLayer
 from ._mixed import ProxylessMixedOpPolicy
 from ._site import SiteHolder
 
-__all__ = ['choices', 'beyond_nni', 'no_arch_grad', 'no_weight_grad', 'rescale_two_path', 'unique_arch_parameters']
+__all__ = ['choices', 'choices_among', 'modules_of', 'beyond_nni', 'no_arch_grad', 'no_weight_grad', 'rescale_two_path',
+           'unique_arch_parameters']
+
+
+def modules_of(*roots: nn.Module) -> list[nn.Module]:
+    """Every module inside ``roots``, each once, in ``nn.Module.modules()``'s order (depth first,
+    parents before children), read from the ``_modules`` dicts without building ``named_modules``'
+    names (twice as fast): what every walk below starts from."""
+    seen: set[int] = set()
+    found: list[nn.Module] = []
+    stack: list[nn.Module | None] = list(reversed(roots))
+    pop, push, visit, mark = stack.pop, stack.extend, found.append, seen.add
+    while stack:
+        module = pop()
+        if module is None or id(module) in seen:
+            continue
+        mark(id(module))
+        visit(module)
+        children = module.__dict__['_modules']
+        if children:
+            push(reversed(children.values()))
+    return found
 
 
 def choices(*modules: nn.Module) -> Iterator[Any]:
     """The choices inside ``modules`` in module order: each mixed layer or input, each label of each
     mixed operation (in the operation's order), each slot's op and input of each cell, the label of
     each depth expression."""
-    for root in modules:
-        for module in root.modules():
-            if isinstance(module, ProxylessLayer):
-                yield module
-                continue
-            policy = module.__dict__.get('sampling_policy')
-            if isinstance(policy, ProxylessMixedOpPolicy):
-                yield from policy.sites.values()
-            elif isinstance(module, SiteHolder):
-                yield from module.choice_sites()
+    return choices_among(modules_of(*modules))
+
+
+def choices_among(modules: Iterable[nn.Module]) -> Iterator[Any]:
+    """The choices of each of ``modules`` itself (not inside it), in the order given."""
+    for module in modules:
+        if isinstance(module, ProxylessLayer):
+            yield module
+            continue
+        policy = module.__dict__.get('sampling_policy')
+        if isinstance(policy, ProxylessMixedOpPolicy):
+            yield from policy.sites.values()
+        elif isinstance(module, SiteHolder):
+            yield from module.choice_sites()
 
 
 def beyond_nni(*modules: nn.Module) -> list[str]:
@@ -53,7 +77,7 @@ def beyond_nni(*modules: nn.Module) -> list[str]:
             m.__dict__.get('sampling_policy'), ProxylessMixedOpPolicy)),
                           ('cells', lambda m: isinstance(m, ProxylessCell)),
                           ('depth expressions', lambda m: isinstance(m, ProxylessDepth))):
-        if any(present(m) for root in modules for m in root.modules()):
+        if any(present(m) for m in modules_of(*modules)):
             found.append(kind)
     return found
 
@@ -63,10 +87,9 @@ def unique_arch_parameters(choices: Iterable[Any]) -> list[ArchParameter]:
     return list({id(choice.ctx.arch): choice.ctx.arch for choice in choices}.values())
 
 
-@contextlib.contextmanager
-def no_arch_grad(*modules: nn.Module) -> Iterator[None]:
+class no_arch_grad:  # noqa: N801 (a block, named as torch.no_grad is)
     """Within this block, the ProxylessNAS choices inside ``modules`` (mixed layers and inputs, the
-    value choices of mixed operations) skip their alpha-gradient work.
+    value choices of mixed operations, cells, depth expressions) skip their alpha-gradient work.
 
     Forwards save nothing and attach no hook, so backward neither evaluates the unsampled
     candidates nor touches ``alpha.grad``: use it around a weight step whose alpha gradients
@@ -74,22 +97,30 @@ def no_arch_grad(*modules: nn.Module) -> Iterator[None]:
     the unsampled candidates' forwards in backward no longer run, so they neither update their
     BatchNorm running statistics nor draw random numbers (dropout), and later draws shift.
     Other modules (NNI's own layers included) are left as they are.
+
+    The block finds the choices when it is made, walking ``modules``; made once and entered at
+    every step (``block = no_arch_grad(net)`` ... ``with block:``), it saves that walk, and then
+    covers the choices ``modules`` held when it was made. It may be entered again inside itself.
     """
-    contexts = [choice.ctx for choice in choices(*modules)]
-    previous = [ctx.enabled for ctx in contexts]
-    for ctx in contexts:
-        ctx.enabled = False
-    try:
-        yield
-    finally:
-        for ctx, enabled in zip(contexts, previous):
+
+    def __init__(self, *modules: nn.Module):
+        self._contexts = [choice.ctx for choice in choices(*modules)]
+        self._previous: list[list[bool]] = []
+
+    def __enter__(self) -> None:
+        contexts = self._contexts
+        self._previous.append([ctx.enabled for ctx in contexts])
+        for ctx in contexts:
+            ctx.enabled = False
+
+    def __exit__(self, *exc: object) -> None:
+        for ctx, enabled in zip(self._contexts, self._previous.pop()):
             ctx.enabled = enabled
 
 
-@contextlib.contextmanager
-def no_weight_grad(*modules: nn.Module, keep: Iterable[torch.Tensor] = ()) -> Iterator[None]:
+class no_weight_grad:  # noqa: N801 (a block, named as torch.no_grad is)
     """Within this block, backward computes the architecture gradients only: every parameter of
-    ``modules`` but the ProxylessNAS layers' alphas (and the tensors in ``keep``) has
+    ``modules`` but the ProxylessNAS choices' alphas (and the tensors in ``keep``) has
     ``requires_grad`` off, restored on exit. The mirror image of :func:`no_arch_grad`, for an
     architecture step.
 
@@ -101,17 +132,32 @@ def no_weight_grad(*modules: nn.Module, keep: Iterable[torch.Tensor] = ()) -> It
     its input and weights require), so every alpha gets exactly the gradient it gets without the
     block. What differs: no weight gets a gradient from the step (one-shot strategies clear them
     before the weight step anyway), and a hook on a weight does not fire.
+
+    As :func:`no_arch_grad`, the block finds the parameters when it is made; made once and entered
+    at every step, it saves that walk and covers the parameters ``modules`` held when it was made.
+    Only the parameters that require a gradient on entry are switched off and back on.
     """
-    kept = {id(choice._arch_alpha) for choice in choices(*modules)} | {id(t) for t in keep}
-    frozen = list({id(p): p for root in modules for p in root.parameters()
-                   if p.requires_grad and id(p) not in kept}.values())
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
+
+    def __init__(self, *modules: nn.Module, keep: Iterable[torch.Tensor] = ()):
+        inside = modules_of(*modules)
+        kept = {id(choice._arch_alpha) for choice in choices_among(inside)} | {id(t) for t in keep}
+        found: dict[int, torch.Tensor] = {}
+        for module in inside:
+            for p in module.__dict__['_parameters'].values():
+                if p is not None and id(p) not in kept:
+                    found[id(p)] = p
+        self._parameters = list(found.values())
+        self._frozen: list[list[torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        frozen = [p for p in self._parameters if p.requires_grad]
         for p in frozen:
-            p.requires_grad_(True)
+            p.requires_grad = False
+        self._frozen.append(frozen)
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self._frozen.pop():
+            p.requires_grad = True
 
 
 def rescale_two_path(*modules: nn.Module) -> None:

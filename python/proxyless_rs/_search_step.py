@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import TYPE_CHECKING, Any, Iterator
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 import torch.optim as optim
@@ -42,6 +43,9 @@ from .checkpoint import rng_state, set_rng_state
 from .hardware.export import RankedArchitecture, constrained_export, predicted_latency, top_architectures
 from .hardware.loss import LATENCY_OPTIONS, CostSpec, cost_loss, costs_with_latency
 from .hardware.tables import CostTable
+
+# Each search module's blocks (ProxylessSearchStep._block), dropped with the module.
+_BLOCKS: weakref.WeakKeyDictionary[Any, dict[str, tuple[list[weakref.ref], Any]]] = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +151,18 @@ class ProxylessSearchStep:
                 getattr(self, '_distributed_search', None) is None:
             self._distributed_search = distributed.setup(self)
         return super().setup(stage)  # type: ignore[misc]
+
+    def _block(self, kind: str, objects: list[Any], make: Callable[[], Any]) -> Any:
+        """The search step's ``no_weight_grad`` or ``no_arch_grad`` (``kind``) over ``objects``, made
+        once and kept while the step passes the same objects (the model root and the architecture
+        optimizer's parameters, or the mixed modules): each made anew walks every module of the
+        supernet, which costs as much as a small supernet's whole step overhead. Kept in ``_BLOCKS``,
+        outside the module's state (nothing for a checkpoint or a pickle to carry)."""
+        cache = _BLOCKS.setdefault(self, {})
+        entry = cache.get(kind)
+        if entry is None or len(entry[0]) != len(objects) or any(r() is not o for r, o in zip(entry[0], objects)):
+            entry = cache[kind] = ([weakref.ref(o) for o in objects], make())
+        return entry[1]
 
     def _draw_round(self) -> None:
         """Draws every choice (NNI's ``resample``): in one draw round of the data-parallel search
@@ -288,7 +304,8 @@ class ProxylessSearchStep:
             # Alpha's gradient only: no weight gradient is computed, nor anything saved for one (the
             # weight step's optimizer clears weight gradients before its own backward, in NNI too).
             arch_params = [p for group in arc_optim.param_groups for p in group['params']]
-            with no_weight_grad(self._model_root(), keep=arch_params):
+            root = self._model_root()
+            with self._block('arch step', [root, *arch_params], lambda: no_weight_grad(root, keep=arch_params)):
                 arc_step_loss = self._inner_training_step(val_batch, 2 * batch_idx)
                 if isinstance(arc_step_loss, dict):
                     arc_step_loss = arc_step_loss['loss']
@@ -308,7 +325,7 @@ class ProxylessSearchStep:
 
         # Weight step, on a training batch: no alpha-gradient work.
         self._draw_round()
-        with no_arch_grad(*mixed):
+        with self._block('weight step', mixed, lambda: no_arch_grad(*mixed)):
             loss_and_metrics = self._inner_training_step(trn_batch, 2 * batch_idx + 1)
             w_step_loss = loss_and_metrics['loss'] if isinstance(loss_and_metrics, dict) else loss_and_metrics
             with counted_optimizer_step(self.trainer):

@@ -1,0 +1,304 @@
+"""The single-path floor: a search step of proxyless_rs against the same step written in plain torch.
+
+    python benchmarks/floor.py                  # all cases, results in benchmarks/results/floor.json
+    python benchmarks/floor.py --smoke          # tiny shapes, a few samples (what CI runs)
+    python benchmarks/floor.py --case overhead --threads 1
+    python benchmarks/floor.py --device cuda    # on a GPU (scripts/gpu_check.sh runs this)
+
+A weight step's floor is the child network's training step: the sampled path as plain modules (the
+very candidate modules the supernet holds, so the same weights), forward and backward. An
+architecture step's floor is that child's forward, the backward of the data gradient alone (the
+child's weights frozen), and the other n - 1 candidates' forwards on each layer's saved input, each dotted
+with the layer's output gradient, then the binary-gate formula of the ProxylessNAS paper
+(``dL/dalpha_i = p_i (dot_i - sum_j p_j dot_j)``) into ``alpha.grad``.
+
+proxyless_rs's steps are README's recipe: ``resample``, then forward and backward inside
+``no_arch_grad`` (weight step) or ``no_weight_grad`` (architecture step); the draw and the blocks
+count against it, as they do in a search (the blocks are made once, outside the loop, as README
+shows). The floor draws nothing: it is handed our draw. Each step first clears the gradients of
+what its optimizer would hold: ours every weight of the supernet, the floor its child's.
+
+Both run in one process on the same supernet; samples alternate between them (the order flips every
+sample) so that drift of the machine hits both alike, and sample i of both follows the architecture
+our draw i picked. Reported: min / median / max milliseconds per step and the median of the paired
+ratios ours / floor (1.0 is the floor; > 1 is our overhead). The floor also checks itself: its alpha
+gradient must equal ours on the same draw and data (to float rounding), or the script fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import proxyless_rs  # noqa: E402
+import run  # noqa: E402
+from run import MALLOC_PINS, machine, sync  # noqa: E402
+from supernets import ConvSupernet, MixedChain  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / 'results'
+
+
+class Case:
+    def __init__(self, name: str, description: str, build: Callable[[], nn.Module],
+                 make_input: Callable[[], torch.Tensor], samples: int, steps_per_sample: int):
+        self.name, self.description, self.build, self.make_input = name, description, build, make_input
+        self.samples, self.steps_per_sample = samples, steps_per_sample
+
+
+def cases(smoke: bool) -> list[Case]:
+    layer, inp = proxyless_rs.ProxylessMixedLayer, proxyless_rs.ProxylessMixedInput
+    if smoke:
+        return [
+            Case('overhead', 'L=2, n=3, Linear(8) + ReLU, batch 2 (smoke)',
+                 partial(MixedChain, layer, inp, depth=2, n=3, dim=8, act=torch.relu), lambda: torch.randn(2, 8), 3, 2),
+            Case('conv', 'conv supernet, 1 block, 4 channels, 8x8 (smoke)',
+                 partial(ConvSupernet, layer, inp, depth=1, channels=4), lambda: torch.randn(2, 3, 8, 8), 3, 1),
+        ]
+    return [
+        Case('overhead', 'L=20, n=7, Linear(64) + ReLU, batch 8',
+             partial(MixedChain, layer, inp, depth=20, n=7, dim=64, act=torch.relu), lambda: torch.randn(8, 64),
+             21, 20),
+        Case('compute', 'L=8, n=7, Linear(1024) + ReLU, batch 256',
+             partial(MixedChain, layer, inp, depth=8, n=7, dim=1024, act=torch.relu), lambda: torch.randn(256, 1024),
+             11, 1),
+        Case('conv', 'MobileNetV2 blocks k3/5/7 x e3/6 + identity + zero, L=4, 16 ch, 32x32, batch 16',
+             partial(ConvSupernet, layer, inp, depth=4, channels=16), lambda: torch.randn(16, 3, 32, 32), 21, 1),
+    ]
+
+
+def draw(net: nn.Module) -> None:
+    memo: dict = {}
+    for layer in net.mixed():
+        memo.update(layer.resample(memo))
+
+
+def loss_of(out: torch.Tensor) -> torch.Tensor:
+    return out.square().mean()
+
+
+# ---- ours: README's recipe -------------------------------------------------------------------------
+
+def ours_weight_step(net: nn.Module, x: torch.Tensor, weights: list, block: proxyless_rs.no_arch_grad) -> None:
+    draw(net)
+    for p in weights:
+        p.grad = None
+    with block:
+        loss_of(net(x)).backward()
+
+
+def ours_arch_step(net: nn.Module, x: torch.Tensor, weights: list, block: proxyless_rs.no_weight_grad) -> None:
+    draw(net)
+    for p in weights:
+        p.grad = None
+    with block:
+        loss_of(net(x)).backward()
+
+
+# ---- the floor: plain torch on the path our draw picked ---------------------------------------------
+
+class Floor:
+    """The child network of ``net``'s current draw, as plain torch over ``net``'s own modules.
+
+    ``prepare()`` (outside the timed region, once per draw) builds the child: a shallow copy of the
+    supernet whose mixed layers are replaced by their sampled candidates, so that what lies between
+    the layers is the same code and the weights are the same tensors; and a second copy whose
+    candidates record their input and output, for the architecture step."""
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+        self.layers = net.mixed()
+        self.weights = weights_of(net)
+        self.record: list = []
+
+    def prepare(self) -> None:
+        chosen = [layer.candidate(layer.active_index) for layer in self.layers]
+        self.child = _with_layers(self.net, chosen)
+        self.recording_child = _with_layers(self.net, [_Recorder(m, self.record) for m in chosen])
+        self.child_weights = weights_of(self.child)
+
+    def weight_step(self, x: torch.Tensor) -> None:
+        for p in self.child_weights:
+            p.grad = None
+        loss_of(self.child(x)).backward()
+
+    def arch_step(self, x: torch.Tensor) -> None:
+        for p in self.child_weights:
+            p.grad = None
+        record = self.record
+        record.clear()
+        for p in self.child_weights:
+            p.requires_grad = False
+        try:
+            out = self.recording_child(x)
+            grads = torch.autograd.grad(loss_of(out), [o for _, o in record])
+        finally:
+            for p in self.child_weights:
+                p.requires_grad = True
+        with torch.no_grad():
+            for layer, (inp, output), grad in zip(self.layers, record, grads):
+                index = layer.active_index
+                outputs = torch.stack([output if k == index else layer.candidate(k)(inp)
+                                       for k in range(len(layer.names))])
+                dots = outputs.view(len(outputs), -1).mv(grad.view(-1))
+                alpha = layer._arch_alpha
+                p = torch.softmax(alpha, -1)
+                g = p * (dots - p.dot(dots))
+                alpha.grad = g if alpha.grad is None else alpha.grad.add_(g)
+
+
+def weights_of(net: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``net`` but the alphas: what a weight optimizer holds and clears."""
+    return [p for name, p in net.named_parameters() if not name.endswith('_arch_alpha')]
+
+
+def _with_layers(net: nn.Module, modules: list[nn.Module]) -> nn.Module:
+    child = copy.copy(net)
+    child.__dict__['_modules'] = dict(net._modules)
+    holder = 'layers' if 'layers' in net._modules else 'blocks'
+    child._modules[holder] = nn.ModuleList(modules)
+    return child
+
+
+class _Recorder(nn.Module):
+    def __init__(self, module: nn.Module, record: list):
+        super().__init__()
+        self.module, self.record = module, record
+
+    def forward(self, x):
+        out = self.module(x)
+        if out is x:  # identity: its own node, so that its gradient is the block's alone
+            out = x.view_as(x)
+        if not out.requires_grad:  # the first layer: nothing before it needs a gradient
+            out = out.detach().requires_grad_()
+        self.record.append((x.detach(), out))
+        return out
+
+
+# ---- timing -------------------------------------------------------------------------------------------
+
+def check_same_alpha_grad(case: Case) -> float:
+    """The floor's architecture step gives our alpha gradient (it is the formula, not a guess)."""
+    torch.manual_seed(0)
+    net = case.build().to(run.DEVICE)
+    x = case.make_input().to(run.DEVICE)
+    floor = Floor(net)
+    torch.manual_seed(1)
+    draw(net)
+    net.zero_grad(set_to_none=True)
+    with proxyless_rs.no_weight_grad(net):
+        loss_of(net(x)).backward()
+    ours = [layer._arch_alpha.grad.clone() for layer in floor.layers]
+    net.zero_grad(set_to_none=True)
+    floor.prepare()
+    floor.arch_step(x)
+    worst = max(float((a - layer._arch_alpha.grad).abs().max() / (a.abs().max() + 1e-30))
+                for a, layer in zip(ours, floor.layers))
+    if worst > 1e-4:
+        raise AssertionError(f'{case.name}: the floor\'s alpha gradient differs from ours by {worst:.2e} (relative)')
+    return worst
+
+
+def time_pair(case: Case, step: str) -> dict:
+    torch.manual_seed(0)
+    net = case.build().to(run.DEVICE)
+    x = case.make_input().to(run.DEVICE)
+    floor = Floor(net)
+    ours = ours_weight_step if step == 'weight' else ours_arch_step
+    floor_step = floor.weight_step if step == 'weight' else floor.arch_step
+
+    block = proxyless_rs.no_arch_grad(net) if step == 'weight' else proxyless_rs.no_weight_grad(net)
+
+    def run_ours():
+        ours(net, x, floor.weights, block)
+
+    def run_floor():
+        floor_step(x)
+
+    times: dict[str, list[float]] = {'floor': [], 'ours': []}
+    for sample in range(case.samples + 1):  # sample 0 is a warm-up
+        order = [('ours', run_ours), ('floor', run_floor)]
+        for name, step_fn in (order if sample % 2 else order[::-1]):
+            torch.manual_seed(sample)
+            draw(net)  # the floor follows draw `sample`; ours draws it again from the same seed
+            floor.prepare()
+            torch.manual_seed(sample)
+            sync()
+            start = time.perf_counter()
+            for _ in range(case.steps_per_sample):
+                step_fn()
+            sync()
+            elapsed = (time.perf_counter() - start) / case.steps_per_sample
+            if sample:
+                times[name].append(elapsed * 1e3)
+    result = {'case': case.name, 'step': step, 'description': case.description, 'unit': 'ms/step'}
+    for name, values in times.items():
+        result[name] = {'min': min(values), 'median': statistics.median(values), 'max': max(values)}
+    ratios = [o / f for o, f in zip(times['ours'], times['floor'])]
+    result['ratios'] = ratios
+    result['ratio'] = statistics.median(ratios)
+    return result
+
+
+def table(results: list[dict]) -> str:
+    lines = ['| case | step | floor ms (min / median / max) | ours ms (min / median / max) | ours / floor |',
+             '|---|---|---|---|---|']
+    for r in results:
+        def fmt(t):
+            return f"{t['min']:.3f} / {t['median']:.3f} / {t['max']:.3f}"
+        lines.append(f"| {r['case']}: {r['description']} | {r['step']} | {fmt(r['floor'])} | {fmt(r['ours'])} | "
+                     f"{r['ratio']:.2f}x |")
+    return '\n'.join(lines)
+
+
+def main() -> None:
+    if any(os.environ.get(k) != v for k, v in MALLOC_PINS.items()) \
+            and os.environ.get('PROXYLESS_BENCH_NO_MALLOC_PIN') is None:  # as benchmarks/run.py, for the same reason
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_PINS})
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--smoke', action='store_true')
+    parser.add_argument('--case', action='append', help='run only these cases (overhead, compute, conv)')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
+    parser.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda'")
+    parser.add_argument('--out', type=Path, default=RESULTS / 'floor.json', help='JSON; the table goes beside it (.md)')
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    run.DEVICE = torch.device(args.device)
+    if run.DEVICE.type == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: CUDA is not available on this machine')
+    results = []
+    for case in cases(args.smoke):
+        if args.case and case.name not in args.case:
+            continue
+        worst = check_same_alpha_grad(case)
+        for step in ('weight', 'arch'):
+            result = time_pair(case, step)
+            result['alpha_grad_rel_diff'] = worst
+            results.append(result)
+            print(f"{case.name:9s} {step:6s} floor {result['floor']['median']:8.3f} ms  "
+                  f"ours {result['ours']['median']:8.3f} ms  ours/floor {result['ratio']:.2f}x", flush=True)
+    pins = ', '.join(f'{k}={v}' for k, v in MALLOC_PINS.items())
+    header = f'Machine: {machine()}; device {run.DEVICE}; glibc malloc thresholds pinned ({pins}).'
+    markdown = header + '\n\n' + table(results) + '\n'
+    print()
+    print(markdown)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({'machine': machine(), 'device': str(run.DEVICE), 'smoke': args.smoke,
+                                    'results': results}, indent=1) + '\n')
+    args.out.with_suffix('.md').write_text(markdown)
+    print(f'written: {args.out}, {args.out.with_suffix(".md")}')
+
+
+if __name__ == '__main__':
+    main()
