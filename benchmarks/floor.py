@@ -16,7 +16,8 @@ proxyless_rs's steps are README's recipe: ``resample``, then forward and backwar
 ``no_arch_grad`` (weight step) or ``no_weight_grad`` (architecture step); the draw and the blocks
 count against it, as they do in a search (the blocks are made once, outside the loop, as README
 shows). The floor draws nothing: it is handed our draw. Each step first clears the gradients of
-what its optimizer would hold: ours every weight of the supernet, the floor its child's.
+what its optimizer would hold, as ``optimizer.zero_grad()`` does: ours every weight of the
+supernet, the floor its child's.
 
 Both run in one process on the same supernet; samples alternate between them (the order flips every
 sample) so that drift of the machine hits both alike, and sample i of both follows the architecture
@@ -90,18 +91,23 @@ def loss_of(out: torch.Tensor) -> torch.Tensor:
 
 # ---- ours: README's recipe -------------------------------------------------------------------------
 
+def zero_grad(weights: list) -> None:
+    """What ``optimizer.zero_grad()`` does (set_to_none, torch's default): a gradient set is cleared."""
+    for p in weights:
+        if p.grad is not None:
+            p.grad = None
+
+
 def ours_weight_step(net: nn.Module, x: torch.Tensor, weights: list, block: proxyless_rs.no_arch_grad) -> None:
     draw(net)
-    for p in weights:
-        p.grad = None
+    zero_grad(weights)
     with block:
         loss_of(net(x)).backward()
 
 
 def ours_arch_step(net: nn.Module, x: torch.Tensor, weights: list, block: proxyless_rs.no_weight_grad) -> None:
     draw(net)
-    for p in weights:
-        p.grad = None
+    zero_grad(weights)
     with block:
         loss_of(net(x)).backward()
 
@@ -129,13 +135,11 @@ class Floor:
         self.child_weights = weights_of(self.child)
 
     def weight_step(self, x: torch.Tensor) -> None:
-        for p in self.child_weights:
-            p.grad = None
+        zero_grad(self.child_weights)
         loss_of(self.child(x)).backward()
 
     def arch_step(self, x: torch.Tensor) -> None:
-        for p in self.child_weights:
-            p.grad = None
+        zero_grad(self.child_weights)
         record = self.record
         record.clear()
         for p in self.child_weights:
@@ -210,7 +214,7 @@ def check_same_alpha_grad(case: Case) -> float:
     return worst
 
 
-def time_pair(case: Case, step: str) -> dict:
+def time_pair(case: Case, step: str, blocks: str = 'once') -> dict:
     torch.manual_seed(0)
     net = case.build().to(run.DEVICE)
     x = case.make_input().to(run.DEVICE)
@@ -218,10 +222,13 @@ def time_pair(case: Case, step: str) -> dict:
     ours = ours_weight_step if step == 'weight' else ours_arch_step
     floor_step = floor.weight_step if step == 'weight' else floor.arch_step
 
-    block = proxyless_rs.no_arch_grad(net) if step == 'weight' else proxyless_rs.no_weight_grad(net)
+    def make_block():
+        return proxyless_rs.no_arch_grad(net) if step == 'weight' else proxyless_rs.no_weight_grad(net)
+
+    block = make_block()
 
     def run_ours():
-        ours(net, x, floor.weights, block)
+        ours(net, x, floor.weights, block if blocks == 'once' else make_block())
 
     def run_floor():
         floor_step(x)
@@ -271,6 +278,9 @@ def main() -> None:
     parser.add_argument('--case', action='append', help='run only these cases (overhead, compute, conv)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
     parser.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda'")
+    parser.add_argument('--blocks', choices=['once', 'per-step'], default='once',
+                        help="ours' no_arch_grad / no_weight_grad made once before the loop (README's recipe, the "
+                             "default) or made anew inside every step")
     parser.add_argument('--out', type=Path, default=RESULTS / 'floor.json', help='JSON; the table goes beside it (.md)')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -283,7 +293,8 @@ def main() -> None:
             continue
         worst = check_same_alpha_grad(case)
         for step in ('weight', 'arch'):
-            result = time_pair(case, step)
+            result = time_pair(case, step, args.blocks)
+            result['blocks'] = args.blocks
             result['alpha_grad_rel_diff'] = worst
             results.append(result)
             print(f"{case.name:9s} {step:6s} floor {result['floor']['median']:8.3f} ms  "
