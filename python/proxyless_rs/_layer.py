@@ -251,7 +251,12 @@ class ProxylessLayerChoice(ProxylessLayer):
 
     def forward(self, *args, **kwargs):
         """Forward pass of the sampled path only."""
-        return self._forward_call(args, kwargs, self._sample_idx)
+        index = self._sample_idx
+        if index is None or is_compiling() or torch._C._is_tracing():
+            return self._forward_call(args, kwargs, index)  # the refusals, and the path Dynamo traces
+        # _forward_call's last line, inlined: a layer's Python frames are most of what a step of an
+        # overhead-bound search adds to its child network's (docs/benchmarks.md, the floor).
+        return self.ctx.forward(self._alternatives(), args, kwargs, index, self._alpha_now())
 
     def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
         """Take the path from ``memo`` if it names this label, else draw one from ``softmax(alpha)``."""

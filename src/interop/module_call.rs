@@ -18,8 +18,11 @@ use crate::interop::tree;
 
 /// What the shortcuts compare against, looked up once.
 struct Torch {
-    /// `torch.nn.Module.__call__`, `_call_impl` and `_wrapped_call_impl` (None where absent).
-    module_call: Vec<Option<PyObject>>,
+    /// Those of `torch.nn.Module.__call__`, `_call_impl` and `_wrapped_call_impl` this torch has,
+    /// by name. One it lacks (torch 2.0 has no `_wrapped_call_impl`) is not looked up on the
+    /// candidate's class: its `__call__` does not call it, and the failed lookup would raise and
+    /// clear an AttributeError on every call (about 2 us, and garbage for the collector).
+    module_call: Vec<(Py<PyString>, PyObject)>,
     /// The globals of `torch.nn.modules.module`, where the global module hooks live.
     module_globals: Py<PyDict>,
     linear: PyObject,
@@ -38,7 +41,7 @@ impl Torch {
             let module = nn.getattr("Module")?;
             let module_call = ["__call__", "_call_impl", "_wrapped_call_impl"]
                 .iter()
-                .map(|name| module.getattr(*name).ok().map(Bound::unbind))
+                .filter_map(|name| Some((PyString::intern(py, name).unbind(), module.getattr(*name).ok()?.unbind())))
                 .collect();
             let module_globals = py.import("torch.nn.modules.module")?.dict().unbind();
             let linear = nn.getattr("Linear")?;
@@ -82,12 +85,9 @@ fn empty_entry(dict: &Bound<'_, PyDict>, name: &Bound<'_, PyString>) -> bool {
 fn calls_forward_only(torch: &Torch, candidate: &Bound<'_, PyAny>, dict: &Bound<'_, PyDict>) -> bool {
     let py = candidate.py();
     let ty = candidate.get_type();
-    let names = [intern!(py, "__call__"), intern!(py, "_call_impl"), intern!(py, "_wrapped_call_impl")];
-    for (name, original) in names.iter().zip(&torch.module_call) {
-        let found = ty.getattr(name).ok();
-        match (found, original) {
-            (Some(found), Some(original)) if found.is(original) => {}
-            (None, None) => {}
+    for (name, original) in &torch.module_call {
+        match ty.getattr(name.bind(py)) {
+            Ok(found) if found.is(original) => {}
             _ => return false,
         }
     }
