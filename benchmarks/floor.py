@@ -98,14 +98,9 @@ def zero_grad(weights: list) -> None:
             p.grad = None
 
 
-def ours_weight_step(net: nn.Module, x: torch.Tensor, weights: list, block: proxyless_rs.no_arch_grad) -> None:
-    draw(net)
-    zero_grad(weights)
-    with block:
-        loss_of(net(x)).backward()
-
-
-def ours_arch_step(net: nn.Module, x: torch.Tensor, weights: list, block: proxyless_rs.no_weight_grad) -> None:
+def ours_step(net: nn.Module, x: torch.Tensor, weights: list,
+              block: proxyless_rs.no_arch_grad | proxyless_rs.no_weight_grad) -> None:
+    """A weight step (inside ``no_arch_grad``) or an architecture step (inside ``no_weight_grad``)."""
     draw(net)
     zero_grad(weights)
     with block:
@@ -199,10 +194,7 @@ def check_same_alpha_grad(case: Case) -> float:
     x = case.make_input().to(run.DEVICE)
     floor = Floor(net)
     torch.manual_seed(1)
-    draw(net)
-    net.zero_grad(set_to_none=True)
-    with proxyless_rs.no_weight_grad(net):
-        loss_of(net(x)).backward()
+    ours_step(net, x, floor.weights, proxyless_rs.no_weight_grad(net))
     ours = [layer._arch_alpha.grad.clone() for layer in floor.layers]
     net.zero_grad(set_to_none=True)
     floor.prepare()
@@ -219,7 +211,6 @@ def time_pair(case: Case, step: str, blocks: str = 'once') -> dict:
     net = case.build().to(run.DEVICE)
     x = case.make_input().to(run.DEVICE)
     floor = Floor(net)
-    ours = ours_weight_step if step == 'weight' else ours_arch_step
     floor_step = floor.weight_step if step == 'weight' else floor.arch_step
 
     def make_block():
@@ -228,7 +219,7 @@ def time_pair(case: Case, step: str, blocks: str = 'once') -> dict:
     block = make_block()
 
     def run_ours():
-        ours(net, x, floor.weights, block if blocks == 'once' else make_block())
+        ours_step(net, x, floor.weights, block if blocks == 'once' else make_block())
 
     def run_floor():
         floor_step(x)
