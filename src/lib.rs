@@ -8,6 +8,8 @@ pub mod choice;
 pub mod constrained;
 pub mod errors;
 pub mod interop;
+#[cfg(test)]
+mod testing;
 
 #[pymodule]
 fn _core(py: Python<'_>, m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -372,6 +372,38 @@ def test_a_custom_softmax_giving_negative_probabilities_is_libtorchs_error_namin
     assert 'Exception raised from' not in message and 'frame #' not in message and '\n' not in message
 
 
+@pytest.mark.parametrize('mode', ['full', 'two'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_draws_follow_alpha_changed_in_place_between_them(mode, dtype):
+    # A layer keeps softmax(alpha) and the exponential draws' buffer from one draw to the next
+    # (src/arch/sampling.rs, DrawCache) while alpha holds the same values: each draw must still be
+    # multinomial's on alpha as it is then, after steps that change alpha in place or leave it,
+    # and after a change to values that hold no distribution.
+    alpha = nn.Parameter(torch.tensor([0.3, -1.2, 2.0, 0.0, 0.7], dtype=dtype))
+    layer = ProxylessMixedLayer([(str(k), nn.Identity()) for k in range(5)], alpha, nn.Softmax(-1), 'op',
+                                mode=mode)
+    optimizer = torch.optim.SGD([alpha], lr=0.5)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(60):
+        if step % 3:  # two steps of three change alpha, as an architecture step does
+            alpha.grad = torch.randn(5, generator=generator, dtype=dtype)
+            optimizer.step()
+        probs = torch.softmax(alpha.detach(), -1)
+        torch.manual_seed(step)
+        if mode == 'full':
+            expected = torch.multinomial(probs, 1).item()
+        else:
+            first, second = torch.multinomial(probs, 2).tolist()
+            pick = torch.multinomial(torch.softmax(alpha.detach()[[first, second]], -1), 1).item()
+            expected = first if pick == 0 else second
+        torch.manual_seed(step)
+        assert layer.resample({}) == {'op': str(expected)}, step
+    with torch.no_grad():
+        alpha[1] = float('nan')
+    with pytest.raises(RuntimeError, match='not a probability distribution'):
+        layer.resample({})
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('n', [2, 3, 7, 20])
 def test_draws_are_torch_multinomials_under_the_same_seed(n, dtype):

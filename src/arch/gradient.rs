@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn closed_form_equals_double_sum() {
-        tch::manual_seed(0);
+        let _generator = crate::testing::seeded(0);
         for n in 1..=9 {
             let probs = Tensor::randn([n], (Kind::Double, Device::Cpu)).softmax(0, None::<Kind>);
             let b = Tensor::randn([n], (Kind::Double, Device::Cpu)) * 10.0;
@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn host_loop_equals_tensor_ops() {
-        tch::manual_seed(1);
+        let _generator = crate::testing::seeded(1);
         for kind in [Kind::Float, Kind::Double] {
             let probs = Tensor::randn([7], (kind, Device::Cpu)).softmax(0, None::<Kind>);
             let b = Tensor::randn([7], (kind, Device::Cpu));
@@ -332,7 +332,7 @@ mod tests {
 
     #[test]
     fn host_gates_equal_the_sum_in_f64() {
-        tch::manual_seed(2);
+        let _generator = crate::testing::seeded(2);
         for kind in [Kind::Float, Kind::Double] {
             for shape in [vec![], vec![0, 3], vec![5], vec![8, 64], vec![3, 4, 5], vec![64, 512]] {
                 let grad = Tensor::randn(shape.as_slice(), (kind, Device::Cpu));
@@ -358,7 +358,7 @@ mod tests {
     #[test]
     fn tensor_form_gates_equal_one_by_one() {
         // bfloat16 outputs take the tensor form (as accelerator tensors do): NNI's op, bit for bit.
-        tch::manual_seed(3);
+        let _generator = crate::testing::seeded(3);
         let kind = Kind::BFloat16;
         for shape in [vec![], vec![5], vec![8, 64], vec![3, 4, 5], vec![64, 512]] {
             let grad = Tensor::randn(shape.as_slice(), (kind, Device::Cpu));
@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn negated_views_are_read_with_their_sign() {
-        tch::manual_seed(4);
+        let _generator = crate::testing::seeded(4);
         let grad = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
         let plain = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
         let negated = plain.f_internal_neg_view().unwrap();

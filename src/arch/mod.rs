@@ -25,7 +25,7 @@ pub struct TwoPathDraw {
     pub before: Tensor,
 }
 
-fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Locks are held across plain Rust operations only, never across Python code, so a
     // poisoned lock still guards a consistent value.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

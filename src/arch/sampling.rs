@@ -53,24 +53,95 @@ pub fn draw_pair(probs: &Tensor) -> Result<(i64, i64), TchError> {
 /// One index from a contiguous host tensor is taken on the host from the same draws: the
 /// quotients are the same IEEE divisions, and the argmax the first largest one (a NaN: `None`),
 /// without the five dispatches of the division, the argmax and the reads.
-pub fn draw_from_softmax(probs: &Tensor, n: i64) -> Result<Option<Vec<i64>>, TchError> {
-    let exponential = probs.f_empty_like()?.f_exponential_(1.0)?;
+///
+/// The exponential draws go into `buffer` where it has `probs`' size, dtype and device (the last
+/// draw's; `exponential_` on it takes the same numbers from the generator as on a new tensor).
+pub fn draw_from_softmax(probs: &Tensor, n: i64, buffer: &mut Option<Tensor>) -> Result<Option<Vec<i64>>, TchError> {
+    let reusable = buffer
+        .as_ref()
+        .is_some_and(|b| b.kind() == probs.kind() && b.device() == probs.device() && b.size() == probs.size());
+    if !reusable {
+        *buffer = Some(probs.f_empty_like()?);
+    }
+    let exponential = buffer.as_mut().expect("set above");
+    let _ = exponential.f_exponential_(1.0)?;
+    let exponential = &*exponential;
     if n == 1 {
         let host = match probs.kind() {
-            Kind::Float => host_argmax_quotient::<f32>(probs, &exponential),
-            Kind::Double => host_argmax_quotient::<f64>(probs, &exponential),
+            Kind::Float => host_argmax_quotient::<f32>(probs, exponential),
+            Kind::Double => host_argmax_quotient::<f64>(probs, exponential),
             _ => None,
         };
         if let Some(drawn) = host {
             return Ok(drawn.map(|index| vec![index]));
         }
     }
-    let quotient = probs.f_div(&exponential)?;
+    let quotient = probs.f_div(exponential)?;
     let drawn = if n == 1 { quotient.f_argmax(-1, false)?.f_view([1])? } else { quotient.f_topk(n, -1, true, true)?.1 };
     let drawn = drawn.f_to_device(tch::Device::Cpu)?;
     let drawn = (0..n).map(|i| drawn.f_int64_value(&[i])).collect::<Result<Vec<_>, _>>()?;
     let largest = quotient.f_double_value(&[drawn[0]])?;
     Ok(if largest.is_nan() { None } else { Some(drawn) })
+}
+
+/// softmax(alpha) of a choice's last draw, kept while alpha holds the same values, and the buffer
+/// of its exponential draws (see [`draw_from_softmax`]): a weight step draws from an alpha that
+/// no step has changed since the last draw (warm-up epochs, and the architecture step's draw after
+/// a weight step), and recomputing its softmax was an eighth of a draw's cost.
+///
+/// Kept for a contiguous host alpha of float or double only, compared bit for bit, so a kept
+/// softmax is the one libtorch would compute now and the draws stay NNI's under the same seeds.
+/// On another device, reading alpha would be a host round trip per draw: computed each time.
+#[derive(Default)]
+pub struct DrawCache {
+    /// alpha's dtype and bytes when `probs` was computed.
+    alpha: Option<(Kind, Vec<u8>)>,
+    probs: Option<Tensor>,
+    /// The exponential draws' buffer ([`draw_from_softmax`]).
+    pub exponential: Option<Tensor>,
+}
+
+impl DrawCache {
+    /// `softmax(alpha)` by `softmax`, or the kept result where alpha's values are those it was
+    /// computed from.
+    pub fn probs<E>(
+        &mut self,
+        alpha: &Tensor,
+        softmax: impl FnOnce(&Tensor) -> Result<Tensor, E>,
+    ) -> Result<Tensor, E> {
+        let Some(bytes) = host_bytes(alpha) else {
+            self.alpha = None;
+            self.probs = None;
+            return softmax(alpha);
+        };
+        let kind = alpha.kind();
+        if let (Some((kept_kind, kept)), Some(probs)) = (&self.alpha, &self.probs) {
+            if *kept_kind == kind && kept.as_slice() == bytes {
+                return Ok(probs.shallow_clone());
+            }
+        }
+        let probs = softmax(alpha)?;
+        self.alpha = Some((kind, bytes.to_vec()));
+        self.probs = Some(probs.shallow_clone());
+        Ok(probs)
+    }
+}
+
+/// The bytes of a contiguous 1-d host tensor of float or double (None for any other).
+fn host_bytes(t: &Tensor) -> Option<&[u8]> {
+    if t.dim() != 1 {
+        return None;
+    }
+    let (ptr, len) = match t.kind() {
+        Kind::Float => host_slice::<f32>(t).map(|s| (s.as_ptr() as *const u8, std::mem::size_of_val(s)))?,
+        Kind::Double => host_slice::<f64>(t).map(|s| (s.as_ptr() as *const u8, std::mem::size_of_val(s)))?,
+        _ => return None,
+    };
+    if len == 0 {
+        return Some(&[]);
+    }
+    // SAFETY: the `len` bytes of the slice `host_slice` returned, borrowed from `t` as it was.
+    Some(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
 /// `argmax(probs / exponential)` of two contiguous 1-d host tensors of `T`, as libtorch's argmax
@@ -118,6 +189,7 @@ mod tests {
 
     #[test]
     fn host_draw_is_the_tensor_draw() {
+        let _generator = crate::testing::seeded(0);
         for kind in [Kind::Float, Kind::Double] {
             for seed in 0..200 {
                 tch::manual_seed(seed);
@@ -143,5 +215,56 @@ mod tests {
             assert_eq!(host(&nan), Some(None));
             assert_eq!(tensor_draw(&nan, &ones), None);
         }
+    }
+
+    #[test]
+    fn a_reused_buffer_draws_what_a_new_one_draws() {
+        let _generator = crate::testing::seeded(0);
+        for kind in [Kind::Float, Kind::Double] {
+            let probs = Tensor::from_slice(&[0.1f64, 0.2, 0.3, 0.4]).to_kind(kind);
+            let mut buffer = None;
+            for seed in 0..50 {
+                for n in [1, 2] {
+                    tch::manual_seed(seed);
+                    let fresh = draw_from_softmax(&probs, n, &mut None).unwrap();
+                    tch::manual_seed(seed);
+                    let reused = draw_from_softmax(&probs, n, &mut buffer).unwrap();
+                    assert_eq!(fresh, reused, "{kind:?}, seed {seed}, n {n}");
+                }
+            }
+            // A buffer of another size is replaced, not used.
+            let three = Tensor::from_slice(&[0.2f64, 0.3, 0.5]).to_kind(kind);
+            draw_from_softmax(&three, 1, &mut buffer).unwrap();
+            assert_eq!(buffer.as_ref().unwrap().size(), vec![3]);
+        }
+    }
+
+    #[test]
+    fn the_kept_softmax_is_the_one_of_alpha_now() {
+        let softmax = |alpha: &Tensor| -> Result<Tensor, TchError> { alpha.f_softmax(0, None::<Kind>) };
+        let mut cache = DrawCache::default();
+        let mut alpha = Tensor::from_slice(&[0.5f32, -1.0, 2.0]);
+        let first = cache.probs(&alpha, softmax).unwrap();
+        // Same values: the kept tensor (no call of the softmax).
+        let kept = cache.probs(&alpha, |_| -> Result<Tensor, TchError> { panic!("recomputed") }).unwrap();
+        assert_eq!(kept.data_ptr(), first.data_ptr());
+        // Values changed in place (an optimizer step): computed again, and right.
+        let _ = alpha.f_add_scalar_(1e-3).unwrap();
+        let changed = cache.probs(&alpha, softmax).unwrap();
+        assert_ne!(changed.data_ptr(), first.data_ptr());
+        assert!(changed.allclose(&softmax(&alpha).unwrap(), 0.0, 0.0, false));
+        // The same bytes as another dtype, and a strided alpha, are never taken from the cache.
+        let double = Tensor::from_slice(&[0.5f64, -1.0, 2.0, 0.0]);
+        let probs = cache.probs(&double, softmax).unwrap();
+        assert_eq!(probs.kind(), Kind::Double);
+        let strided = Tensor::from_slice(&[0.5f32, 9.0, -1.0, 9.0, 2.0, 9.0]).slice(0, 0, 6, 2);
+        let called = std::cell::Cell::new(0);
+        let counted = |a: &Tensor| {
+            called.set(called.get() + 1);
+            softmax(a)
+        };
+        let (once, twice) = (cache.probs(&strided, counted).unwrap(), cache.probs(&strided, counted).unwrap());
+        assert!(once.allclose(&twice, 0.0, 0.0, false));
+        assert_eq!(called.get(), 2);
     }
 }

@@ -7,14 +7,15 @@
 //! Nothing is kept per layer but a count of the calls still alive.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use tch::Tensor;
 
-use crate::arch::{ArchParameter, TwoPathDraw};
+use crate::arch::sampling::DrawCache;
+use crate::arch::{locked, ArchParameter, TwoPathDraw};
 use crate::choice::saved_call::{LiveCall, SavedCall, SavedInput};
 use crate::choice::Choice;
 use crate::errors::in_context;
@@ -42,6 +43,9 @@ pub struct ProxylessContext {
     enabled: AtomicBool,
     two_path: AtomicBool,
     live: Arc<AtomicUsize>,
+    /// The last draw's softmax(alpha), while alpha keeps its values, and the exponential draws'
+    /// buffer (used where the softmax is `nn.Softmax`, so no Python runs under the lock).
+    draws: Mutex<DrawCache>,
 }
 
 impl ProxylessContext {
@@ -117,7 +121,8 @@ impl ProxylessContext {
                 _ => crate::arch::sampling::draw_pair(probs).map(|(a, b)| vec![a, b]).map_err(in_layer),
             };
         }
-        crate::arch::sampling::draw_from_softmax(probs, n).map_err(in_layer)?.ok_or_else(|| {
+        let buffer = &mut locked(&self.draws).exponential;
+        crate::arch::sampling::draw_from_softmax(probs, n, buffer).map_err(in_layer)?.ok_or_else(|| {
             PyRuntimeError::new_err(format!(
                 "{}: softmax(alpha) is not a probability distribution (alpha holds NaN or infinite values), so no \
                  path can be drawn; the architecture step diverged, or alpha was set to such a value",
@@ -126,12 +131,22 @@ impl ProxylessContext {
         })
     }
 
+    /// `softmax(alpha)`: kept from the last draw while alpha holds the same values where the
+    /// softmax is `nn.Softmax` (see `DrawCache`); a custom softmax is called each time.
+    fn probs(&self, py: Python<'_>) -> PyResult<Tensor> {
+        if self.choice.softmax_dim.is_none() {
+            return self.choice.probs(py);
+        }
+        let alpha = self.choice.arch.get().tensor(py)?;
+        locked(&self.draws).probs(&alpha, |alpha| self.choice.probs_of(py, alpha))
+    }
+
     /// Draws one path (full mode) or two (two-path mode), agreed across ranks where an agreement
     /// is set; returns the active index (a two-path draw is recorded in the parameter).
     fn draw(&self, py: Python<'_>) -> PyResult<i64> {
         let _no_grad = tch::no_grad_guard();
         let arch = self.choice.arch.get();
-        let probs = self.choice.probs(py)?;
+        let probs = self.probs(py)?;
         if !self.two_path.load(Ordering::Relaxed) {
             let index = self.multinomial(&probs, 1)?[0];
             let index = arch.agree(py, vec![index])?[0];
@@ -185,6 +200,7 @@ impl ProxylessContext {
             enabled: AtomicBool::new(true),
             two_path: AtomicBool::new(false),
             live: Arc::new(AtomicUsize::new(0)),
+            draws: Mutex::new(DrawCache::default()),
         };
         ctx.two_path.store(ctx.check_mode(py, mode)?, Ordering::Relaxed);
         Ok(ctx)
