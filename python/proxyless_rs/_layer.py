@@ -220,6 +220,10 @@ class ProxylessLayerChoice(ProxylessLayer):
         @property
         def names(self) -> list: ...
 
+    # The instance attribute holding the candidates' names in the NNI class the adapter subclasses
+    # (NNI 2.10: ``op_names``): each draw reads it there, without the ``names`` property's frame.
+    _names_attribute = 'names'
+
     @property
     def active_index(self) -> int | None:
         """The index of the path the next forwards run (None before the first ``resample``)."""
@@ -260,9 +264,10 @@ class ProxylessLayerChoice(ProxylessLayer):
 
     def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
         """Take the path from ``memo`` if it names this label, else draw one from ``softmax(alpha)``."""
-        names = self.names
-        if self.label in memo:
-            sampled = memo[self.label]
+        label = self.label
+        if label in memo:
+            names = self.names
+            sampled = memo[label]
             if sampled not in names:
                 raise ValueError(f'{self._name()}: memo chose {sampled!r}, which is not one of its candidates '
                                  f'{names}.')
@@ -271,8 +276,11 @@ class ProxylessLayerChoice(ProxylessLayer):
             index = self.ctx.resample()
         # Plain attributes (never parameters, buffers or modules), so set without nn.Module's
         # __setattr__, whose checks cost about 1 us each, on every layer at every draw.
-        self.__dict__.update(_sample_idx=index, _sampled=names[index])
-        return {self.label: names[index]}
+        d = self.__dict__
+        names = d.get(self._names_attribute) or self.names
+        d['_sample_idx'] = index
+        sampled = d['_sampled'] = names[index]
+        return {label: sampled}
 
 
 class DepthChain:

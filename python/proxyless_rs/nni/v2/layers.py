@@ -73,6 +73,7 @@ class ProxylessMixedLayer(ProxylessLayerChoice, DifferentiableMixedLayer):
     """
 
     _arch_parameter_names = ['_arch_alpha']
+    _names_attribute = 'op_names'
 
     def __init__(self, paths: list[tuple[str, nn.Module]] | dict[str, nn.Module], alpha: torch.Tensor,
                  softmax: nn.Module, label: str, mode: str = 'full'):
