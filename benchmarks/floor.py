@@ -20,9 +20,11 @@ what its optimizer would hold, as ``optimizer.zero_grad()`` does: ours every wei
 supernet, the floor its child's.
 
 Both run in one process on the same supernet; samples alternate between them (the order flips every
-sample) so that drift of the machine hits both alike, and sample i of both follows the architecture
-our draw i picked. Reported: min / median / max milliseconds per step and the median of the paired
-ratios ours / floor (1.0 is the floor; > 1 is our overhead). The floor also checks itself: its alpha
+sample) so that drift of the machine hits both alike, and step j of sample i runs, in both, the
+architecture of draw j from seed i: ours draws it in the step, the floor is handed it, one child
+network per step, as a search runs a new child at every step. Reported: min / median / max
+milliseconds per step and the median of the paired ratios ours / floor (1.0 is the floor; > 1 is
+our overhead). The floor also checks itself: its alpha
 gradient must equal ours on the same draw and data (to float rounding), or the script fails.
 """
 
@@ -110,44 +112,58 @@ def ours_step(net: nn.Module, x: torch.Tensor, weights: list,
 # ---- the floor: plain torch on the path our draw picked ---------------------------------------------
 
 class Floor:
-    """The child network of ``net``'s current draw, as plain torch over ``net``'s own modules.
+    """The child networks of ``net``'s draws, as plain torch over ``net``'s own modules.
 
-    ``prepare()`` (outside the timed region, once per draw) builds the child: a shallow copy of the
-    supernet whose mixed layers are replaced by their sampled candidates, so that what lies between
-    the layers is the same code and the weights are the same tensors; and a second copy whose
-    candidates record their input and output, for the architecture step."""
+    ``prepare()`` (outside the timed region) builds the child of the current draw, ``prepare(n)`` those
+    of ``n`` new draws: each a shallow copy of the supernet whose mixed layers are replaced by their
+    sampled candidates, so that what lies between the layers is the same code and the weights are
+    the same tensors; and a second copy whose candidates record their input and output, for the
+    architecture step. Each step runs the next child in turn, as a search runs a new child at every
+    step (the same child at every step would keep its weights in the cache, which a search does not)."""
 
     def __init__(self, net: nn.Module):
         self.net = net
         self.layers = net.mixed()
         self.weights = weights_of(net)
         self.record: list = []
+        self.children: list[_Child] = []
+        self.next = 0
 
-    def prepare(self) -> None:
-        chosen = [layer.candidate(layer.active_index) for layer in self.layers]
-        self.child = _with_layers(self.net, chosen)
-        self.recording_child = _with_layers(self.net, [_Recorder(m, self.record) for m in chosen])
-        self.child_weights = weights_of(self.child)
+    def prepare(self, draws: int | None = None) -> None:
+        if draws is None:
+            self.children = [_Child(self.net, self.layers, self.record)]
+        else:
+            self.children = []
+            for _ in range(draws):
+                draw(self.net)
+                self.children.append(_Child(self.net, self.layers, self.record))
+        self.next = 0
+
+    def _take(self) -> _Child:
+        child = self.children[self.next]
+        self.next = (self.next + 1) % len(self.children)
+        return child
 
     def weight_step(self, x: torch.Tensor) -> None:
-        zero_grad(self.child_weights)
-        loss_of(self.child(x)).backward()
+        child = self._take()
+        zero_grad(child.weights)
+        loss_of(child.net(x)).backward()
 
     def arch_step(self, x: torch.Tensor) -> None:
-        zero_grad(self.child_weights)
+        child = self._take()
+        zero_grad(child.weights)
         record = self.record
         record.clear()
-        for p in self.child_weights:
+        for p in child.weights:
             p.requires_grad = False
         try:
-            out = self.recording_child(x)
+            out = child.recording(x)
             grads = torch.autograd.grad(loss_of(out), [o for _, o in record])
         finally:
-            for p in self.child_weights:
+            for p in child.weights:
                 p.requires_grad = True
         with torch.no_grad():
-            for layer, (inp, output), grad in zip(self.layers, record, grads):
-                index = layer.active_index
+            for layer, index, (inp, output), grad in zip(self.layers, child.indices, record, grads):
                 outputs = torch.stack([output if k == index else layer.candidate(k)(inp)
                                        for k in range(len(layer.names))])
                 dots = outputs.view(len(outputs), -1).mv(grad.view(-1))
@@ -155,6 +171,17 @@ class Floor:
                 p = torch.softmax(alpha, -1)
                 g = p * (dots - p.dot(dots))
                 alpha.grad = g if alpha.grad is None else alpha.grad.add_(g)
+
+
+class _Child:
+    """The child network of the supernet's current draw (see ``Floor``)."""
+
+    def __init__(self, net: nn.Module, layers: list, record: list):
+        self.indices = [layer.active_index for layer in layers]
+        chosen = [layer.candidate(index) for layer, index in zip(layers, self.indices)]
+        self.net = _with_layers(net, chosen)
+        self.recording = _with_layers(net, [_Recorder(m, record) for m in chosen])
+        self.weights = weights_of(self.net)
 
 
 def weights_of(net: nn.Module) -> list[nn.Parameter]:
@@ -228,9 +255,10 @@ def time_pair(case: Case, step: str, blocks: str = 'once') -> dict:
     for sample in range(case.samples + 1):  # sample 0 is a warm-up
         order = [('ours', run_ours), ('floor', run_floor)]
         for name, step_fn in (order if sample % 2 else order[::-1]):
+            # Step j of both runs the architecture of draw j from seed `sample`: the floor's children
+            # are drawn here, untimed; ours draws them again in its steps.
             torch.manual_seed(sample)
-            draw(net)  # the floor follows draw `sample`; ours draws it again from the same seed
-            floor.prepare()
+            floor.prepare(case.steps_per_sample)
             torch.manual_seed(sample)
             sync()
             start = time.perf_counter()
@@ -238,6 +266,8 @@ def time_pair(case: Case, step: str, blocks: str = 'once') -> dict:
                 step_fn()
             sync()
             elapsed = (time.perf_counter() - start) / case.steps_per_sample
+            if name == 'ours' and [layer.active_index for layer in floor.layers] != floor.children[-1].indices:
+                raise AssertionError(f'{case.name}: our last draw is not the floor\'s last child')
             if sample:
                 times[name].append(elapsed * 1e3)
     result = {'case': case.name, 'step': step, 'description': case.description, 'unit': 'ms/step'}
