@@ -50,6 +50,7 @@ def main():
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-2, betas=(0.5, 0.999))
 
     batch = 16
+    loss = None
     for epoch in range(args.epochs):
         for i in range(0, len(xt) - batch + 1, batch):
             j = i % (len(xv) - batch)
@@ -79,10 +80,11 @@ def main():
     # Every rank reaches the teardown together (a rank that leaves while rank 0, which holds the
     # rendezvous store, still talks to it can leave rank 0 hanging), and DDP goes before the process
     # group: a DDP freed after it would destroy the group holding the GIL, which a gloo thread
-    # finishing its last work may need (a deadlock seen on torch 2.13; torch's own binding of the
-    # group releases the GIL when it destroys it, DDP's reducer does not).
+    # finishing its last work may need (a deadlock seen on torch 2.13 and 2.0; torch's own binding of
+    # the group releases the GIL when it destroys it, DDP's reducer does not). The last loss goes
+    # too: its graph holds DDP's autograd node, which holds the reducer.
     dist.barrier()
-    del ddp
+    del loss, ddp
     dist.destroy_process_group()
 
 
