@@ -11,6 +11,7 @@ does (rank 0's draws broadcast, architecture gradients averaged, alphas kept out
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import os
 import sys
@@ -25,7 +26,8 @@ import proxyless_rs  # noqa: E402
 from digits_search import DigitsSupernet, digits  # noqa: E402
 
 
-def main():
+def main(keep: list) -> None:
+    """The search; ``keep`` holds the tensors of the last collectives until the process ends."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--backend', default='gloo')
     parser.add_argument('--epochs', type=int, default=10)
@@ -73,8 +75,7 @@ def main():
     net.resample(architecture)
     with torch.no_grad():
         accuracy = (net(xs.to(device)).argmax(-1) == ys.to(device)).float().mean().item()
-    gathered = [None] * world
-    dist.all_gather_object(gathered, architecture)
+    gathered = gather_architectures(architecture, world, device, keep)
     if rank == 0:
         print(f'exported on every rank: {gathered}; test accuracy {accuracy:.3f}', flush=True)
     # Every rank reaches the teardown together (a rank that leaves while rank 0, which holds the
@@ -88,5 +89,27 @@ def main():
     dist.destroy_process_group()
 
 
+def gather_architectures(architecture: dict, world: int, device: torch.device, keep: list) -> list:
+    """Every rank's ``architecture``, gathered as tensors that ``keep`` holds until the process ends.
+
+    Not ``dist.all_gather_object``: its tensors are freed when it returns, so the last reference to
+    them can be a gloo worker's, which then needs the GIL to free their Python objects; if the main
+    thread is destroying the process group then (holding the GIL, waiting for that worker), both
+    wait for ever (torch 2.0; torch issue 56297). Tensors that Python still holds are freed by a
+    worker without the GIL."""
+    data = torch.tensor(list(repr(sorted(architecture.items())).encode()), dtype=torch.uint8, device=device)
+    size = torch.tensor([data.numel()], device=device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = max(int(s) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[:data.numel()] = data
+    gathered = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    keep += [data, size, *sizes, padded, *gathered]
+    return [dict(ast.literal_eval(bytes(g[:int(s)].tolist()).decode())) for g, s in zip(gathered, sizes)]
+
+
 if __name__ == '__main__':
-    main()
+    _kept: list = []  # freed at exit, after the process group (see gather_architectures)
+    main(_kept)
