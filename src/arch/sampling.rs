@@ -96,9 +96,26 @@ pub fn draw_from_softmax(probs: &Tensor, n: i64, buffer: &mut Option<Tensor>) ->
 pub struct DrawCache {
     /// alpha's dtype and bytes when `probs` was computed.
     alpha: Option<(Kind, Vec<u8>)>,
+    /// The kept softmax: a tensor the softmax returned to this cache, held by it alone (a draw
+    /// borrows it and drops it).
     probs: Option<Tensor>,
-    /// The exponential draws' buffer ([`draw_from_softmax`]).
-    pub exponential: Option<Tensor>,
+    /// The exponential draws' buffer ([`draw_from_softmax`]), held by this cache alone.
+    exponential: Option<Tensor>,
+    /// The memory of `probs` and `exponential` where both are host vectors of one dtype and length,
+    /// checked once when they became a pair (None until then, and after either is replaced).
+    host: Option<HostPair>,
+}
+
+/// Two contiguous 1-d host tensors of `kind` (float or double) and `len` elements, by address.
+/// Why addresses: checking a tensor through tch is a dozen calls across the C API (device, dtype,
+/// layout, shape, ...), three tensors a draw, about a third of a draw's instructions; the
+/// cache's own two tensors cannot change under it, so they are checked once.
+#[derive(Clone, Copy)]
+struct HostPair {
+    kind: Kind,
+    probs: usize,
+    exponential: usize,
+    len: usize,
 }
 
 impl DrawCache {
@@ -110,8 +127,7 @@ impl DrawCache {
         softmax: impl FnOnce(&Tensor) -> Result<Tensor, E>,
     ) -> Result<Tensor, E> {
         let Some(bytes) = host_bytes(alpha) else {
-            self.alpha = None;
-            self.probs = None;
+            self.forget_probs();
             return softmax(alpha);
         };
         let kind = alpha.kind();
@@ -120,10 +136,73 @@ impl DrawCache {
                 return Ok(probs.shallow_clone());
             }
         }
+        self.forget_probs();
         let probs = softmax(alpha)?;
         self.alpha = Some((kind, bytes.to_vec()));
         self.probs = Some(probs.shallow_clone());
         Ok(probs)
+    }
+
+    fn forget_probs(&mut self) {
+        self.alpha = None;
+        self.probs = None;
+        self.host = None;
+    }
+
+    /// [`draw_from_softmax`] with this cache's buffer. One index from the kept softmax, once it and
+    /// the buffer have been checked as a host pair, is drawn with one call into libtorch (the
+    /// exponential draws) and the argmax on their memory.
+    pub fn draw(&mut self, probs: &Tensor, n: i64) -> Result<Option<Vec<i64>>, TchError> {
+        if n == 1 {
+            if let (Some(pair), Some(buffer)) = (self.host, self.exponential.as_mut()) {
+                // The kept softmax: no other live tensor starts at its memory, since this cache
+                // holds it and never makes a view of it.
+                if probs.data_ptr() as usize == pair.probs {
+                    let _ = buffer.f_exponential_(1.0)?;
+                    // SAFETY: the memory of the cache's own tensors, checked as host vectors of
+                    // `kind` and `len` when paired; both are alive (held by the cache) and nothing
+                    // resizes them.
+                    let drawn = unsafe {
+                        match pair.kind {
+                            Kind::Float => argmax_quotient(
+                                std::slice::from_raw_parts(pair.probs as *const f32, pair.len),
+                                std::slice::from_raw_parts(pair.exponential as *const f32, pair.len),
+                            ),
+                            _ => argmax_quotient(
+                                std::slice::from_raw_parts(pair.probs as *const f64, pair.len),
+                                std::slice::from_raw_parts(pair.exponential as *const f64, pair.len),
+                            ),
+                        }
+                    };
+                    return Ok(drawn.map(|index| vec![index]));
+                }
+            }
+        }
+        let drawn = draw_from_softmax(probs, n, &mut self.exponential)?;
+        self.host = self.host_pair();
+        Ok(drawn)
+    }
+
+    /// The kept softmax and the buffer as a [`HostPair`], where they are one.
+    fn host_pair(&self) -> Option<HostPair> {
+        let (probs, exponential) = (self.probs.as_ref()?, self.exponential.as_ref()?);
+        if probs.dim() != 1 {
+            return None;
+        }
+        fn pair<T: Element>(probs: &Tensor, exponential: &Tensor) -> Option<HostPair> {
+            let (p, q) = (host_slice::<T>(probs)?, host_slice::<T>(exponential)?);
+            (!p.is_empty() && p.len() == q.len()).then_some(HostPair {
+                kind: T::KIND,
+                probs: p.as_ptr() as usize,
+                exponential: q.as_ptr() as usize,
+                len: p.len(),
+            })
+        }
+        match probs.kind() {
+            Kind::Float => pair::<f32>(probs, exponential),
+            Kind::Double => pair::<f64>(probs, exponential),
+            _ => None,
+        }
     }
 }
 
@@ -132,16 +211,15 @@ fn host_bytes(t: &Tensor) -> Option<&[u8]> {
     if t.dim() != 1 {
         return None;
     }
-    let (ptr, len) = match t.kind() {
-        Kind::Float => host_slice::<f32>(t).map(|s| (s.as_ptr() as *const u8, std::mem::size_of_val(s)))?,
-        Kind::Double => host_slice::<f64>(t).map(|s| (s.as_ptr() as *const u8, std::mem::size_of_val(s)))?,
-        _ => return None,
-    };
-    if len == 0 {
-        return Some(&[]);
+    fn bytes<T: Element>(s: &[T]) -> &[u8] {
+        // SAFETY: the same memory as `s`, read as bytes (float and double have no padding).
+        unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
     }
-    // SAFETY: the `len` bytes of the slice `host_slice` returned, borrowed from `t` as it was.
-    Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    match t.kind() {
+        Kind::Float => host_slice::<f32>(t).map(bytes),
+        Kind::Double => host_slice::<f64>(t).map(bytes),
+        _ => None,
+    }
 }
 
 /// `argmax(probs / exponential)` of two contiguous 1-d host tensors of `T`, as libtorch's argmax
@@ -158,17 +236,23 @@ fn host_argmax_quotient<T: Element + Copy + PartialOrd + std::ops::Div<Output = 
     if p.is_empty() || p.len() != q.len() {
         return None;
     }
+    Some(argmax_quotient(p, q))
+}
+
+/// `argmax(p / q)` of two non-empty slices of equal length (the first of equal largest
+/// quotients), None if a quotient is NaN.
+fn argmax_quotient<T: Copy + PartialOrd + std::ops::Div<Output = T> + Into<f64>>(p: &[T], q: &[T]) -> Option<i64> {
     let mut best = (0usize, p[0] / q[0]);
     for (i, (&p, &q)) in p.iter().zip(q).enumerate() {
         let quotient = p / q;
         if quotient.into().is_nan() {
-            return Some(None);
+            return None;
         }
         if quotient > best.1 {
             best = (i, quotient);
         }
     }
-    Some(Some(best.0 as i64))
+    Some(best.0 as i64)
 }
 
 #[cfg(test)]
@@ -236,6 +320,43 @@ mod tests {
             let three = Tensor::from_slice(&[0.2f64, 0.3, 0.5]).to_kind(kind);
             draw_from_softmax(&three, 1, &mut buffer).unwrap();
             assert_eq!(buffer.as_ref().unwrap().size(), vec![3]);
+        }
+    }
+
+    #[test]
+    fn a_cache_draws_what_a_new_buffer_draws() {
+        // The cache's draws (the host pair's path once paired) against draw_from_softmax on a new
+        // buffer, seed by seed: alpha unchanged, changed in place, two-path mode's alternation of
+        // a size-n and a size-2 draw, another dtype, and NaN.
+        let _generator = crate::testing::seeded(0);
+        let softmax = |alpha: &Tensor| -> Result<Tensor, TchError> { alpha.f_softmax(0, None::<Kind>) };
+        for kind in [Kind::Float, Kind::Double] {
+            let mut cache = DrawCache::default();
+            let mut paired = 0;
+            let mut alpha = Tensor::from_slice(&[0.3f64, -0.2, 0.9, 0.0, 0.1]).to_kind(kind);
+            for seed in 0..120 {
+                if seed % 7 == 3 {
+                    let _ = alpha.f_add_(&(alpha.randn_like() * 0.5)).unwrap();
+                }
+                let probs = cache.probs(&alpha, softmax).unwrap();
+                let draws: &[(Tensor, i64)] = if seed % 5 == 4 {
+                    &[(probs.shallow_clone(), 2), (softmax(&alpha.slice(0, 1, 3, 1)).unwrap(), 1)]
+                } else {
+                    &[(probs.shallow_clone(), 1)]
+                };
+                for (p, n) in draws {
+                    tch::manual_seed(seed);
+                    let fresh = draw_from_softmax(p, *n, &mut None).unwrap();
+                    paired += usize::from(*n == 1 && cache.host.is_some_and(|h| h.probs == p.data_ptr() as usize));
+                    tch::manual_seed(seed);
+                    assert_eq!(cache.draw(p, *n).unwrap(), fresh, "{kind:?}, seed {seed}, n {n}");
+                }
+            }
+            assert!(paired > 60, "{kind:?}: {paired} draws of 120 on the host pair");
+            let _ = alpha.f_fill_(f64::NAN).unwrap();
+            let probs = cache.probs(&alpha, softmax).unwrap();
+            assert_eq!(cache.draw(&probs, 1).unwrap(), None);
+            assert_eq!(cache.draw(&probs, 1).unwrap(), None, "{kind:?}: NaN on the host pair");
         }
     }
 

@@ -121,8 +121,7 @@ impl ProxylessContext {
                 _ => crate::arch::sampling::draw_pair(probs).map(|(a, b)| vec![a, b]).map_err(in_layer),
             };
         }
-        let buffer = &mut locked(&self.draws).exponential;
-        crate::arch::sampling::draw_from_softmax(probs, n, buffer).map_err(in_layer)?.ok_or_else(|| {
+        locked(&self.draws).draw(probs, n).map_err(in_layer)?.ok_or_else(|| {
             PyRuntimeError::new_err(format!(
                 "{}: softmax(alpha) is not a probability distribution (alpha holds NaN or infinite values), so no \
                  path can be drawn; the architecture step diverged, or alpha was set to such a value",
