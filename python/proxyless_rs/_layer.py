@@ -265,8 +265,10 @@ class ProxylessLayerChoice(ProxylessLayer):
     def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
         """Take the path from ``memo`` if it names this label, else draw one from ``softmax(alpha)``."""
         label = self.label
+        # The names list read from the instance: NNI 2.10's ``names`` is a property (a frame).
+        d = self.__dict__
+        names = d.get(self._names_attribute) or self.names
         if label in memo:
-            names = self.names
             sampled = memo[label]
             if sampled not in names:
                 raise ValueError(f'{self._name()}: memo chose {sampled!r}, which is not one of its candidates '
@@ -276,8 +278,6 @@ class ProxylessLayerChoice(ProxylessLayer):
             index = self.ctx.resample()
         # Plain attributes (never parameters, buffers or modules), so set without nn.Module's
         # __setattr__, whose checks cost about 1 us each, on every layer at every draw.
-        d = self.__dict__
-        names = d.get(self._names_attribute) or self.names
         d['_sample_idx'] = index
         sampled = d['_sampled'] = names[index]
         return {label: sampled}
