@@ -159,19 +159,11 @@ impl DrawCache {
                 // holds it and never makes a view of it.
                 if probs.data_ptr() as usize == pair.probs {
                     let _ = buffer.f_exponential_(1.0)?;
-                    // SAFETY: the memory of the cache's own tensors, checked as host vectors of
-                    // `kind` and `len` when paired; both are alive (held by the cache) and nothing
-                    // resizes them.
+                    // SAFETY: the pair's tensors are the cache's own, alive and never resized.
                     let drawn = unsafe {
                         match pair.kind {
-                            Kind::Float => argmax_quotient(
-                                std::slice::from_raw_parts(pair.probs as *const f32, pair.len),
-                                std::slice::from_raw_parts(pair.exponential as *const f32, pair.len),
-                            ),
-                            _ => argmax_quotient(
-                                std::slice::from_raw_parts(pair.probs as *const f64, pair.len),
-                                std::slice::from_raw_parts(pair.exponential as *const f64, pair.len),
-                            ),
+                            Kind::Float => pair.argmax::<f32>(),
+                            _ => pair.argmax::<f64>(),
                         }
                     };
                     return Ok(drawn.map(|index| vec![index]));
@@ -179,19 +171,19 @@ impl DrawCache {
             }
         }
         let drawn = draw_from_softmax(probs, n, &mut self.exponential)?;
-        self.host = self.host_pair();
+        // The buffer may have been replaced. Paired again only after a one-path draw from the kept
+        // softmax (the buffer then has its size): two-path mode's draws, of size n and then 2,
+        // never pair, and so never pay for the checks.
+        let from_kept = self.probs.as_ref().is_some_and(|kept| kept.data_ptr() == probs.data_ptr());
+        self.host = if n == 1 && from_kept { self.host_pair() } else { None };
         Ok(drawn)
     }
 
     /// The kept softmax and the buffer as a [`HostPair`], where they are one.
     fn host_pair(&self) -> Option<HostPair> {
         let (probs, exponential) = (self.probs.as_ref()?, self.exponential.as_ref()?);
-        if probs.dim() != 1 {
-            return None;
-        }
         fn pair<T: Element>(probs: &Tensor, exponential: &Tensor) -> Option<HostPair> {
-            let (p, q) = (host_slice::<T>(probs)?, host_slice::<T>(exponential)?);
-            (!p.is_empty() && p.len() == q.len()).then_some(HostPair {
+            host_vectors::<T>(probs, exponential).map(|(p, q)| HostPair {
                 kind: T::KIND,
                 probs: p.as_ptr() as usize,
                 exponential: q.as_ptr() as usize,
@@ -203,6 +195,17 @@ impl DrawCache {
             Kind::Double => pair::<f64>(probs, exponential),
             _ => None,
         }
+    }
+}
+
+impl HostPair {
+    /// `argmax(probs / exponential)` on the pair's memory ([`argmax_quotient`]).
+    ///
+    /// # Safety
+    /// `T` is the pair's `kind`, and its two tensors are alive and unresized since it was made.
+    unsafe fn argmax<T: Copy + PartialOrd + std::ops::Div<Output = T> + Into<f64>>(&self) -> Option<i64> {
+        let (p, q) = (self.probs as *const T, self.exponential as *const T);
+        argmax_quotient(std::slice::from_raw_parts(p, self.len), std::slice::from_raw_parts(q, self.len))
     }
 }
 
@@ -229,14 +232,16 @@ fn host_argmax_quotient<T: Element + Copy + PartialOrd + std::ops::Div<Output = 
     probs: &Tensor,
     exponential: &Tensor,
 ) -> Option<Option<i64>> {
+    host_vectors::<T>(probs, exponential).map(|(p, q)| argmax_quotient(p, q))
+}
+
+/// Two contiguous 1-d host tensors of `T` of one non-empty length, as slices (None for any other).
+fn host_vectors<'a, T: Element>(probs: &'a Tensor, exponential: &'a Tensor) -> Option<(&'a [T], &'a [T])> {
     if probs.dim() != 1 {
         return None;
     }
     let (p, q) = (host_slice::<T>(probs)?, host_slice::<T>(exponential)?);
-    if p.is_empty() || p.len() != q.len() {
-        return None;
-    }
-    Some(argmax_quotient(p, q))
+    (!p.is_empty() && p.len() == q.len()).then_some((p, q))
 }
 
 /// `argmax(p / q)` of two non-empty slices of equal length (the first of equal largest
