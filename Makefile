@@ -210,6 +210,7 @@ bench: $(DEVELOP) $(NNI3_VENV)/.installed
 	$(PY) benchmarks/distributed.py --out benchmarks/results/distributed.json
 	$(PY) benchmarks/floor.py --out benchmarks/results/floor.json
 	$(NNI3_VENV)/bin/python benchmarks/floor.py --out benchmarks/results/floor-nni3.json
+	$(PY) benchmarks/draws.py
 
 bench-smoke: $(DEVELOP)
 	@$(call start,benchmark smoke run (tiny shapes))
@@ -227,6 +228,7 @@ bench-smoke: $(DEVELOP)
 	$(PY) benchmarks/spaces.py --plot target/bench-smoke/spaces.json target/bench-smoke/darts.png --space darts
 	$(PY) benchmarks/distributed.py --world 2 --layers 2 --steps 1 --out target/bench-smoke/distributed.json
 	$(PY) benchmarks/floor.py --smoke --out target/bench-smoke/floor.json
+	$(PY) benchmarks/draws.py --repeats 5
 	$(call done,benchmark smoke run)
 
 gpu: $(DEVELOP)

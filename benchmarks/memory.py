@@ -22,11 +22,17 @@ A second process per configuration, with the default allocator (an mmap per larg
 page faults that would swamp the arithmetic), times a search step: the median of ``--steps``
 steps, one thread.
 
+With ``--device cuda`` the supernet and the batch are on the GPU, and one process per
+configuration measures both: the peak of ``torch.cuda.max_memory_allocated`` over the steps less
+what was allocated before them (the caching allocator's own count, so no allocator trick is
+needed), then the median time of ``--steps`` steps, each ended by ``torch.cuda.synchronize``.
+
 How the cost grows: at depths ``--depth`` with all 8 candidates, and at depth ``--growth-depth``
 with the first ``--candidates`` of them (the bottlenecks by kernel size, then identity and zero).
 
     python benchmarks/memory.py [--depth 2 --depth 4 --depth 6] [--candidates 2 --candidates 4 ...]
                                 [--batch 32] [--out results/memory.json]
+    python benchmarks/memory.py --device cuda --out results/memory-cuda.json   # on a GPU
     python benchmarks/memory.py --table results/memory.json   # docs/benchmarks.md's tables
     python benchmarks/memory.py --plot results/memory.json docs/memory.png
 """
@@ -64,8 +70,13 @@ def _reset_peak() -> None:
         f.write('5')  # resets VmHWM to the current resident set (Linux 4.0 and later)
 
 
-def measure(impl: str, depth: int, candidates: int, batch: int, channels: int, size: int, steps: int) -> dict:
-    """One configuration, in this process: the steps' peak memory (bytes) and seconds per step."""
+def measure(impl: str, depth: int, candidates: int, batch: int, channels: int, size: int, steps: int,
+            device: str = 'cpu', memory_steps: int = 0) -> dict:
+    """One configuration, in this process: the steps' peak memory (bytes) and seconds per step.
+
+    On the CPU the peak is the resident set's over the ``steps`` (the caller runs the timing in
+    another process); on CUDA the allocator's peak over ``memory_steps`` steps, then ``steps``
+    timed steps in the same process."""
     import torch
     import torch.nn.functional as F
 
@@ -93,14 +104,15 @@ def measure(impl: str, depth: int, candidates: int, batch: int, channels: int, s
         'ours': proxyless_rs.ProxylessMixedLayer,
         'ours-two': lambda *args: proxyless_rs.ProxylessMixedLayer(*args, mode='two'),
     }[impl]
-    net = ConvSupernet(layer_cls, None, depth=depth, channels=channels, candidates=candidates)
+    net = ConvSupernet(layer_cls, None, depth=depth, channels=channels, candidates=candidates).to(device)
     mixed = net.mixed()
     alphas = [m._arch_alpha for m in mixed]
     alpha_ids = {id(a) for a in alphas}
     weights = torch.optim.SGD([p for p in net.parameters() if id(p) not in alpha_ids], lr=0.01, momentum=0.9)
     arch = torch.optim.Adam(alphas, lr=1e-3)
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    cuda = torch.device(device).type == 'cuda'
     ours = impl.startswith('ours')
 
     def resample():
@@ -129,16 +141,30 @@ def measure(impl: str, depth: int, candidates: int, batch: int, channels: int, s
         weights.step()
 
     step()  # the optimizers' state, torch's first-call allocations
-    baseline = _rss_bytes()
-    _reset_peak()
+    if cuda:
+        torch.cuda.synchronize(device)
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(memory_steps):
+            step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - baseline
+    else:
+        baseline = _rss_bytes()
+        _reset_peak()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
+        if cuda:
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
+    if not cuda:
+        peak = _peak_bytes() - baseline
     return {'impl': impl, 'depth': depth, 'candidates': candidates, 'batch': batch,
-            'peak_bytes': _peak_bytes() - baseline, 'seconds_per_step': statistics.median(times),
-            'nni': 'NNI 3.0' if NNI3 else 'NNI 2.10', 'torch': torch.__version__}
+            'peak_bytes': peak, 'seconds_per_step': statistics.median(times),
+            'nni': 'NNI 3.0' if NNI3 else 'NNI 2.10', 'torch': torch.__version__,
+            'device': torch.cuda.get_device_name(device) if cuda else 'cpu'}
 
 
 NAMES = {'nni': "NNI's ProxylessMixedLayer", 'darts': "NNI's DARTS (every path)", 'ours': 'proxyless_rs, full',
@@ -237,7 +263,9 @@ def plot(results: list[dict], path: Path) -> None:
             axes[row][col].grid(True, which='both', alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc='lower center', ncol=4, fontsize=8)
-    fig.suptitle('A search step on the paper\'s search space (batch 32, 16 channels, 32x32, one CPU thread)')
+    where = {r.get('device', 'cpu') for r in results}
+    on = 'one CPU thread' if where == {'cpu'} else ', '.join(sorted(where))
+    fig.suptitle(f'A search step on the paper\'s search space (batch 32, 16 channels, 32x32, {on})')
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
 
@@ -256,6 +284,7 @@ def main() -> None:
     parser.add_argument('--size', type=int, default=32)
     parser.add_argument('--steps', type=int, default=5, help='timed steps per configuration')
     parser.add_argument('--memory-steps', type=int, default=2, help='steps over which the peak is taken')
+    parser.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda'")
     parser.add_argument('--out', default=None, help='append the results to this JSON file')
     parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)  # a child process's run
     parser.add_argument('--table', default=None, help='print the Markdown tables of a results file and stop')
@@ -270,7 +299,7 @@ def main() -> None:
     depths, impls = args.depth or [2, 4, 6], args.impl or list(IMPLEMENTATIONS)
     if args.one:
         print(json.dumps(measure(impls[0], depths[0], (args.candidates or [8])[0], args.batch, args.channels,
-                                 args.size, args.steps)))
+                                 args.size, args.steps, args.device, args.memory_steps)))
         return
     growth_impls = args.growth_impl or [i for i in impls if i != 'darts']
     configs = [(d, 8, impl) for d in depths for impl in impls] + [
@@ -282,13 +311,19 @@ def main() -> None:
     def one(impl: str, depth: int, candidates: int, steps: int, env: dict) -> dict:
         out = subprocess.run([sys.executable, __file__, '--one', '--impl', impl, '--depth', str(depth),
                               '--candidates', str(candidates), '--batch', str(args.batch),
-                              '--channels', str(args.channels), '--size', str(args.size), '--steps', str(steps)],
-                             env=env, capture_output=True, text=True, check=True)
+                              '--channels', str(args.channels), '--size', str(args.size), '--steps', str(steps),
+                              '--device', args.device, '--memory-steps', str(args.memory_steps)],
+                             env=env, capture_output=True, text=True)
+        if out.returncode != 0:  # the child's traceback, not only its exit status
+            sys.exit(f'memory.py: {impl} at depth {depth}, n={candidates} failed:\n{out.stderr}')
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     for depth, candidates, impl in configs:
-        result = one(impl, depth, candidates, args.memory_steps, memory_env)
-        result['seconds_per_step'] = one(impl, depth, candidates, args.steps, time_env)['seconds_per_step']
+        if args.device == 'cpu':
+            result = one(impl, depth, candidates, args.memory_steps, memory_env)
+            result['seconds_per_step'] = one(impl, depth, candidates, args.steps, time_env)['seconds_per_step']
+        else:  # the CUDA allocator counts its own peak: one process measures both
+            result = one(impl, depth, candidates, args.steps, time_env)
         results.append(result)
         print(f"{result['nni']:<9} depth {depth}  n={candidates}  {impl:<9} peak "
               f"{result['peak_bytes'] / 2**20:8.1f} MiB  {result['seconds_per_step'] * 1e3:8.0f} ms/step",

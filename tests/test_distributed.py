@@ -1,5 +1,5 @@
 """Data-parallel search on torch.distributed: 2 processes, gloo on CPU (and NCCL on two GPUs where
-there are two), loopback only."""
+there are two; a world of one on one GPU), loopback only."""
 
 from __future__ import annotations
 
@@ -77,6 +77,22 @@ def test_plain_pytorch_search_on_two_ranks(tmp_path, backend):
         assert torch.equal(a, b)
     # No context entries are left over.
     assert r0['saved_entries'] == r1['saved_entries'] == [0, 0, 0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_an_nccl_search_on_one_gpu(tmp_path):
+    # NCCL refuses two ranks on one GPU, so with one GPU the NCCL path (the draw rounds' and the
+    # alpha gradient's collectives on CUDA tensors) runs as a world of one.
+    codes, _ = launch(distributed_workers.plain_search, tmp_path, world=1, steps=20, backend='nccl')
+    assert codes == [0], errors(tmp_path)
+    r0 = torch.load(tmp_path / 'rank0.pt', weights_only=False)
+    assert len({repr(sorted(s.items())) for s in r0['samples']}) > 1
+    # A world of one averages over itself: the gradient DDP leaves is the single-process one.
+    for averaged, local in zip(r0['step0']['averaged'], r0['step0']['local']):
+        torch.testing.assert_close(averaged, local, rtol=1e-5, atol=1e-6)
+    assert any(bool(g.abs().sum() > 0) for g in r0['step0']['local'])
+    assert all(bool(v.isfinite().all()) for v in r0['state'].values() if v.is_floating_point())
+    assert r0['saved_entries'] == [0, 0, 0]
 
 
 @pytest.mark.parametrize('kind', ['layers', 'values', 'cells'])

@@ -9,11 +9,15 @@
 #   .gpu/numpy1/        numpy 1.26.4 (cp312), used only where the machine's scipy, sklearn, pandas and matplotlib
 #                       import under it and the tests collect (scipy >= 1.18 and pandas 3 need numpy 2: then the
 #                       machine's numpy 2.x, under which Lightning 1.9.5 runs with np.Inf -> np.inf in .gpu/site)
-# Then the steps of scripts/gpu_check.sh, each under a timeout so that all ends within ~GPU_BUDGET_S (480 s):
-#   CUDA tests (pytest -k 'cuda or nccl', <= 150 s), benchmarks/floor.py --device cuda (<= 120 s; it also checks
-#   its alpha gradient against ours), benchmarks/run.py --device cuda (the rest of the budget, full shapes;
-#   GPU_BENCH_ARGS=--smoke for tiny ones). RUN_ON_CPU=1 runs the same steps on the CPU where there is no CUDA
-#   (a rehearsal of this script; the CUDA tests are then skipped).
+# Then the steps of scripts/gpu_check.sh, each under a timeout so that all ends within ~GPU_BUDGET_S (540 s):
+#   CUDA tests (pytest -k 'cuda or nccl', <= 150 s), benchmarks/floor.py --device cuda (<= 120 s; it also
+#   checks its alpha gradient against ours), benchmarks/draws.py --device cuda (<= 60 s),
+#   benchmarks/memory.py --device cuda (<= 260 s; the paper space's peak memory and step time, NNI's layers
+#   beside ours), benchmarks/run.py --device cuda (the rest of the budget, full shapes; GPU_BENCH_ARGS=--smoke
+#   for tiny ones). On an H200 (2026-12-04) the steps took 47 s, 35 s, about 15 s, about 20 s per memory
+#   configuration (12: mostly starting a process that imports NNI) and 174 s.
+#   RUN_ON_CPU=1 runs the same steps on the CPU where there is no CUDA (a rehearsal of this script; the CUDA
+#   tests are then skipped).
 # Results: gpu-results/run/ (summary.txt, logs, bench/), tarred to $OUT/gpu-results.tgz; summary.txt, run.log
 # and the pytest log copied to $OUT as well. Exit status: 0 if every step passed, else 1.
 set -uo pipefail
@@ -22,10 +26,11 @@ ROOT=$PWD
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/gpu-out}
 RES=gpu-results/run
-BUDGET=${GPU_BUDGET_S:-480}
+BUDGET=${GPU_BUDGET_S:-540}
 # Step limits (s). The benchmarks (run.py) run last and get all that is left of the budget.
 T_TESTS=${T_TESTS:-150}
 T_FLOOR=${T_FLOOR:-120}
+T_MEMORY=${T_MEMORY:-260}
 # Benchmark shapes: full by default; GPU_BENCH_ARGS=--smoke for the tiny ones.
 BENCH_ARGS=${GPU_BENCH_ARGS:-}
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MPLBACKEND=Agg
@@ -121,7 +126,7 @@ EOF
     local dev=cuda
     "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' || dev=none
     [ "$dev" = none ] && [ "${RUN_ON_CPU:-0}" = 1 ] && dev=cpu
-    local status=0 tests_status=skipped bench_status=skipped floor_status=skipped
+    local status=0 tests_status=skipped bench_status=skipped floor_status=skipped memory_status=skipped
     if [ "$dev" = none ]; then
         echo "CUDA is not available to $PY: no step runs (RUN_ON_CPU=1 runs them on the CPU)"
         status=2
@@ -135,7 +140,14 @@ EOF
         # shellcheck disable=SC2086
         step floor "$T_FLOOR" "$PY" benchmarks/floor.py --device "$dev" --out "$RES/bench/floor.json" $BENCH_ARGS
         floor_status=$?; [ "$floor_status" -eq 0 ] || status=1
-        # 3. The benchmarks against NNI 2.10, with the rest of the budget (results only at their end; each
+        # What a draw costs on the device (the floor's largest part on a GPU), beside NNI's draw.
+        step draws 60 "$PY" benchmarks/draws.py --device "$dev" || status=1
+        # 3. The paper space's peak memory and time per search step (each configuration's line in memory.txt
+        #    as it ends; the JSON at the end).
+        step memory "$T_MEMORY" "$PY" benchmarks/memory.py --device "$dev" --steps 10 \
+            --out "$RES/bench/memory-cuda.json"
+        memory_status=$?; [ "$memory_status" -eq 0 ] || status=1
+        # 4. The benchmarks against NNI 2.10, with the rest of the budget (results only at their end; each
         #    case's line is in bench.txt as it ends).
         # shellcheck disable=SC2086
         step bench "$BUDGET" "$PY" benchmarks/run.py --device "$dev" --out "$RES/bench" $BENCH_ARGS
@@ -154,6 +166,13 @@ EOF
         echo "floor (exit $floor_status):"
         [ -f "$RES/bench/floor.md" ] && cat "$RES/bench/floor.md"
         [ -f "$RES/bench/floor.md" ] || tail -n 30 "$RES/floor.txt" 2>/dev/null
+        echo
+        echo "draws:"
+        cat "$RES/draws.txt" 2>/dev/null
+        echo
+        echo "memory (exit $memory_status):"
+        if [ -f "$RES/bench/memory-cuda.json" ]; then "$PY" benchmarks/memory.py --table "$RES/bench/memory-cuda.json"
+        else grep -E 'MiB' "$RES/memory.txt" 2>/dev/null; fi
         echo
         echo "benchmarks (exit $bench_status):"
         if [ -f "$RES/bench/results.md" ]; then cat "$RES/bench/results.md"
