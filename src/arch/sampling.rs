@@ -52,7 +52,11 @@ pub fn draw_pair(probs: &Tensor) -> Result<(i64, i64), TchError> {
 ///
 /// One index from a contiguous host tensor is taken on the host from the same draws: the
 /// quotients are the same IEEE divisions, and the argmax the first largest one (a NaN: `None`),
-/// without the five dispatches of the division, the argmax and the reads.
+/// without the five dispatches of the division, the argmax and the reads. One index from any
+/// other 1-d tensor (on a GPU, say) divides there and copies the quotients to the host, where the
+/// same argmax is taken: one read back a draw, where the argmax on the device and reading its
+/// index and then that quotient (for a NaN) were a kernel and two reads, each waiting for the
+/// device.
 ///
 /// The exponential draws go into `buffer` where it has `probs`' size, dtype and device (the last
 /// draw's; `exponential_` on it takes the same numbers from the generator as on a new tensor).
@@ -74,6 +78,9 @@ pub fn draw_from_softmax(probs: &Tensor, n: i64, buffer: &mut Option<Tensor>) ->
         };
         if let Some(drawn) = host {
             return Ok(drawn.map(|index| vec![index]));
+        }
+        if probs.dim() == 1 {
+            return Ok(argmax_quotient_read_back(probs, exponential)?.map(|index| vec![index]));
         }
     }
     let quotient = probs.f_div(exponential)?;
@@ -235,6 +242,32 @@ fn host_argmax_quotient<T: Element + Copy + PartialOrd + std::ops::Div<Output = 
     host_vectors::<T>(probs, exponential).map(|(p, q)| argmax_quotient(p, q))
 }
 
+/// `argmax(probs / exponential)` of two 1-d tensors of one length on any device and of any float
+/// dtype: the quotients there, then one copy to the host, where the first largest is taken (None
+/// if one is NaN). The doubles hold each quotient exactly, so their order and ties are the
+/// tensors'.
+fn argmax_quotient_read_back(probs: &Tensor, exponential: &Tensor) -> Result<Option<i64>, TchError> {
+    let quotient = probs.f_div(exponential)?.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Double)?.f_contiguous()?;
+    let values = host_slice::<f64>(&quotient).filter(|values| !values.is_empty()).ok_or_else(|| {
+        TchError::Shape(format!("a draw from probabilities of shape {:?}", probs.size()))
+    })?;
+    Ok(first_largest(values))
+}
+
+/// The index of the first largest value, None if one is NaN.
+fn first_largest(values: &[f64]) -> Option<i64> {
+    let mut best = (0usize, values[0]);
+    for (i, &value) in values.iter().enumerate() {
+        if value.is_nan() {
+            return None;
+        }
+        if value > best.1 {
+            best = (i, value);
+        }
+    }
+    Some(best.0 as i64)
+}
+
 /// Two contiguous 1-d host tensors of `T` of one non-empty length, as slices (None for any other).
 fn host_vectors<'a, T: Element>(probs: &'a Tensor, exponential: &'a Tensor) -> Option<(&'a [T], &'a [T])> {
     if probs.dim() != 1 {
@@ -303,6 +336,41 @@ mod tests {
             let nan = Tensor::from_slice(&[0.25f64, f64::NAN, 0.5, 0.25]).to_kind(kind);
             assert_eq!(host(&nan), Some(None));
             assert_eq!(tensor_draw(&nan, &ones), None);
+        }
+    }
+
+    #[test]
+    fn the_read_back_draw_is_the_tensor_draw() {
+        // Tensors the host loop does not take (a strided view, half precision) divide on their
+        // device and take the argmax of the copied quotients: what the tensor ops take.
+        let _generator = crate::testing::seeded(0);
+        for kind in [Kind::Float, Kind::Double, Kind::Half] {
+            for seed in 0..200 {
+                tch::manual_seed(seed);
+                let n = 1 + seed % 9;
+                let wide = (Tensor::randn([2 * n], (Kind::Double, Device::Cpu)) * 3.0).softmax(0, None::<Kind>);
+                let probs = wide.to_kind(kind).slice(0, 0, 2 * n, 2);
+                assert!(!probs.is_contiguous() || n == 1);
+                let exponential = probs.empty_like().exponential_(1.0);
+                let drawn = argmax_quotient_read_back(&probs, &exponential).unwrap();
+                assert_eq!(drawn, tensor_draw(&probs, &exponential), "{kind:?}, seed {seed}");
+            }
+            let ones = Tensor::ones([4], (kind, Device::Cpu));
+            let ties = Tensor::from_slice(&[0.25f64, 0.5, 0.5, 0.25]).to_kind(kind);
+            assert_eq!(argmax_quotient_read_back(&ties, &ones).unwrap(), Some(1));
+            let nan = Tensor::from_slice(&[0.25f64, f64::NAN, 0.5, 0.25]).to_kind(kind);
+            assert_eq!(argmax_quotient_read_back(&nan, &ones).unwrap(), None);
+        }
+        // Through draw_from_softmax: a strided view of probabilities draws what a contiguous copy
+        // of it draws under the same seed (the host loop for one, the read back for the other).
+        for seed in 0..50 {
+            let wide = (Tensor::randn([14], (Kind::Float, Device::Cpu)) * 3.0).softmax(0, None::<Kind>);
+            let strided = wide.slice(0, 0, 14, 2);
+            tch::manual_seed(seed);
+            let a = draw_from_softmax(&strided, 1, &mut None).unwrap();
+            tch::manual_seed(seed);
+            let b = draw_from_softmax(&strided.contiguous(), 1, &mut None).unwrap();
+            assert_eq!(a, b, "seed {seed}");
         }
     }
 
