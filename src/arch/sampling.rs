@@ -248,9 +248,9 @@ fn host_argmax_quotient<T: Element + Copy + PartialOrd + std::ops::Div<Output = 
 /// tensors'.
 fn argmax_quotient_read_back(probs: &Tensor, exponential: &Tensor) -> Result<Option<i64>, TchError> {
     let quotient = probs.f_div(exponential)?.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Double)?.f_contiguous()?;
-    let values = host_slice::<f64>(&quotient).filter(|values| !values.is_empty()).ok_or_else(|| {
-        TchError::Shape(format!("a draw from probabilities of shape {:?}", probs.size()))
-    })?;
+    let values = host_slice::<f64>(&quotient)
+        .filter(|values| !values.is_empty())
+        .ok_or_else(|| TchError::Shape(format!("a draw from probabilities of shape {:?}", probs.size())))?;
     Ok(first_largest(values))
 }
 
