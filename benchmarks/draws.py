@@ -14,7 +14,9 @@ read back. This prints the cost of a layer's ``resample`` next to one kernel lau
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -22,26 +24,17 @@ import torch.nn as nn
 
 import proxyless_rs
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402  (benchmarks/run.py: the device and the timing loop)
+
 LAYERS, CANDIDATES, DIM = 20, 7, 64
 
 
-def per_call_us(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median over 5 rounds of the mean time of ``repeats`` calls, ended by a synchronize on CUDA."""
-    def sync() -> None:
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-
+def median_us(fn: Callable[[], object], repeats: int) -> float:
+    """The median over 5 rounds of the mean time of ``repeats`` calls, after 20 warm-up calls."""
     for _ in range(20):
         fn()
-    rounds = []
-    for _ in range(5):
-        sync()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        sync()
-        rounds.append((time.perf_counter() - start) / repeats * 1e6)
-    return sorted(rounds)[2]
+    return statistics.median(run.per_call_us(fn, repeats))
 
 
 def main() -> None:
@@ -49,7 +42,7 @@ def main() -> None:
     parser.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda'")
     parser.add_argument('--repeats', type=int, default=200)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = run.DEVICE = torch.device(args.device)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     layers = [proxyless_rs.ProxylessMixedLayer([(f'op{i}', nn.Linear(DIM, DIM)) for i in range(CANDIDATES)],
@@ -65,14 +58,14 @@ def main() -> None:
     def nni_draw() -> int:  # NNI 2.10's ProxylessMixedLayer.resample, less its dict
         return int(torch.multinomial(torch.softmax(alpha, -1), 1).item())
 
-    ours = per_call_us(resample_all, device, args.repeats)
+    ours = median_us(resample_all, args.repeats)
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
     print(f'device: {where}, torch {torch.__version__}')
     print(f'resample of {LAYERS} layers ({CANDIDATES} candidates each): {ours:.1f} us, '
           f'{ours / LAYERS:.1f} us a layer')
-    print(f"NNI's draw of one layer (softmax, multinomial, item): {per_call_us(nni_draw, device, args.repeats):.1f} us")
-    print(f'one kernel launch (x.add(1)): {per_call_us(lambda: x.add(1), device, args.repeats):.1f} us; '
-          f'.item() of an element: {per_call_us(lambda: x[0, 0].item(), device, args.repeats):.1f} us')
+    print(f"NNI's draw of one layer (softmax, multinomial, item): {median_us(nni_draw, args.repeats):.1f} us")
+    print(f'one kernel launch (x.add(1)): {median_us(lambda: x.add(1), args.repeats):.1f} us; '
+          f'.item() of an element: {median_us(lambda: x[0, 0].item(), args.repeats):.1f} us')
 
 
 if __name__ == '__main__':

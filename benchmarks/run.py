@@ -46,6 +46,20 @@ def sync() -> None:
         torch.cuda.synchronize(DEVICE)
 
 
+def per_call_us(fn: Callable[[], object], repeats: int, rounds: int = 5) -> list[float]:
+    """The mean time of a call of ``fn`` in each of ``rounds`` rounds of ``repeats`` calls, in µs
+    (each round ended by a synchronize on CUDA)."""
+    times = []
+    for _ in range(rounds):
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        sync()
+        times.append((time.perf_counter() - start) / repeats * 1e6)
+    return times
+
+
 def implementations():
     from nni.nas.oneshot.pytorch.supermodule.proxyless import ProxylessMixedInput, ProxylessMixedLayer
 
@@ -212,15 +226,7 @@ def hook_cost(impls, n: int, dim: int, batch: int, repeats: int) -> list[dict]:
     grad = torch.randn(batch, dim, device=DEVICE)
 
     def timeit(fn) -> float:
-        best = float('inf')
-        for _ in range(5):
-            sync()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            sync()
-            best = min(best, (time.perf_counter() - start) / repeats)
-        return best * 1e6
+        return min(per_call_us(fn, repeats))
 
     results = {
         kind: {'case': f'{kind}-n{n}', 'unit': 'us/layer-backward',
