@@ -4,6 +4,7 @@
     python benchmarks/floor.py --smoke          # tiny shapes, a few samples (what CI runs)
     python benchmarks/floor.py --case overhead --threads 1
     python benchmarks/floor.py --device cuda    # on a GPU (scripts/gpu_check.sh runs this)
+    python benchmarks/floor.py --device cuda --profile   # what each step runs: ops, kernel launches, syncs
 
 A weight step's floor is the child network's training step: the sampled path as plain modules (the
 very candidate modules the supernet holds, so the same weights), forward and backward. An
@@ -26,11 +27,18 @@ network per step, as a search runs a new child at every step. Reported: min / me
 milliseconds per step and the median of the paired ratios ours / floor (1.0 is the floor; > 1 is
 our overhead). The floor also checks itself: its alpha
 gradient must equal ours on the same draw and data (to float rounding), or the script fails.
+
+``--profile`` times nothing: it runs a few steps of each under ``torch.profiler`` and counts, per
+step, the operators each runs (every level: ``aten::linear`` and the ``aten::addmm`` inside it),
+the kernel launches and the host-device copies and synchronisations of the CUDA runtime, and
+lists the operators ours runs more often than the floor. On a GPU, where a launch costs several
+µs of host time, those counts are what a step's excess is made of.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import json
 import os
@@ -279,6 +287,75 @@ def time_pair(case: Case, step: str, blocks: str = 'once') -> dict:
     return result
 
 
+LAUNCHES = ('cudaLaunchKernel', 'cuLaunchKernel', 'cudaLaunchKernelExC', 'cuLaunchKernelEx')
+
+
+def _counts(fn: Callable[[], None], steps: int) -> collections.Counter:
+    """How often each operator and CUDA runtime call ran in ``steps`` calls of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.DEVICE.type == 'cuda' else [])
+    sync()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            fn()
+        sync()
+    return collections.Counter(event.name for event in prof.events()
+                               if event.device_type == torch.autograd.DeviceType.CPU)
+
+
+def profile_pair(case: Case, step: str, blocks: str = 'once', steps: int = 5, top: int = 12) -> dict:
+    """Operators, kernel launches, copies and synchronisations per step of ours and of the floor, on
+    the same draws (see the module's docstring)."""
+    torch.manual_seed(0)
+    net = case.build().to(run.DEVICE)
+    x = case.make_input().to(run.DEVICE)
+    floor = Floor(net)
+    floor_step = floor.weight_step if step == 'weight' else floor.arch_step
+
+    def make_block():
+        return proxyless_rs.no_arch_grad(net) if step == 'weight' else proxyless_rs.no_weight_grad(net)
+
+    block = make_block()
+    fns = {'ours': lambda: ours_step(net, x, floor.weights, block if blocks == 'once' else make_block()),
+           'floor': lambda: floor_step(x)}
+    per_step = {}
+    for name, fn in fns.items():
+        for seed in (0, 1):  # seed 0 warms up; seed 1 is counted, the same draws for both
+            torch.manual_seed(seed)
+            floor.prepare(steps)
+            torch.manual_seed(seed)
+            counts = _counts(fn, steps)
+        per_step[name] = {op: count / steps for op, count in counts.items()}
+
+    def total(name: str, pick: Callable[[str], bool]) -> float:
+        return sum(count for op, count in per_step[name].items() if pick(op))
+
+    result = {'case': case.name, 'step': step, 'description': case.description, 'per_step': per_step}
+    for name in fns:
+        result[name] = {'ops': total(name, lambda op: op.startswith('aten::')),
+                        'launches': total(name, lambda op: op in LAUNCHES),
+                        'copies': total(name, lambda op: op.startswith('cudaMemcpy')),
+                        'syncs': total(name, lambda op: 'Synchronize' in op)}
+    more = {op: per_step['ours'].get(op, 0.0) - per_step['floor'].get(op, 0.0)
+            for op in set(per_step['ours']) | set(per_step['floor'])}
+    result['more'] = sorted(((op, d) for op, d in more.items() if d > 0), key=lambda item: -item[1])[:top]
+    return result
+
+
+def profile_table(results: list[dict]) -> str:
+    lines = ['| case | step | aten ops (ours / floor) | kernel launches | copies | syncs '
+             '| ours runs more often, per step |',
+             '|---|---|---|---|---|---|---|']
+    for r in results:
+        o, f = r['ours'], r['floor']
+        more = ', '.join(f'{op} +{d:g}' for op, d in r['more'][:6])
+        lines.append(f"| {r['case']} | {r['step']} | {o['ops']:g} / {f['ops']:g} | {o['launches']:g} / "
+                     f"{f['launches']:g} | {o['copies']:g} / {f['copies']:g} | {o['syncs']:g} / {f['syncs']:g} | "
+                     f"{more} |")
+    return '\n'.join(lines)
+
+
 def table(results: list[dict]) -> str:
     lines = ['| case | step | floor ms (min / median / max) | ours ms (min / median / max) | ours / floor |',
              '|---|---|---|---|---|']
@@ -302,6 +379,8 @@ def main() -> None:
     parser.add_argument('--blocks', choices=['once', 'per-step'], default='once',
                         help="ours' no_arch_grad / no_weight_grad made once before the loop (README's recipe, the "
                              "default) or made anew inside every step")
+    parser.add_argument('--profile', action='store_true',
+                        help='count what each step runs (operators, kernel launches, syncs) instead of timing it')
     parser.add_argument('--out', type=Path, default=RESULTS / 'floor.json', help='JSON; the table goes beside it (.md)')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -314,6 +393,13 @@ def main() -> None:
             continue
         worst = check_same_alpha_grad(case)
         for step in ('weight', 'arch'):
+            if args.profile:
+                result = profile_pair(case, step, args.blocks)
+                results.append(result)
+                print(f"{case.name:9s} {step:6s} ops {result['ours']['ops']:g} / {result['floor']['ops']:g}, "
+                      f"launches {result['ours']['launches']:g} / {result['floor']['launches']:g} (ours / floor)",
+                      flush=True)
+                continue
             result = time_pair(case, step, args.blocks)
             result['blocks'] = args.blocks
             result['alpha_grad_rel_diff'] = worst
@@ -322,7 +408,7 @@ def main() -> None:
                   f"ours {result['ours']['median']:8.3f} ms  ours/floor {result['ratio']:.2f}x", flush=True)
     pins = ', '.join(f'{k}={v}' for k, v in MALLOC_PINS.items())
     header = f'Machine: {machine()}; device {run.DEVICE}; glibc malloc thresholds pinned ({pins}).'
-    markdown = header + '\n\n' + table(results) + '\n'
+    markdown = header + '\n\n' + (profile_table(results) if args.profile else table(results)) + '\n'
     print()
     print(markdown)
     args.out.parent.mkdir(parents=True, exist_ok=True)

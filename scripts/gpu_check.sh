@@ -4,8 +4,8 @@
 #      tests/test_cuda.py (the binary-gate backward under torch.cuda.set_sync_debug_mode('error'):
 #      no host round trip), and the NCCL search on two GPUs where there are two;
 #   2. the benchmarks on the GPU (benchmarks/run.py --device cuda; benchmarks/floor.py --device cuda,
-#      the floor ratios; benchmarks/draws.py --device cuda, a draw's cost; benchmarks/memory.py
-#      --device cuda, the paper space's peak memory and step time).
+#      the floor ratios, and with --profile what each step runs; benchmarks/draws.py --device cuda,
+#      a draw's cost; benchmarks/memory.py --device cuda, the paper space's peak memory and step time).
 #
 #   make gpu                                 # builds first if needed, then runs this
 #   bash scripts/gpu_check.sh [OUT]          # in a set-up checkout; OUT defaults to gpu-results/<UTC time>
@@ -62,6 +62,11 @@ floor_status=${PIPESTATUS[0]}
 # What a draw costs on the device, beside NNI's draw.
 "$PY" benchmarks/draws.py --device cuda 2>&1 | tee "$OUT/draws.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; bench_status=1; }
+# What each step runs, ours against the floor (operators, kernel launches, copies, syncs).
+# shellcheck disable=SC2086
+"$PY" benchmarks/floor.py --device cuda --profile --out "$OUT/bench/floor-profile.json" ${GPU_BENCH_ARGS:-} 2>&1 \
+    | tee "$OUT/floor-profile.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { status=1; bench_status=1; }
 # The paper space's peak memory and step time, NNI's layers (ProxylessNAS and DARTS) beside ours.
 "$PY" benchmarks/memory.py --device cuda --steps 10 --out "$OUT/bench/memory-cuda.json" 2>&1 | tee "$OUT/memory.txt"
 memory_status=${PIPESTATUS[0]}
@@ -79,6 +84,7 @@ echo "    benchmarks: exit $bench_status, $SECONDS s"
     [ -f "$OUT/bench/results.md" ] && cat "$OUT/bench/results.md"
     [ -f "$OUT/bench/floor.md" ] && cat "$OUT/bench/floor.md"
     [ -f "$OUT/draws.txt" ] && cat "$OUT/draws.txt"
+    [ -f "$OUT/bench/floor-profile.md" ] && cat "$OUT/bench/floor-profile.md"
     [ -f "$OUT/bench/memory-cuda.json" ] && "$PY" benchmarks/memory.py --table "$OUT/bench/memory-cuda.json"
 } > "$OUT/summary.txt"
 echo "==> results in $OUT (summary: $OUT/summary.txt)"

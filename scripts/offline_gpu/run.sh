@@ -9,13 +9,14 @@
 #   .gpu/numpy1/        numpy 1.26.4 (cp312), used only where the machine's scipy, sklearn, pandas and matplotlib
 #                       import under it and the tests collect (scipy >= 1.18 and pandas 3 need numpy 2: then the
 #                       machine's numpy 2.x, under which Lightning 1.9.5 runs with np.Inf -> np.inf in .gpu/site)
-# Then the steps of scripts/gpu_check.sh, each under a timeout so that all ends within ~GPU_BUDGET_S (540 s):
+# Then the steps of scripts/gpu_check.sh, each under a timeout so that all ends within ~GPU_BUDGET_S (560 s):
 #   CUDA tests (pytest -k 'cuda or nccl', <= 150 s), benchmarks/floor.py --device cuda (<= 120 s; it also
-#   checks its alpha gradient against ours), benchmarks/draws.py --device cuda (<= 60 s),
-#   benchmarks/memory.py --device cuda (<= 260 s; the paper space's peak memory and step time, NNI's layers
-#   beside ours), benchmarks/run.py --device cuda (the rest of the budget, full shapes; GPU_BENCH_ARGS=--smoke
-#   for tiny ones). On an H200 (2026-12-04) the steps took 47 s, 35 s, about 15 s, about 20 s per memory
-#   configuration (12: mostly starting a process that imports NNI) and 174 s.
+#   checks its alpha gradient against ours), benchmarks/draws.py --device cuda (<= 60 s), floor.py --profile
+#   (<= 90 s: operators, kernel launches and syncs per step, ours and the floor's), benchmarks/memory.py
+#   --device cuda (<= 240 s; the paper space's peak memory and step time, NNI's layers beside ours),
+#   benchmarks/run.py --device cuda (the rest of the budget, full shapes; GPU_BENCH_ARGS=--smoke for tiny
+#   ones). On an H200 (2026-12-04) the tests took 47 s, the floor 35 s, draws.py about 15 s, memory.py about
+#   20 s a configuration (12: mostly starting a process that imports NNI) and run.py 174 s.
 #   RUN_ON_CPU=1 runs the same steps on the CPU where there is no CUDA (a rehearsal of this script; the CUDA
 #   tests are then skipped).
 # Results: gpu-results/run/ (summary.txt, logs, bench/), tarred to $OUT/gpu-results.tgz; summary.txt, run.log
@@ -26,11 +27,11 @@ ROOT=$PWD
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/gpu-out}
 RES=gpu-results/run
-BUDGET=${GPU_BUDGET_S:-540}
+BUDGET=${GPU_BUDGET_S:-560}
 # Step limits (s). The benchmarks (run.py) run last and get all that is left of the budget.
 T_TESTS=${T_TESTS:-150}
 T_FLOOR=${T_FLOOR:-120}
-T_MEMORY=${T_MEMORY:-260}
+T_MEMORY=${T_MEMORY:-240}
 # Benchmark shapes: full by default; GPU_BENCH_ARGS=--smoke for the tiny ones.
 BENCH_ARGS=${GPU_BENCH_ARGS:-}
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MPLBACKEND=Agg
@@ -142,6 +143,10 @@ EOF
         floor_status=$?; [ "$floor_status" -eq 0 ] || status=1
         # What a draw costs on the device (the floor's largest part on a GPU), beside NNI's draw.
         step draws 60 "$PY" benchmarks/draws.py --device "$dev" || status=1
+        # What each step runs, ours against the floor: operators, kernel launches, copies, syncs.
+        # shellcheck disable=SC2086
+        step floor-profile 90 "$PY" benchmarks/floor.py --device "$dev" --profile \
+            --out "$RES/bench/floor-profile.json" $BENCH_ARGS || status=1
         # 3. The paper space's peak memory and time per search step (each configuration's line in memory.txt
         #    as it ends; the JSON at the end).
         step memory "$T_MEMORY" "$PY" benchmarks/memory.py --device "$dev" --steps 10 \
@@ -169,6 +174,9 @@ EOF
         echo
         echo "draws:"
         cat "$RES/draws.txt" 2>/dev/null
+        echo
+        echo "floor profile (per step):"
+        cat "$RES/bench/floor-profile.md" 2>/dev/null
         echo
         echo "memory (exit $memory_status):"
         if [ -f "$RES/bench/memory-cuda.json" ]; then "$PY" benchmarks/memory.py --table "$RES/bench/memory-cuda.json"
