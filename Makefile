@@ -228,6 +228,7 @@ bench-smoke: $(DEVELOP)
 	$(PY) benchmarks/spaces.py --plot target/bench-smoke/spaces.json target/bench-smoke/darts.png --space darts
 	$(PY) benchmarks/distributed.py --world 2 --layers 2 --steps 1 --out target/bench-smoke/distributed.json
 	$(PY) benchmarks/floor.py --smoke --out target/bench-smoke/floor.json
+	$(PY) benchmarks/floor.py --smoke --profile --out target/bench-smoke/floor-profile.json
 	$(PY) benchmarks/draws.py --repeats 5
 	$(call done,benchmark smoke run)
 
