@@ -87,6 +87,20 @@ pub(crate) fn host_slice<T: Element>(t: &Tensor) -> Option<&[T]> {
     Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, numel) })
 }
 
+/// A new 1-d host tensor holding `values`. tch's `Tensor::from_slice` makes it with
+/// `torch::zeros` before copying the values in, a fill dispatched through libtorch for nothing;
+/// this makes it empty. Each architecture step makes two such tensors a layer (the gates and
+/// alpha's gradient).
+pub(crate) fn host_tensor<T: Element>(values: &[T]) -> Result<Tensor, TchError> {
+    let tensor = Tensor::f_empty([values.len() as i64], (T::KIND, tch::Device::Cpu))?;
+    if !values.is_empty() {
+        // SAFETY: a new contiguous host tensor of `values.len()` elements of `T` (its data pointer
+        // non-null, as it has elements), which nothing else refers to yet.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), tensor.data_ptr() as *mut T, values.len()) };
+    }
+    Ok(tensor)
+}
+
 /// [`binary_gate_grads`] on the host: for small contiguous float tensors in host memory, n dot
 /// products in a loop cost less than the three dispatches (stack, mul, sum) of the tensor form.
 /// Products and sums are taken in f64 (a float32 product is exact in f64), so each gate is
@@ -109,9 +123,9 @@ fn host_gate_grads(outputs: &[&Tensor], grad: &Tensor) -> Option<Tensor> {
     match grad.kind() {
         Kind::Float => {
             let gates = dots::<f32>(outputs, &grad)?;
-            Tensor::f_from_slice(&gates.iter().map(|&v| v as f32).collect::<Vec<_>>()).ok()
+            host_tensor(&gates.iter().map(|&v| v as f32).collect::<Vec<_>>()).ok()
         }
-        _ => Tensor::f_from_slice(&dots::<f64>(outputs, &grad)?).ok(),
+        _ => host_tensor(&dots::<f64>(outputs, &grad)?).ok(),
     }
 }
 
@@ -189,9 +203,9 @@ pub fn alpha_grad_like(like: &Tensor, probs: &Tensor, binary_grads: &Tensor) -> 
             let expected: f64 = p.iter().zip(&b).map(|(p, b)| p * b).sum();
             let delta: Vec<f64> = p.iter().zip(&b).map(|(p, b)| p * (b - expected)).collect();
             return match like.kind() {
-                Kind::Float => Tensor::f_from_slice(&delta.iter().map(|&v| v as f32).collect::<Vec<_>>()),
-                Kind::Double => Tensor::f_from_slice(&delta),
-                kind => Tensor::f_from_slice(&delta)?.f_to_kind(kind),
+                Kind::Float => host_tensor(&delta.iter().map(|&v| v as f32).collect::<Vec<_>>()),
+                Kind::Double => host_tensor(&delta),
+                kind => host_tensor(&delta)?.f_to_kind(kind),
             };
         }
     }
@@ -313,6 +327,19 @@ mod tests {
         assert_eq!(to_vec(&b), vec![1.0]);
         assert!(binary_gate_grad(&out, &[None, None, None]).unwrap().is_none());
         assert!(binary_gate_grad(&out[..1], &grads).is_err());
+    }
+
+    #[test]
+    fn a_host_tensor_holds_its_values() {
+        let empty = host_tensor::<f32>(&[]).unwrap();
+        assert_eq!(empty.size(), vec![0]);
+        let floats = host_tensor(&[1.5f32, -2.0, 3.25]).unwrap();
+        assert_eq!((floats.kind(), floats.size()), (Kind::Float, vec![3]));
+        assert!(floats.equal(&Tensor::from_slice(&[1.5f32, -2.0, 3.25])));
+        let doubles = host_tensor(&[0.1f64, f64::NAN]).unwrap();
+        assert_eq!(doubles.kind(), Kind::Double);
+        assert_eq!(doubles.double_value(&[0]), 0.1);
+        assert!(doubles.double_value(&[1]).is_nan());
     }
 
     #[test]
