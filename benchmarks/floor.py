@@ -241,7 +241,9 @@ def check_same_alpha_grad(case: Case) -> float:
     return worst
 
 
-def time_pair(case: Case, step: str, blocks: str = 'once') -> dict:
+def step_pair(case: Case, step: str, blocks: str) -> tuple[Floor, Callable[[], None], Callable[[], None]]:
+    """A new supernet of ``case`` and its floor, and one ``step`` of each: ours (README's recipe, its
+    block made ``once`` or per step) and the floor's."""
     torch.manual_seed(0)
     net = case.build().to(run.DEVICE)
     x = case.make_input().to(run.DEVICE)
@@ -253,12 +255,17 @@ def time_pair(case: Case, step: str, blocks: str = 'once') -> dict:
 
     block = make_block()
 
-    def run_ours():
+    def run_ours() -> None:
         ours_step(net, x, floor.weights, block if blocks == 'once' else make_block())
 
-    def run_floor():
+    def run_floor() -> None:
         floor_step(x)
 
+    return floor, run_ours, run_floor
+
+
+def time_pair(case: Case, step: str, blocks: str = 'once') -> dict:
+    floor, run_ours, run_floor = step_pair(case, step, blocks)
     times: dict[str, list[float]] = {'floor': [], 'ours': []}
     for sample in range(case.samples + 1):  # sample 0 is a warm-up
         order = [('ours', run_ours), ('floor', run_floor)]
@@ -307,18 +314,8 @@ def _counts(fn: Callable[[], None], steps: int) -> collections.Counter:
 def profile_pair(case: Case, step: str, blocks: str = 'once', steps: int = 5, top: int = 12) -> dict:
     """Operators, kernel launches, copies and synchronisations per step of ours and of the floor, on
     the same draws (see the module's docstring)."""
-    torch.manual_seed(0)
-    net = case.build().to(run.DEVICE)
-    x = case.make_input().to(run.DEVICE)
-    floor = Floor(net)
-    floor_step = floor.weight_step if step == 'weight' else floor.arch_step
-
-    def make_block():
-        return proxyless_rs.no_arch_grad(net) if step == 'weight' else proxyless_rs.no_weight_grad(net)
-
-    block = make_block()
-    fns = {'ours': lambda: ours_step(net, x, floor.weights, block if blocks == 'once' else make_block()),
-           'floor': lambda: floor_step(x)}
+    floor, run_ours, run_floor = step_pair(case, step, blocks)
+    fns = {'ours': run_ours, 'floor': run_floor}
     per_step = {}
     for name, fn in fns.items():
         for seed in (0, 1):  # seed 0 warms up; seed 1 is counted, the same draws for both
