@@ -251,14 +251,19 @@ fn argmax_quotient_read_back(probs: &Tensor, exponential: &Tensor) -> Result<Opt
     let values = host_slice::<f64>(&quotient)
         .filter(|values| !values.is_empty())
         .ok_or_else(|| TchError::Shape(format!("a draw from probabilities of shape {:?}", probs.size())))?;
-    Ok(first_largest(values))
+    Ok(first_largest(values.iter().copied()))
 }
 
-/// The index of the first largest value, None if one is NaN.
-fn first_largest(values: &[f64]) -> Option<i64> {
-    let mut best = (0usize, values[0]);
-    for (i, &value) in values.iter().enumerate() {
-        if value.is_nan() {
+/// The index of the first largest of `values` (libtorch's argmax keeps the first of equal
+/// largest values), None if one is NaN or there are none.
+fn first_largest<T: Copy + PartialOrd + Into<f64>>(values: impl IntoIterator<Item = T>) -> Option<i64> {
+    let mut values = values.into_iter().enumerate();
+    let mut best = values.next()?;
+    if best.1.into().is_nan() {
+        return None;
+    }
+    for (i, value) in values {
+        if value.into().is_nan() {
             return None;
         }
         if value > best.1 {
@@ -277,20 +282,9 @@ fn host_vectors<'a, T: Element>(probs: &'a Tensor, exponential: &'a Tensor) -> O
     (!p.is_empty() && p.len() == q.len()).then_some((p, q))
 }
 
-/// `argmax(p / q)` of two non-empty slices of equal length (the first of equal largest
-/// quotients), None if a quotient is NaN.
+/// `argmax(p / q)` of two slices of equal length ([`first_largest`] of the quotients).
 fn argmax_quotient<T: Copy + PartialOrd + std::ops::Div<Output = T> + Into<f64>>(p: &[T], q: &[T]) -> Option<i64> {
-    let mut best = (0usize, p[0] / q[0]);
-    for (i, (&p, &q)) in p.iter().zip(q).enumerate() {
-        let quotient = p / q;
-        if quotient.into().is_nan() {
-            return None;
-        }
-        if quotient > best.1 {
-            best = (i, quotient);
-        }
-    }
-    Some(best.0 as i64)
+    first_largest(p.iter().zip(q).map(|(&p, &q)| p / q))
 }
 
 #[cfg(test)]
