@@ -17,6 +17,7 @@
 #   benchmarks/run.py --device cuda (the rest of the budget, full shapes; GPU_BENCH_ARGS=--smoke for tiny
 #   ones). On an H200 (2026-12-04) the tests took 47 s, the floor 35 s, draws.py about 15 s, memory.py about
 #   20 s a configuration (12: mostly starting a process that imports NNI) and run.py 174 s.
+#   GPU_STEPS names the steps to run (default "tests floor draws profile memory bench").
 #   RUN_ON_CPU=1 runs the same steps on the CPU where there is no CUDA (a rehearsal of this script; the CUDA
 #   tests are then skipped).
 # Results: gpu-results/run/ (summary.txt, logs, bench/), tarred to $OUT/gpu-results.tgz; summary.txt, run.log
@@ -34,6 +35,10 @@ T_FLOOR=${T_FLOOR:-120}
 T_MEMORY=${T_MEMORY:-240}
 # Benchmark shapes: full by default; GPU_BENCH_ARGS=--smoke for the tiny ones.
 BENCH_ARGS=${GPU_BENCH_ARGS:-}
+# Which steps run (a short run when device time is scarce): GPU_STEPS="tests floor draws profile" skips
+# memory.py and run.py.
+STEPS=" ${GPU_STEPS:-tests floor draws profile memory bench} "
+wants() { [[ "$STEPS" == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MPLBACKEND=Agg
 # Without coreutils' timeout the steps run unbounded (`timeout -s INT -k 20 SECS CMD...` -> CMD...).
 command -v timeout > /dev/null || timeout() { shift 5; "$@"; }
@@ -134,29 +139,39 @@ EOF
     else
         [ "$dev" = cpu ] && echo "RUN_ON_CPU=1 and no CUDA: the steps run on the CPU"
         # 1. The CUDA tests (as scripts/gpu_check.sh).
-        step pytest-cuda "$T_TESTS" "$PY" -m pytest -p no:cacheprovider -k 'cuda or nccl' -rs -v \
-            --junitxml="$RES/pytest-cuda.xml"
-        tests_status=$?; [ "$tests_status" -eq 0 ] || status=1
+        if wants tests; then
+            step pytest-cuda "$T_TESTS" "$PY" -m pytest -p no:cacheprovider -k 'cuda or nccl' -rs -v \
+                --junitxml="$RES/pytest-cuda.xml"
+            tests_status=$?; [ "$tests_status" -eq 0 ] || status=1
+        fi
         # 2. The floor (a search step against plain torch; fails if its alpha gradient differs from ours).
-        # shellcheck disable=SC2086
-        step floor "$T_FLOOR" "$PY" benchmarks/floor.py --device "$dev" --out "$RES/bench/floor.json" $BENCH_ARGS
-        floor_status=$?; [ "$floor_status" -eq 0 ] || status=1
+        if wants floor; then
+            # shellcheck disable=SC2086
+            step floor "$T_FLOOR" "$PY" benchmarks/floor.py --device "$dev" --out "$RES/bench/floor.json" $BENCH_ARGS
+            floor_status=$?; [ "$floor_status" -eq 0 ] || status=1
+        fi
         # What a draw costs on the device (the floor's largest part on a GPU), beside NNI's draw.
-        step draws 60 "$PY" benchmarks/draws.py --device "$dev" || status=1
+        if wants draws; then step draws 60 "$PY" benchmarks/draws.py --device "$dev" || status=1; fi
         # What each step runs, ours against the floor: operators, kernel launches, copies, syncs.
-        # shellcheck disable=SC2086
-        step floor-profile 90 "$PY" benchmarks/floor.py --device "$dev" --profile \
-            --out "$RES/bench/floor-profile.json" $BENCH_ARGS || status=1
+        if wants profile; then
+            # shellcheck disable=SC2086
+            step floor-profile 90 "$PY" benchmarks/floor.py --device "$dev" --profile \
+                --out "$RES/bench/floor-profile.json" $BENCH_ARGS || status=1
+        fi
         # 3. The paper space's peak memory and time per search step (each configuration's line in memory.txt
         #    as it ends; the JSON at the end).
-        step memory "$T_MEMORY" "$PY" benchmarks/memory.py --device "$dev" --steps 10 \
-            --out "$RES/bench/memory-cuda.json"
-        memory_status=$?; [ "$memory_status" -eq 0 ] || status=1
+        if wants memory; then
+            step memory "$T_MEMORY" "$PY" benchmarks/memory.py --device "$dev" --steps 10 \
+                --out "$RES/bench/memory-cuda.json"
+            memory_status=$?; [ "$memory_status" -eq 0 ] || status=1
+        fi
         # 4. The benchmarks against NNI 2.10, with the rest of the budget (results only at their end; each
         #    case's line is in bench.txt as it ends).
-        # shellcheck disable=SC2086
-        step bench "$BUDGET" "$PY" benchmarks/run.py --device "$dev" --out "$RES/bench" $BENCH_ARGS
-        bench_status=$?; [ "$bench_status" -eq 0 ] || status=1
+        if wants bench; then
+            # shellcheck disable=SC2086
+            step bench "$BUDGET" "$PY" benchmarks/run.py --device "$dev" --out "$RES/bench" $BENCH_ARGS
+            bench_status=$?; [ "$bench_status" -eq 0 ] || status=1
+        fi
     fi
 
     {
