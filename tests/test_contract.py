@@ -404,15 +404,19 @@ def test_draws_follow_alpha_changed_in_place_between_them(mode, dtype):
         layer.resample({})
 
 
+@pytest.mark.parametrize('layout', ['contiguous', 'strided'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('n', [2, 3, 7, 20])
-def test_draws_are_torch_multinomials_under_the_same_seed(n, dtype):
+def test_draws_are_torch_multinomials_under_the_same_seed(n, dtype, layout):
     # The layer draws with multinomial's own algorithm (src/arch/sampling.rs), not multinomial itself:
-    # the same index, and the generator left in the same state, in both modes.
+    # the same index, and the generator left in the same state, in both modes. A strided alpha takes
+    # the path of an alpha on a GPU (softmax and exponential draws in one buffer, one copy to the host).
     generator = torch.Generator().manual_seed(n)
     for seed in range(50):
         alpha = torch.randn(n, generator=generator, dtype=dtype) * 3
-        layer = ProxylessMixedLayer([(str(k), nn.Identity()) for k in range(n)], nn.Parameter(alpha.clone()),
+        param = alpha.clone() if layout == 'contiguous' else alpha.repeat_interleave(2)[::2]
+        assert param.is_contiguous() == (layout == 'contiguous') and torch.equal(param, alpha)
+        layer = ProxylessMixedLayer([(str(k), nn.Identity()) for k in range(n)], nn.Parameter(param),
                                     nn.Softmax(-1), 'op')
         probs = torch.softmax(alpha, -1)
         torch.manual_seed(seed)

@@ -111,6 +111,16 @@ pub struct DrawCache {
     /// The memory of `probs` and `exponential` where both are host vectors of one dtype and length,
     /// checked once when they became a pair (None until then, and after either is replaced).
     host: Option<HostPair>,
+    /// The one-path draws' buffer off the host path ([`DrawCache::draw_one`]), held by this cache alone.
+    off_host: Option<OffHostPair>,
+}
+
+/// softmax(alpha) and the exponential draws side by side in one tensor of alpha's dtype and device
+/// (`[probs | exponential]`), and its two halves as views: one copy brings both to the host.
+struct OffHostPair {
+    buffer: Tensor,
+    probs: Tensor,
+    exponential: Tensor,
 }
 
 /// Two contiguous 1-d host tensors of `kind` (float or double) and `len` elements, by address.
@@ -133,7 +143,64 @@ impl DrawCache {
         alpha: &Tensor,
         softmax: impl FnOnce(&Tensor) -> Result<Tensor, E>,
     ) -> Result<Tensor, E> {
-        let Some(bytes) = host_bytes(alpha) else {
+        self.probs_of_bytes(alpha, host_bytes(alpha), softmax)
+    }
+
+    /// One index from `softmax(alpha, dim)` (`nn.Softmax(dim)`), as
+    /// `torch.multinomial(softmax(alpha), 1)` draws it; None where the softmax holds a NaN.
+    ///
+    /// A contiguous host alpha of float or double draws from the kept softmax ([`DrawCache::probs`],
+    /// [`DrawCache::draw`]). Any other 1-d float or double alpha (on a GPU, say) computes the
+    /// softmax and the exponential draws into the two halves of one buffer and copies it to the
+    /// host, where the quotients are divided and the first largest taken: two kernels and one read
+    /// back a draw, where the softmax, the exponential draws and the division were three kernels
+    /// before the read back (on an H200 at 9 µs a launch, most of a draw's time). The same numbers:
+    /// the softmax of an `out=` call is the same kernel's; `exponential_` on a contiguous half of
+    /// the buffer takes from the generator what it takes on a tensor of its own; and the host's
+    /// IEEE division of float or double rounds as the device's does.
+    pub fn draw_one(&mut self, alpha: &Tensor, dim: i64) -> Result<Option<i64>, TchError> {
+        let bytes = host_bytes(alpha);
+        if bytes.is_none() && alpha.dim() == 1 && matches!(alpha.kind(), Kind::Float | Kind::Double) {
+            return self.draw_off_host(alpha, dim);
+        }
+        let probs = self.probs_of_bytes(alpha, bytes, |alpha| alpha.f_softmax(dim, None::<Kind>))?;
+        Ok(self.draw(&probs, 1)?.map(|drawn| drawn[0]))
+    }
+
+    /// [`DrawCache::draw_one`] for a 1-d float or double alpha off the host path.
+    fn draw_off_host(&mut self, alpha: &Tensor, dim: i64) -> Result<Option<i64>, TchError> {
+        let (kind, device, n) = (alpha.kind(), alpha.device(), alpha.size()[0]);
+        if n == 0 {
+            return Err(TchError::Shape("a draw from an empty alpha".to_owned()));
+        }
+        let reusable = self.off_host.as_ref().is_some_and(|pair| {
+            pair.buffer.kind() == kind && pair.buffer.device() == device && pair.probs.size() == [n]
+        });
+        if !reusable {
+            let buffer = Tensor::f_empty([2 * n], (kind, device))?;
+            let (probs, exponential) = (buffer.f_slice(0, 0, n, 1)?, buffer.f_slice(0, n, 2 * n, 1)?);
+            self.off_host = Some(OffHostPair { buffer, probs, exponential });
+        }
+        let pair = self.off_host.as_mut().expect("set above");
+        let _ = alpha.f_softmax_int_out(&pair.probs, dim, None::<Kind>)?;
+        let _ = pair.exponential.f_exponential_(1.0)?;
+        let host = pair.buffer.f_to_device(tch::Device::Cpu)?;
+        let n = n as usize;
+        let drawn = match kind {
+            Kind::Float => host_slice::<f32>(&host).map(|v| argmax_quotient(&v[..n], &v[n..])),
+            _ => host_slice::<f64>(&host).map(|v| argmax_quotient(&v[..n], &v[n..])),
+        };
+        drawn.ok_or_else(|| TchError::Shape(format!("the host copy of a draw's buffer of shape {:?}", host.size())))
+    }
+
+    /// [`DrawCache::probs`] where `bytes` is `host_bytes(alpha)`.
+    fn probs_of_bytes<E>(
+        &mut self,
+        alpha: &Tensor,
+        bytes: Option<&[u8]>,
+        softmax: impl FnOnce(&Tensor) -> Result<Tensor, E>,
+    ) -> Result<Tensor, E> {
+        let Some(bytes) = bytes else {
             self.forget_probs();
             return softmax(alpha);
         };
@@ -365,6 +432,36 @@ mod tests {
             tch::manual_seed(seed);
             let b = draw_from_softmax(&strided.contiguous(), 1, &mut None).unwrap();
             assert_eq!(a, b, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn draw_one_draws_what_multinomial_draws() {
+        // torch.multinomial(softmax(alpha), 1) under the same seed, for a host alpha (the kept
+        // softmax) and a strided one (softmax and exponential draws into one buffer, divided on the
+        // host), float and double, alpha changing and changing size; NaN as None on both paths.
+        let _generator = crate::testing::seeded(0);
+        for kind in [Kind::Float, Kind::Double] {
+            let mut cache = DrawCache::default();
+            for seed in 0..150 {
+                let n = [7, 7, 7, 3][(seed / 40) as usize];
+                tch::manual_seed(1000 + seed % 11); // alpha repeats, so the host path keeps its softmax
+                let wide = Tensor::randn([2 * n], (kind, Device::Cpu)) * 2.0;
+                let strided = wide.slice(0, 0, 2 * n, 2);
+                let contiguous = strided.contiguous();
+                let (alpha, off_host) = if seed % 2 == 0 { (&strided, true) } else { (&contiguous, false) };
+                tch::manual_seed(seed);
+                let expected = contiguous.softmax(-1, None::<Kind>).multinomial(1, false).int64_value(&[0]);
+                tch::manual_seed(seed);
+                assert_eq!(cache.draw_one(alpha, -1).unwrap(), Some(expected), "{kind:?}, seed {seed}");
+                assert_eq!(cache.off_host.is_some(), off_host || seed > 0, "{kind:?}, seed {seed}");
+            }
+            for alpha in [
+                Tensor::full([6], f64::NAN, (kind, Device::Cpu)).slice(0, 0, 6, 2),
+                Tensor::full([3], f64::NAN, (kind, Device::Cpu)),
+            ] {
+                assert_eq!(cache.draw_one(&alpha, -1).unwrap(), None, "{kind:?}, NaN");
+            }
         }
     }
 

@@ -121,13 +121,15 @@ impl ProxylessContext {
                 _ => crate::arch::sampling::draw_pair(probs).map(|(a, b)| vec![a, b]).map_err(in_layer),
             };
         }
-        locked(&self.draws).draw(probs, n).map_err(in_layer)?.ok_or_else(|| {
-            PyRuntimeError::new_err(format!(
-                "{}: softmax(alpha) is not a probability distribution (alpha holds NaN or infinite values), so no \
-                 path can be drawn; the architecture step diverged, or alpha was set to such a value",
-                self.choice.name
-            ))
-        })
+        locked(&self.draws).draw(probs, n).map_err(in_layer)?.ok_or_else(|| self.no_distribution())
+    }
+
+    fn no_distribution(&self) -> PyErr {
+        PyRuntimeError::new_err(format!(
+            "{}: softmax(alpha) is not a probability distribution (alpha holds NaN or infinite values), so no \
+             path can be drawn; the architecture step diverged, or alpha was set to such a value",
+            self.choice.name
+        ))
     }
 
     /// `softmax(alpha)`: kept from the last draw while alpha holds the same values where the
@@ -145,12 +147,18 @@ impl ProxylessContext {
     fn draw(&self, py: Python<'_>) -> PyResult<i64> {
         let _no_grad = tch::no_grad_guard();
         let arch = self.choice.arch.get();
-        let probs = self.probs(py)?;
         if !self.two_path.load(Ordering::Relaxed) {
-            let index = self.multinomial(&probs, 1)?[0];
+            let index = match self.choice.softmax_dim {
+                Some(dim) => locked(&self.draws)
+                    .draw_one(&arch.tensor(py)?, dim)
+                    .map_err(in_context(&self.choice.name))?
+                    .ok_or_else(|| self.no_distribution())?,
+                None => self.multinomial(&self.choice.probs(py)?, 1)?[0],
+            };
             let index = arch.agree(py, vec![index])?[0];
             return Ok(index);
         }
+        let probs = self.probs(py)?;
         // Two distinct candidates from softmax(alpha), then the active one of the two from the
         // softmax of their two logits (mit-han-lab's MixedEdge, mode "two").
         let pair = self.multinomial(&probs, 2)?;
