@@ -53,7 +53,8 @@ pub fn draw_pair(probs: &Tensor) -> Result<(i64, i64), TchError> {
 /// One index from a contiguous host tensor is taken on the host from the same draws: the
 /// quotients are the same IEEE divisions, and the argmax the first largest one (a NaN: `None`),
 /// without the five dispatches of the division, the argmax and the reads. One index from any
-/// other 1-d tensor (on a GPU, say) divides there and copies the quotients to the host, where the
+/// other 1-d tensor (two-path mode's pick of the pair on a GPU, say; a one-path draw from alpha
+/// there takes [`DrawCache::draw_one`]) divides there and copies the quotients to the host, where the
 /// same argmax is taken: one read back a draw, where the argmax on the device and reading its
 /// index and then that quotient (for a NaN) were a kernel and two reads, each waiting for the
 /// device.
@@ -154,7 +155,7 @@ impl DrawCache {
     /// softmax and the exponential draws into the two halves of one buffer and copies it to the
     /// host, where the quotients are divided and the first largest taken: two kernels and one read
     /// back a draw, where the softmax, the exponential draws and the division were three kernels
-    /// before the read back (on an H200 at 9 µs a launch, most of a draw's time). The same numbers:
+    /// before the read back (on an H200 at 9 to 13 µs a launch, most of a draw's time). The same numbers:
     /// the softmax of an `out=` call is the same kernel's; `exponential_` on a contiguous half of
     /// the buffer takes from the generator what it takes on a tensor of its own; and the host's
     /// IEEE division of float or double rounds as the device's does.
