@@ -149,10 +149,11 @@ impl ProxylessContext {
         let arch = self.choice.arch.get();
         if !self.two_path.load(Ordering::Relaxed) {
             let index = match self.choice.softmax_dim {
-                Some(dim) => locked(&self.draws)
-                    .draw_one(&arch.tensor(py)?, dim)
-                    .map_err(in_context(&self.choice.name))?
-                    .ok_or_else(|| self.no_distribution())?,
+                Some(dim) => {
+                    let alpha = arch.tensor(py)?; // taken before the lock, under which no Python runs
+                    let drawn = locked(&self.draws).draw_one(&alpha, dim);
+                    drawn.map_err(in_context(&self.choice.name))?.ok_or_else(|| self.no_distribution())?
+                }
                 None => self.multinomial(&self.choice.probs(py)?, 1)?[0],
             };
             let index = arch.agree(py, vec![index])?[0];
