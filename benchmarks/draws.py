@@ -2,11 +2,12 @@
 beside NNI's own draw (softmax, ``torch.multinomial``, ``.item()``) and the device's unit costs.
 
 A draw has to bring its index to the host (Python picks the path), so on a GPU it waits for its
-kernels: the exponential draw on the default CUDA generator (what reproduces ``torch.multinomial``
-under NNI's seeds), the softmax of alpha (on the host the softmax is kept while alpha is
-unchanged; on a device, telling whether alpha changed is itself a round trip), the argmax and the
-read back. This prints the cost of a layer's ``resample`` next to one kernel launch and one
-``.item()``, so the draws' part of a step can be read off.
+kernels: the softmax of alpha (on the host the softmax is kept while alpha is unchanged; on a
+device, telling whether alpha changed is itself a round trip) and the exponential draw on the
+default CUDA generator (what reproduces ``torch.multinomial`` under NNI's seeds), written into one
+buffer, and for the read back of that buffer, whose quotients' argmax is taken on the host.
+This prints the cost of a layer's ``resample`` next to one kernel launch and one ``.item()``, so
+the draws' part of a step can be read off.
 
     python benchmarks/draws.py [--device cuda] [--repeats 200]
 """
