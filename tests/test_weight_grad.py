@@ -83,6 +83,50 @@ def test_a_mixed_input_over_inputs_that_require_no_grad_still_gives_alpha_a_grad
     assert head.weight.grad is None
 
 
+def used_by_the_draw(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The weights a plain backward of the current draw gives a gradient (outside any block)."""
+    weights = [p for p in weight_parameters(net).values() if p.requires_grad]
+    grads = torch.autograd.grad(net(x).square().mean(), weights, allow_unused=True)
+    return [p for p, g in zip(weights, grads) if g is not None]
+
+
+def test_the_block_switches_off_what_the_draw_uses_and_leaves_the_other_candidates():
+    # Soundness: every weight the drawn paths use is switched off, so none gets a gradient. The
+    # saving: the weights of candidates not drawn keep requires_grad (they take no part in the
+    # forward). Before a layer's first draw, and where forward_path is patched, all of its
+    # candidates are switched off.
+    torch.manual_seed(0)
+    shared = nn.Linear(8, 8)
+    first = ProxylessMixedLayer([('a', nn.Linear(8, 8)), ('b', nn.Sequential(shared, nn.Tanh())),
+                                 ('c', nn.Linear(8, 8))], nn.Parameter(torch.randn(3)), nn.Softmax(-1), 'first')
+    second = ProxylessMixedLayer([('a', nn.Linear(8, 8)), ('b', nn.Linear(8, 8))],
+                                 nn.Parameter(torch.randn(2)), nn.Softmax(-1), 'second')
+    net = nn.Sequential(first, nn.ReLU(), second, shared)  # `shared` is also outside the candidates
+    block = no_weight_grad(net)
+    with block:  # no draw yet: every weight is switched off
+        assert not any(p.requires_grad for p in weight_parameters(net).values())
+    x = torch.randn(4, 8)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        first.resample({})
+        second.resample({})
+        used = used_by_the_draw(net, x)
+        with block:
+            switched = {id(p) for p in weight_parameters(net).values() if not p.requires_grad}
+            assert {id(p) for p in used} <= switched
+            idle = [p for layer in (first, second) for k in range(len(layer.names)) if k != layer.active_index
+                    for p in layer.candidate(k).parameters() if all(p is not q for q in shared.parameters())]
+            assert idle and not any(id(p) in switched for p in idle)
+            net.zero_grad(set_to_none=True)
+            net(x).square().mean().backward()
+        assert all(p.grad is None and p.requires_grad for p in weight_parameters(net).values())
+        assert first._arch_alpha.grad is not None and second._arch_alpha.grad is not None
+    # A patched forward_path may run any candidate: the whole layer is switched off.
+    second.forward_path = lambda index, *args, **kwargs: second.candidate(1 - index)(*args, **kwargs)
+    with no_weight_grad(net):
+        assert not any(p.requires_grad for p in second.parameters(arch=False))
+
+
 def saved_tensor_bytes(net: nn.Module, x: torch.Tensor, frozen: bool) -> int:
     """What autograd saves for backward during the forward, in bytes (through saved-tensor hooks)."""
     saved = []
@@ -126,10 +170,14 @@ def test_a_block_made_once_and_entered_at_every_step_gives_the_gradients_of_one_
         net.zero_grad(set_to_none=True)
         torch.manual_seed(seed)
         net.resample()
+        used = used_by_the_draw(net, x)
+        net.zero_grad(set_to_none=True)  # that backward's alpha gradients
+        torch.manual_seed(seed)  # and the random numbers its forward and backward drew
+        net.resample()
         with frozen_once:
             with frozen_once:  # entered inside itself: the outer exit restores
                 pass
-            assert not any(p.requires_grad for p in weights)
+            assert used and not any(p.requires_grad for p in used)
             net(x).square().mean().backward()
         assert all(p.requires_grad and p.grad is None for p in weights)
         for name, p in arch_parameters(net).items():

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ._core import ArchParameter
-from ._layer import ProxylessLayer
+from ._layer import ProxylessLayer, ProxylessLayerChoice
 from ._mixed import ProxylessMixedOpPolicy
 from ._site import SiteHolder
 
@@ -119,8 +119,8 @@ class no_arch_grad:  # noqa: N801 (a block, named as torch.no_grad is)
 
 
 class no_weight_grad:  # noqa: N801 (a block, named as torch.no_grad is)
-    """Within this block, backward computes the architecture gradients only: every parameter of
-    ``modules`` but the ProxylessNAS choices' alphas (and the tensors in ``keep``) has
+    """Within this block, backward computes the architecture gradients only: every parameter the
+    step's forward can use, but the ProxylessNAS choices' alphas (and the tensors in ``keep``), has
     ``requires_grad`` off, restored on exit. The mirror image of :func:`no_arch_grad`, for an
     architecture step.
 
@@ -133,31 +133,82 @@ class no_weight_grad:  # noqa: N801 (a block, named as torch.no_grad is)
     block. What differs: no weight gets a gradient from the step (one-shot strategies clear them
     before the weight step anyway), and a hook on a weight does not fire.
 
+    What is switched off: every parameter of ``modules`` outside the candidates of the mixed
+    layers, and of each mixed layer the candidate drawn when the block is entered (all of its
+    candidates before its first draw, or where a subclass or a patch replaced its
+    ``forward_path``). The other candidates take no part in the step's forward (backward runs them
+    under ``torch.no_grad()``), so their weights are left as they are: with 7 candidates a layer,
+    that is 6 of every 7 switches saved, which in an overhead-bound search cost as much as the
+    rest of the step's excess over its floor (docs/benchmarks.md). Hence: draw before entering (as
+    README's recipe and the strategy do); a loss that reads weights of candidates not drawn (a
+    decay term over every weight) gives them gradients.
+
     As :func:`no_arch_grad`, the block finds the parameters when it is made; made once and entered
     at every step, it saves that walk and covers the parameters ``modules`` held when it was made.
     Only the parameters that require a gradient on entry are switched off and back on.
     """
 
     def __init__(self, *modules: nn.Module, keep: Iterable[torch.Tensor] = ()):
-        inside = modules_of(*modules)
-        kept = {id(choice._arch_alpha) for choice in choices_among(inside)} | {id(t) for t in keep}
-        found: dict[int, torch.Tensor] = {}
-        for module in inside:
-            for p in module.__dict__['_parameters'].values():
-                if p is not None and id(p) not in kept:
-                    found[id(p)] = p
-        self._parameters = list(found.values())
+        outside, layers = _split_at_candidates(modules)
+        kept = {id(choice._arch_alpha) for choice in choices(*modules)} | {id(t) for t in keep}
+        self._parameters = _parameters_of(outside, kept)
+        kept |= {id(p) for p in self._parameters}
+        # Each layer's candidates' parameters, by candidate; one shared by two candidates is in both.
+        self._by_candidate = [(layer, [_parameters_of(modules_of(c), kept) for c in candidates])
+                              for layer, candidates in layers]
         self._frozen: list[list[torch.Tensor]] = []
 
     def __enter__(self) -> None:
         frozen = [p for p in self._parameters if p.requires_grad]
         for p in frozen:
             p.requires_grad = False
+        for layer, by_candidate in self._by_candidate:
+            index = layer.active_index
+            for weights in by_candidate if index is None or index >= len(by_candidate) else (by_candidate[index],):
+                for p in weights:
+                    if p.requires_grad:  # a parameter two switched candidates share: switched once
+                        p.requires_grad = False
+                        frozen.append(p)
         self._frozen.append(frozen)
 
     def __exit__(self, *exc: object) -> None:
         for p in self._frozen.pop():
             p.requires_grad = True
+
+
+def _split_at_candidates(roots: tuple[nn.Module, ...]) -> tuple[list[nn.Module], list[tuple[Any, list[nn.Module]]]]:
+    """The modules inside ``roots`` reached without entering a mixed layer's candidates (each once,
+    as :func:`modules_of`), and each such mixed layer with its candidate modules, where its forward
+    runs the drawn candidate alone (:meth:`ProxylessLayerChoice._path_modules`). A module that is
+    both a candidate and reached some other way is among the first."""
+    seen: set[int] = set()
+    outside: list[nn.Module] = []
+    layers: list[tuple[Any, list[nn.Module]]] = []
+    stack: list[nn.Module | None] = list(reversed(roots))
+    while stack:
+        module = stack.pop()
+        if module is None or id(module) in seen:
+            continue
+        seen.add(id(module))
+        outside.append(module)
+        children = list(module.__dict__['_modules'].values())
+        candidates = module._path_modules() if isinstance(module, ProxylessLayerChoice) else None
+        if candidates is not None:
+            layers.append((module, candidates))
+            ids = {id(c) for c in candidates}
+            children = [child for child in children if id(child) not in ids]
+        stack.extend(reversed(children))
+    return outside, layers
+
+
+def _parameters_of(modules: Iterable[nn.Module], kept: set[int]) -> list[torch.Tensor]:
+    """The parameters of ``modules`` themselves, each once, but those whose id is in ``kept``."""
+    found: dict[int, torch.Tensor] = {}
+    for module in modules:
+        for p in module.__dict__['_parameters'].values():
+            if p is not None and id(p) not in kept:
+                found[id(p)] = p
+    return list(found.values())
 
 
 def rescale_two_path(*modules: nn.Module) -> None:

@@ -247,6 +247,13 @@ class ProxylessLayerChoice(ProxylessLayer):
             modules = d['_candidate_modules'] = [self.candidate(i) for i in range(len(self.names))]
         return modules
 
+    def _path_modules(self) -> list[nn.Module] | None:
+        """The candidate modules, in order, where a forward runs candidate ``active_index`` alone
+        (the class's own ``forward_path``); None where a subclass's or a patched ``forward_path``
+        may run any of them (what :class:`~proxyless_rs.no_weight_grad` freezes depends on it)."""
+        alternatives = self._alternatives()
+        return alternatives if isinstance(alternatives, list) else None
+
     def __setattr__(self, name: str, value: Any) -> None:
         # A candidate replaced by assignment: the list the core calls is built again.
         if isinstance(value, nn.Module):
