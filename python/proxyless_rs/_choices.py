@@ -135,8 +135,8 @@ class no_weight_grad:  # noqa: N801 (a block, named as torch.no_grad is)
 
     What is switched off: every parameter of ``modules`` outside the candidates of the mixed
     layers, and of each mixed layer the candidate drawn when the block is entered (all of its
-    candidates before its first draw, or where a subclass or a patch replaced its
-    ``forward_path``). The other candidates take no part in the step's forward (backward runs them
+    candidates before its first draw, or where a subclass or a patch made before the block
+    replaced its ``forward_path``). The other candidates take no part in the step's forward (backward runs them
     under ``torch.no_grad()``), so their weights are left as they are: with 7 candidates a layer,
     that is 6 of every 7 switches saved, which in an overhead-bound search cost as much as the
     rest of the step's excess over its floor (docs/benchmarks.md). Hence: draw before entering (as
