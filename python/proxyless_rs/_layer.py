@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ._core import ArchParameter, ProxylessContext
-from ._torch_compat import is_compiling, mark_dynamo_disabled
+from ._torch_compat import is_compiling, mark_dynamo_disabled, plain_call
 
 MODES = ('full', 'two')
 """``'full'``: every candidate's binary gate gets a gradient (NNI's behaviour). ``'two'``: the
@@ -123,6 +123,13 @@ class ProxylessLayer:
     _arch_alpha: torch.Tensor
     ctx: ProxylessContext
     label: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # nn.Module's call, less its two frames where it would call forward and nothing else
+        # (_torch_compat.plain_call); any hook, compile or trace takes nn.Module's call as it is.
+        if plain_call(self):
+            return self.forward(*args, **kwargs)  # type: ignore[attr-defined]
+        return super().__call__(*args, **kwargs)  # type: ignore[misc]
 
     @classmethod
     def mutate(cls, module, name, memo, mutate_kwargs):
@@ -260,6 +267,19 @@ class ProxylessLayerChoice(ProxylessLayer):
             self.__dict__.pop('_candidate_modules', None)
         super().__setattr__(name, value)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The call and the forward in one frame, where the call would run this class's forward and
+        # nothing else: a layer's Python frames are most of what a step of an overhead-bound search
+        # adds to its child network's (docs/benchmarks.md, the floor). Else nn.Module's call, or the
+        # forward (a subclass's, a patched one; the refusal before the first draw).
+        if not plain_call(self):
+            return super(ProxylessLayer, self).__call__(*args, **kwargs)  # type: ignore[misc]
+        d = self.__dict__
+        index = d.get('_sample_idx')
+        if index is not None and type(self).forward is _layer_choice_forward and 'forward' not in d:
+            return self.ctx.forward(self._alternatives(), args, kwargs, index, self._alpha_now())
+        return self.forward(*args, **kwargs)
+
     def forward(self, *args, **kwargs):
         """Forward pass of the sampled path only."""
         index = self._sample_idx
@@ -288,6 +308,9 @@ class ProxylessLayerChoice(ProxylessLayer):
         d['_sample_idx'] = index
         sampled = d['_sampled'] = names[index]
         return {label: sampled}
+
+
+_layer_choice_forward = ProxylessLayerChoice.forward
 
 
 class DepthChain:
