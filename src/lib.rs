@@ -24,5 +24,7 @@ fn _core(py: Python<'_>, m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(arch::sampling::sample_index, m)?)?;
     m.add_function(wrap_pyfunction!(arch::gradient::py_alpha_grad, m)?)?;
     m.add_function(wrap_pyfunction!(constrained::py_constrained_choices, m)?)?;
+    m.add_function(wrap_pyfunction!(interop::module_call::plain_module_call, m)?)?;
+    m.add_function(wrap_pyfunction!(interop::module_call::py_module_call_is_known, m)?)?;
     Ok(())
 }

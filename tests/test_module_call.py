@@ -1,7 +1,7 @@
 """A mixed layer's ``__call__`` skips nn.Module's call where that call would run ``forward`` and
-nothing else (``_torch_compat.plain_call``): every hook, a compiled call, tracing and a patched or
-subclassed forward still get what nn.Module's call gives them, and the shortcut gives the numbers
-nn.Module's call gives."""
+nothing else (``_torch_compat.plain_call``, which asks the core what the module call reads): every
+hook, a compiled call, tracing and a patched or subclassed forward still get what nn.Module's call
+gives them, and the shortcut gives the numbers nn.Module's call gives."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.modules.module as torch_module
 
-from proxyless_rs import ProxylessMixedInput, ProxylessMixedLayer, _torch_compat
+from proxyless_rs import ProxylessMixedInput, ProxylessMixedLayer, _core, _layer
 from proxyless_rs._torch_compat import plain_call
 
 # Run at both ends of the torch span too (make test-regression, make span).
@@ -38,7 +38,7 @@ def step(layer: nn.Module, call) -> tuple[torch.Tensor, torch.Tensor, list[torch
 def test_this_torch_takes_the_shortcut():
     # A torch whose nn.Module call reads more than the hooks plain_call checks turns the shortcut off
     # (slower, never wrong); this says which torch of the span did.
-    assert _torch_compat._PLAIN_CALL_KNOWN, f'torch {torch.__version__}: nn.Module.__call__ is not the one known'
+    assert _core.module_call_is_known(), f'torch {torch.__version__}: nn.Module.__call__ is not the one known'
     assert plain_call(linear_layer())
 
 
@@ -125,15 +125,21 @@ def test_a_layer_called_before_its_first_draw_is_refused_by_name():
 
 def test_without_the_shortcut_the_numbers_are_the_same(monkeypatch):
     shortcut = step(linear_layer(), lambda layer, x: layer(x))
-    monkeypatch.setattr(_torch_compat, '_PLAIN_CALL_KNOWN', False)
-    assert not plain_call(linear_layer())
+    calls: list[nn.Module] = []
+
+    def refused(module: nn.Module) -> bool:
+        calls.append(module)
+        return False
+
+    monkeypatch.setattr(_layer, 'plain_call', refused)
     full = step(linear_layer(), lambda layer, x: layer(x))
+    assert calls, 'the layer did not ask'
     for a, b in zip(shortcut[:2], full[:2]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_a_module_call_reading_an_unknown_global_turns_the_shortcut_off(monkeypatch):
-    assert _torch_compat._module_call_is_known()
+    assert _core.module_call_is_known()
     known = nn.Module._call_impl
     namespace = dict(vars(torch_module))
     # The same call, also reading a global hook dict of a kind plain_call does not check.
@@ -143,7 +149,7 @@ def test_a_module_call_reading_an_unknown_global_turns_the_shortcut_off(monkeypa
     monkeypatch.setattr(nn.Module, '_call_impl', namespace['_call_impl'])
     if nn.Module.__call__ is known:  # torch 2.0: __call__ is _call_impl itself
         monkeypatch.setattr(nn.Module, '__call__', namespace['_call_impl'])
-    assert not _torch_compat._module_call_is_known()
+    assert not _core.module_call_is_known()
 
 
 @pytest.mark.skipif(not hasattr(nn.Module, 'compile'), reason="nn.Module.compile came with torch 2.2")

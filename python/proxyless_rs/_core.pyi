@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 __all__ = ["TORCH_VERSION", "TORCH_SPAN", "ArchParameter", "ProxylessContext", "TapBackward", "sample_index",
-           "alpha_grad", "constrained_choices"]
+           "alpha_grad", "constrained_choices", "plain_module_call", "module_call_is_known"]
 
 TORCH_VERSION: str
 """``torch.__version__`` of the torch this core was built against (its release is checked at import)."""
@@ -98,3 +98,12 @@ def constrained_choices(values: list[list[float]], costs: list[list[list[float]]
     per group, summed value; ties in the choices' lexicographic order; empty when no choice meets
     every limit, up to a relative 1e-9) and the search nodes visited. Branch and bound
     (``src/constrained.rs``)."""
+
+def plain_module_call(module: nn.Module) -> bool:
+    """Whether calling ``module``, whose class overrides ``__call__`` (a mixed layer), would otherwise
+    call ``forward`` and nothing else: no hook of any kind, no compiled call, no trace, on a torch
+    whose ``nn.Module.__call__`` is the known one (Dynamo is the caller's to rule out)."""
+
+def module_call_is_known() -> bool:
+    """Whether this torch's ``nn.Module.__call__`` is the one the core's shortcuts know, computed now
+    (the shortcuts use the value computed at their first use)."""

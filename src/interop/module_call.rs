@@ -8,6 +8,10 @@
 //! (a hook anywhere, a compiled or traced module, a subclass, a tensor subclass or a torch
 //! function mode, an error) goes through the Python call. In an overhead-bound search these frames
 //! are a third of a small candidate's call (issue #20).
+//!
+//! The same knowledge of `nn.Module.__call__` decides whether a mixed layer's own call may skip
+//! it ([`plain_module_call`], which the Python layers ask): one place that knows what the module
+//! call reads, and that turns every shortcut off on a torch whose call reads more.
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -18,8 +22,12 @@ use crate::interop::tree;
 
 /// What the shortcuts compare against, looked up once.
 struct Torch {
+    /// Whether this torch's module call is the one the shortcuts know ([`module_call_is_known`]).
+    module_call_known: bool,
+    /// [`GLOBAL_HOOKS`], interned.
+    global_hooks: Vec<Py<PyString>>,
     /// Those of `torch.nn.Module.__call__`, `_call_impl` and `_wrapped_call_impl` this torch has,
-    /// by name. One it lacks (torch 2.0 has no `_wrapped_call_impl`) is not looked up on the
+    /// by name, `__call__` first. One it lacks (torch 2.0 has no `_wrapped_call_impl`) is not looked up on the
     /// candidate's class: its `__call__` does not call it, and the failed lookup would raise and
     /// clear an AttributeError on every call (about 2 us, and garbage for the collector).
     module_call: Vec<(Py<PyString>, PyObject)>,
@@ -44,10 +52,13 @@ impl Torch {
                 .filter_map(|name| Some((PyString::intern(py, name).unbind(), module.getattr(*name).ok()?.unbind())))
                 .collect();
             let module_globals = py.import("torch.nn.modules.module")?.dict().unbind();
+            let module_call_known = module_call_is_known(py)?;
             let linear = nn.getattr("Linear")?;
             let linear_forward = linear.getattr("__dict__")?.get_item("forward")?.unbind();
             let c = py.import("torch._C")?;
             Ok(Torch {
+                module_call_known,
+                global_hooks: GLOBAL_HOOKS.iter().map(|name| PyString::intern(py, name).unbind()).collect(),
                 module_call,
                 module_globals,
                 linear: linear.unbind().into_any(),
@@ -59,6 +70,44 @@ impl Torch {
             })
         })
     }
+}
+
+/// The module hooks' global dicts in `torch.nn.modules.module`, which a call with no hook reads.
+const GLOBAL_HOOKS: [&str; 4] =
+    ["_global_backward_hooks", "_global_backward_pre_hooks", "_global_forward_hooks", "_global_forward_pre_hooks"];
+
+/// Whether `nn.Module.__call__` is the call the shortcuts know, as this torch has it now:
+/// `_call_impl` (torch 2.0), or `_wrapped_call_impl` reading `_compiled_call_impl` and
+/// `_call_impl` alone (torch 2.1 on); `_call_impl` reading no global of its module but the four
+/// hook dicts (and the always-called flags, which only those hooks set), all four present. A torch
+/// whose call reads another global (a new kind of hook) gets the full call everywhere: slower,
+/// never wrong. Computed once per process for the shortcuts; `module_call_is_known` in Python
+/// computes it again (a test patches the call).
+pub fn module_call_is_known(py: Python<'_>) -> PyResult<bool> {
+    let module = py.import("torch.nn")?.getattr("Module")?;
+    let names_of = |function: &Bound<'_, PyAny>| -> PyResult<Vec<String>> {
+        function.getattr("__code__")?.getattr("co_names")?.extract::<Vec<String>>()
+    };
+    let Ok(call_impl) = module.getattr("_call_impl") else { return Ok(false) };
+    let call = module.getattr("__call__")?;
+    let wrapped = module.getattr("_wrapped_call_impl").ok();
+    if !call.is(&call_impl) {
+        let Some(wrapped) = wrapped.filter(|wrapped| call.is(wrapped)) else { return Ok(false) };
+        if !names_of(&wrapped)?.iter().all(|name| name == "_compiled_call_impl" || name == "_call_impl") {
+            return Ok(false);
+        }
+    }
+    let known = |name: &str| GLOBAL_HOOKS.contains(&name) || name == "_global_forward_hooks_always_called";
+    if !names_of(&call_impl)?.iter().filter(|name| name.starts_with("_global")).all(|name| known(name)) {
+        return Ok(false);
+    }
+    let globals = py.import("torch.nn.modules.module")?.dict();
+    for name in GLOBAL_HOOKS {
+        if !globals.contains(name)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// `obj.__dict__`, without a descriptor call.
@@ -80,12 +129,17 @@ fn empty_entry(dict: &Bound<'_, PyDict>, name: &Bound<'_, PyString>) -> bool {
 }
 
 /// Whether `candidate(*args)` would do nothing but call `candidate.forward(*args)`: the class's
-/// `__call__` is `nn.Module`'s, no hook of the module or global one is registered, it is not
-/// compiled (`module.compile()`), and no trace is running.
-fn calls_forward_only(torch: &Torch, candidate: &Bound<'_, PyAny>, dict: &Bound<'_, PyDict>) -> bool {
+/// `__call__` is `nn.Module`'s (where `own_call`, the class's own `__call__` is the caller's to
+/// vouch for, and only `_call_impl` and `_wrapped_call_impl` must be nn.Module's), no hook of the
+/// module or global one is registered, it is not compiled (`module.compile()`), and no trace is
+/// running; never on a torch whose module call is not the known one.
+fn calls_forward_only(torch: &Torch, candidate: &Bound<'_, PyAny>, dict: &Bound<'_, PyDict>, own_call: bool) -> bool {
+    if !torch.module_call_known {
+        return false;
+    }
     let py = candidate.py();
     let ty = candidate.get_type();
-    for (name, original) in &torch.module_call {
+    for (name, original) in torch.module_call.iter().skip(usize::from(own_call)) {
         match ty.getattr(name.bind(py)) {
             Ok(found) if found.is(original) => {}
             _ => return false,
@@ -103,15 +157,29 @@ fn calls_forward_only(torch: &Torch, candidate: &Bound<'_, PyAny>, dict: &Bound<
         intern!(py, "_forward_hooks"),
         intern!(py, "_forward_pre_hooks"),
     ];
-    let global_hooks = [
-        intern!(py, "_global_backward_hooks"),
-        intern!(py, "_global_backward_pre_hooks"),
-        intern!(py, "_global_forward_hooks"),
-        intern!(py, "_global_forward_pre_hooks"),
-    ];
     hooks.iter().all(|name| empty_entry(dict, name))
-        && global_hooks.iter().all(|name| empty_entry(globals, name))
+        && torch.global_hooks.iter().all(|name| empty_entry(globals, name.bind(py)))
         && torch.tracing_state.call0(py).is_ok_and(|state| state.is_none(py))
+}
+
+/// Whether calling `module`, whose class overrides `__call__` to skip nn.Module's where this
+/// holds (proxyless_rs's mixed layers), would otherwise call `forward` and nothing else: no hook
+/// of any kind, no compiled call, no trace ([`calls_forward_only`]). Dynamo is the caller's to
+/// rule out (`is_compiling()` must be seen by Dynamo in Python, where it folds to True).
+#[pyfunction]
+pub fn plain_module_call(module: &Bound<'_, PyAny>) -> bool {
+    let py = module.py();
+    match (Torch::get(py), instance_dict(module)) {
+        (Ok(torch), Some(dict)) => calls_forward_only(torch, module, &dict, true),
+        _ => false,
+    }
+}
+
+/// [`module_call_is_known`] for Python, computed now (the shortcuts use the value computed once).
+#[pyfunction]
+#[pyo3(name = "module_call_is_known")]
+pub fn py_module_call_is_known(py: Python<'_>) -> PyResult<bool> {
+    module_call_is_known(py)
 }
 
 /// `F.linear(x, weight, bias)` for an exact `nn.Linear` whose `forward` is torch's, on one plain
@@ -172,7 +240,7 @@ fn call_module<'py>(
     let (Ok(torch), Some(dict)) = (Torch::get(py), instance_dict(candidate)) else {
         return candidate.call(args, kwargs);
     };
-    if !calls_forward_only(torch, candidate, &dict) {
+    if !calls_forward_only(torch, candidate, &dict, false) {
         return candidate.call(args, kwargs);
     }
     if kwargs.is_none() {
