@@ -164,3 +164,27 @@ def test_a_compiled_layer_takes_nn_module_calls_compiled_call():
     compiled = step(layer, lambda layer, x: layer(x))
     for a, b in zip(compiled[:2], eager[:2]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_torch_fx_sees_the_layer_as_a_module_call():
+    # torch.fx patches nn.Module.__call__ for the length of a trace: a layer whose own __call__ skipped
+    # it would not be seen as a module call (a leaf of the tracer's would run its forward on proxies).
+    import torch.fx
+
+    layer = linear_layer()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):
+            return self.layer(x) + 1
+
+    class LayerAsLeaf(torch.fx.Tracer):
+        def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+            return module is layer or super().is_leaf_module(module, name)
+
+    graph = LayerAsLeaf().trace(Net())
+    assert [node.target for node in graph.nodes if node.op == 'call_module'] == ['layer']
+    assert plain_call(layer)  # the patch is gone with the trace

@@ -27,10 +27,14 @@ struct Torch {
     /// [`GLOBAL_HOOKS`], interned.
     global_hooks: Vec<Py<PyString>>,
     /// Those of `torch.nn.Module.__call__`, `_call_impl` and `_wrapped_call_impl` this torch has,
-    /// by name, `__call__` first. One it lacks (torch 2.0 has no `_wrapped_call_impl`) is not looked up on the
-    /// candidate's class: its `__call__` does not call it, and the failed lookup would raise and
-    /// clear an AttributeError on every call (about 2 us, and garbage for the collector).
+    /// by name, `__call__` first. One it lacks (torch 2.0 has no `_wrapped_call_impl`) is not
+    /// looked up on the candidate's class: its `__call__` does not call it, and the failed lookup
+    /// would raise and clear an AttributeError on every call (about 2 us, and garbage for the
+    /// collector).
     module_call: Vec<(Py<PyString>, PyObject)>,
+    /// `torch.nn.Module` itself: a class whose own `__call__` skips nn.Module's must still see a
+    /// patch of nn.Module's (`torch.fx`'s tracer patches it for the length of a trace).
+    module_class: PyObject,
     /// The globals of `torch.nn.modules.module`, where the global module hooks live.
     module_globals: Py<PyDict>,
     linear: PyObject,
@@ -57,6 +61,7 @@ impl Torch {
             let linear_forward = linear.getattr("__dict__")?.get_item("forward")?.unbind();
             let c = py.import("torch._C")?;
             Ok(Torch {
+                module_class: module.clone().unbind(),
                 module_call_known,
                 global_hooks: GLOBAL_HOOKS.iter().map(|name| PyString::intern(py, name).unbind()).collect(),
                 module_call,
@@ -130,7 +135,8 @@ fn empty_entry(dict: &Bound<'_, PyDict>, name: &Bound<'_, PyString>) -> bool {
 
 /// Whether `candidate(*args)` would do nothing but call `candidate.forward(*args)`: the class's
 /// `__call__` is `nn.Module`'s (where `own_call`, the class's own `__call__` is the caller's to
-/// vouch for, and only `_call_impl` and `_wrapped_call_impl` must be nn.Module's), no hook of the
+/// vouch for: nn.Module's must be unpatched, and the class's `_call_impl` and `_wrapped_call_impl`
+/// nn.Module's), no hook of the
 /// module or global one is registered, it is not compiled (`module.compile()`), and no trace is
 /// running; never on a torch whose module call is not the known one.
 fn calls_forward_only(torch: &Torch, candidate: &Bound<'_, PyAny>, dict: &Bound<'_, PyDict>, own_call: bool) -> bool {
@@ -138,6 +144,13 @@ fn calls_forward_only(torch: &Torch, candidate: &Bound<'_, PyAny>, dict: &Bound<
         return false;
     }
     let py = candidate.py();
+    if own_call {
+        let (name, original) = &torch.module_call[0];
+        match torch.module_class.bind(py).getattr(name.bind(py)) {
+            Ok(found) if found.is(original) => {}
+            _ => return false,
+        }
+    }
     let ty = candidate.get_type();
     for (name, original) in torch.module_call.iter().skip(usize::from(own_call)) {
         match ty.getattr(name.bind(py)) {
