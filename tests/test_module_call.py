@@ -36,8 +36,8 @@ def step(layer: nn.Module, call) -> tuple[torch.Tensor, torch.Tensor, list[torch
 
 
 def test_this_torch_takes_the_shortcut():
-    # A torch whose nn.Module call reads more than the hooks plain_call checks turns the shortcut off
-    # (slower, never wrong); this says which torch of the span did.
+    # A torch whose nn.Module call reads more than the core knows turns the shortcut off (slower, never
+    # wrong); this says which torch of the span did.
     assert _core.module_call_is_known(), f'torch {torch.__version__}: nn.Module.__call__ is not the one known'
     assert plain_call(linear_layer())
 
