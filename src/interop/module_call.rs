@@ -136,9 +136,9 @@ fn empty_entry(dict: &Bound<'_, PyDict>, name: &Bound<'_, PyString>) -> bool {
 /// Whether `candidate(*args)` would do nothing but call `candidate.forward(*args)`: the class's
 /// `__call__` is `nn.Module`'s (where `own_call`, the class's own `__call__` is the caller's to
 /// vouch for: nn.Module's must be unpatched, and the class's `_call_impl` and `_wrapped_call_impl`
-/// nn.Module's), no hook of the
-/// module or global one is registered, it is not compiled (`module.compile()`), and no trace is
-/// running; never on a torch whose module call is not the known one.
+/// nn.Module's), no hook of the module or global one is registered, it is not compiled
+/// (`module.compile()`), and no trace is running; never on a torch whose module call is not the
+/// known one.
 fn calls_forward_only(torch: &Torch, candidate: &Bound<'_, PyAny>, dict: &Bound<'_, PyDict>, own_call: bool) -> bool {
     if !torch.module_call_known {
         return false;
