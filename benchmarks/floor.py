@@ -13,12 +13,12 @@ child's weights frozen), and the other n - 1 candidates' forwards on each layer'
 with the layer's output gradient, then the binary-gate formula of the ProxylessNAS paper
 (``dL/dalpha_i = p_i (dot_i - sum_j p_j dot_j)``) into ``alpha.grad``.
 
-proxyless_rs's steps are README's recipe: ``resample``, then forward and backward inside
-``no_arch_grad`` (weight step) or ``no_weight_grad`` (architecture step); the draw and the blocks
-count against it, as they do in a search (the blocks are made once, outside the loop, as README
-shows). The floor draws nothing: it is handed our draw. Each step first clears the gradients of
-what its optimizer would hold, as ``optimizer.zero_grad()`` does: ours every weight of the
-supernet, the floor its child's.
+proxyless_rs's steps are README's recipe: a draw (a ``Resampler`` of the supernet), then
+forward and backward inside ``no_arch_grad`` (weight step) or ``no_weight_grad`` (architecture
+step); the draw and the blocks count against it, as they do in a search (the resampler and the
+blocks are made once, outside the loop, as README shows). The floor draws nothing: it is handed
+our draw. Each step first clears the gradients of what its optimizer would hold, as
+``optimizer.zero_grad()`` does: ours every weight of the supernet, the floor its child's.
 
 Both run in one process on the same supernet; samples alternate between them (the order flips every
 sample) so that drift of the machine hits both alike, and step j of sample i runs, in both, the
@@ -89,12 +89,6 @@ def cases(smoke: bool) -> list[Case]:
     ]
 
 
-def draw(net: nn.Module) -> None:
-    memo: dict = {}
-    for layer in net.mixed():
-        memo.update(layer.resample(memo))
-
-
 def loss_of(out: torch.Tensor) -> torch.Tensor:
     return out.square().mean()
 
@@ -108,10 +102,10 @@ def zero_grad(weights: list) -> None:
             p.grad = None
 
 
-def ours_step(net: nn.Module, x: torch.Tensor, weights: list,
+def ours_step(net: nn.Module, x: torch.Tensor, weights: list, resample: proxyless_rs.Resampler,
               block: proxyless_rs.no_arch_grad | proxyless_rs.no_weight_grad) -> None:
     """A weight step (inside ``no_arch_grad``) or an architecture step (inside ``no_weight_grad``)."""
-    draw(net)
+    resample()
     zero_grad(weights)
     with block:
         loss_of(net(x)).backward()
@@ -132,6 +126,7 @@ class Floor:
     def __init__(self, net: nn.Module):
         self.net = net
         self.layers = net.mixed()
+        self.resample = proxyless_rs.Resampler(net)
         self.weights = weights_of(net)
         self.record: list = []
         self.children: list[_Child] = []
@@ -143,7 +138,7 @@ class Floor:
         else:
             self.children = []
             for _ in range(draws):
-                draw(self.net)
+                self.resample()
                 self.children.append(_Child(self.net, self.layers, self.record))
         self.next = 0
 
@@ -229,7 +224,7 @@ def check_same_alpha_grad(case: Case) -> float:
     x = case.make_input().to(run.DEVICE)
     floor = Floor(net)
     torch.manual_seed(1)
-    ours_step(net, x, floor.weights, proxyless_rs.no_weight_grad(net))
+    ours_step(net, x, floor.weights, proxyless_rs.Resampler(net), proxyless_rs.no_weight_grad(net))
     ours = [layer._arch_alpha.grad.clone() for layer in floor.layers]
     net.zero_grad(set_to_none=True)
     floor.prepare()
@@ -254,9 +249,10 @@ def step_pair(case: Case, step: str, blocks: str) -> tuple[Floor, Callable[[], N
         return proxyless_rs.no_arch_grad(net) if step == 'weight' else proxyless_rs.no_weight_grad(net)
 
     block = make_block()
+    resample = proxyless_rs.Resampler(net)
 
     def run_ours() -> None:
-        ours_step(net, x, floor.weights, block if blocks == 'once' else make_block())
+        ours_step(net, x, floor.weights, resample, block if blocks == 'once' else make_block())
 
     def run_floor() -> None:
         floor_step(x)

@@ -262,15 +262,18 @@ def run(strategy, max_epochs=1, seed=0, **evaluator_kwargs):
 
 @pytest.fixture
 def recorded_samples(monkeypatch):
+    """The draws of NNI's one-shot module (``resample()``) and of ours, which draws through a
+    ``proxyless_rs.Resampler`` (a module calling both would record each draw twice)."""
+    from proxyless_rs._search_step import ProxylessSearchStep
+
     samples = []
-    original = BaseOneShotLightningModule.resample
+    for cls in (BaseOneShotLightningModule, ProxylessSearchStep):
+        def recording(self, *args, _original=cls.resample, **kwargs):
+            result = _original(self, *args, **kwargs)
+            samples.append(dict(result))
+            return result
 
-    def recording(self):
-        result = original(self)
-        samples.append(dict(result))
-        return result
-
-    monkeypatch.setattr(BaseOneShotLightningModule, 'resample', recording)
+        monkeypatch.setattr(cls, 'resample', recording)
     return samples
 
 

@@ -81,16 +81,18 @@ def run(strategy, space_cls=DigitsSpace, seed=0, **evaluator_kwargs):
 
 @pytest.fixture
 def recorded_samples(monkeypatch):
-    """Every architecture the one-shot module samples, in order."""
+    """Every architecture the one-shot module samples, in order: NNI's (``resample()``) and ours, which
+    draws through a ``proxyless_rs.Resampler`` (a module calling both would record each draw twice)."""
+    from proxyless_rs._search_step import ProxylessSearchStep
+
     samples = []
-    original = BaseOneShotLightningModule.resample
+    for cls in (BaseOneShotLightningModule, ProxylessSearchStep):
+        def recording(self, memo=None, _original=cls.resample):
+            result = _original(self, memo)
+            samples.append(dict(result))
+            return result
 
-    def recording(self, memo=None):
-        result = original(self, memo)
-        samples.append(dict(result))
-        return result
-
-    monkeypatch.setattr(BaseOneShotLightningModule, 'resample', recording)
+        monkeypatch.setattr(cls, 'resample', recording)
     return samples
 
 

@@ -22,8 +22,8 @@ from ._layer import ProxylessLayer, ProxylessLayerChoice
 from ._mixed import ProxylessMixedOpPolicy
 from ._site import SiteHolder
 
-__all__ = ['choices', 'choices_among', 'modules_of', 'beyond_nni', 'no_arch_grad', 'no_weight_grad', 'rescale_two_path',
-           'unique_arch_parameters']
+__all__ = ['Resampler', 'choices', 'choices_among', 'modules_of', 'beyond_nni', 'no_arch_grad', 'no_weight_grad',
+           'rescale_two_path', 'unique_arch_parameters']
 
 
 def modules_of(*roots: nn.Module) -> list[nn.Module]:
@@ -174,6 +174,63 @@ class no_weight_grad:  # noqa: N801 (a block, named as torch.no_grad is)
     def __exit__(self, *exc: object) -> None:
         for p in self._frozen.pop():
             p.requires_grad = True
+
+
+class Resampler:
+    """A new draw of every choice of a supernet, as NNI's one-shot module's ``resample()`` makes it:
+    each supernet module (NNI's ``BaseSuperNetModule``: mixed layers and inputs, mixed operations,
+    cells, depth choices) inside ``roots``, in ``nn.Module.modules()``'s order, resampled with one
+    memo, so that choices sharing a label take the first one's draw; ``resampler(memo)`` returns
+    that memo, ``{label: choice}``, and takes the labels a given memo names from it. The same draws
+    from the same seeds as NNI's loop (``memo.update(module.resample(memo))`` over the modules).
+
+    Why a class: NNI's loop calls each module's ``resample`` (a Python frame, a dict made and
+    merged), which in an overhead-bound search is a third of a draw's cost. A resampler made once
+    (``resample = Resampler(net)`` ... ``resample()`` at every step, as the blocks are made once)
+    draws each mixed layer in the same loop, from its context, and calls ``resample`` on the other
+    modules (and on a mixed layer whose label the memo already holds, which checks the memo's
+    choice). As with the blocks, it covers the modules ``roots`` held when it was made, with the
+    classes and ``resample`` they had then; ``modules=`` gives the list instead of ``roots`` (the
+    strategies hand their own, which NNI walks the same way).
+    """
+
+    def __init__(self, *roots: nn.Module, modules: Iterable[nn.Module] | None = None):
+        if modules is None:
+            from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule  # both NNI versions' path
+
+            modules = [m for m in modules_of(*roots) if isinstance(m, BaseSuperNetModule)]
+        elif roots:
+            raise TypeError('Resampler: give roots or modules=, not both')
+        self.modules = list(modules)
+        self._plan = [_draw_plan(module) for module in self.modules]
+
+    def __call__(self, memo: dict[str, Any] | None = None) -> dict[str, Any]:
+        memo = {} if memo is None else memo
+        for d, label, names_key, module in self._plan:
+            if d is None or label in memo:
+                memo.update(module.resample(memo))
+                continue
+            # ProxylessLayerChoice.resample's draw, without its frame (see there).
+            index = d['ctx'].resample()
+            d['_sample_idx'] = index
+            memo[label] = d['_sampled'] = d[names_key][index]
+        return memo
+
+
+def _draw_plan(module: nn.Module) -> tuple[dict[str, Any] | None, Any, str, nn.Module]:
+    """What :class:`Resampler` needs to draw ``module`` in its own loop: its instance dict, label
+    and the key of its names there, where its ``resample`` is :class:`ProxylessLayerChoice`'s
+    (else ``None``: the loop calls its ``resample``)."""
+    d = module.__dict__
+    if type(module).resample is not _layer_choice_resample or 'resample' in d:
+        return None, None, '', module
+    names_key = type(module)._names_attribute
+    if not d.get(names_key) or 'ctx' not in d:
+        return None, None, '', module
+    return d, module.label, names_key, module
+
+
+_layer_choice_resample = ProxylessLayerChoice.resample
 
 
 def _split_at_candidates(roots: tuple[nn.Module, ...]) -> tuple[list[nn.Module], list[tuple[Any, list[nn.Module]]]]:

@@ -305,6 +305,7 @@ class ProxylessLayerChoice(ProxylessLayer):
             index = self.ctx.resample()
         # Plain attributes (never parameters, buffers or modules), so set without nn.Module's
         # __setattr__, whose checks cost about 1 us each, on every layer at every draw.
+        # proxyless_rs._choices.Resampler makes this draw (no memo entry) in its own loop.
         d['_sample_idx'] = index
         sampled = d['_sampled'] = names[index]
         return {label: sampled}

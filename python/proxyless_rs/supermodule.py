@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._adapter import adapter
-from ._choices import no_arch_grad, no_weight_grad, rescale_two_path
+from ._choices import Resampler, no_arch_grad, no_weight_grad, rescale_two_path
 from ._layer import MODES, ProxylessLayer, depth_distribution
 
 if TYPE_CHECKING:  # what type checkers see: NNI 3.0's (NNI 2.10's have the same surface)
@@ -30,5 +30,5 @@ else:
     ProxylessMixedDepth = adapter('depth').ProxylessMixedDepth
 
 __all__ = ['ProxylessMixedLayer', 'ProxylessMixedInput', 'ProxylessMixedRepeat', 'ProxylessMixedCell',
-           'ProxylessMixedDepth', 'ProxylessLayer', 'MODES', 'no_arch_grad', 'no_weight_grad', 'rescale_two_path',
-           'depth_distribution']
+           'ProxylessMixedDepth', 'ProxylessLayer', 'MODES', 'Resampler', 'no_arch_grad', 'no_weight_grad',
+           'rescale_two_path', 'depth_distribution']
