@@ -117,6 +117,20 @@ def test_a_patched_or_subclassed_forward_is_called():
     torch.testing.assert_close(doubled(x), linear_layer()(x) * 2)
 
 
+def test_a_forward_path_patched_after_the_first_call_is_called(monkeypatch):
+    # The layer keeps its candidate list from its first call; a forward_path patched later, on the
+    # instance or on the class, is what the next call runs.
+    x = torch.zeros(2, 4)
+    layer = linear_layer()
+    plain = layer(x)
+    layer.forward_path = lambda index, x: x - index
+    torch.testing.assert_close(layer(x), x - 1)
+    del layer.forward_path
+    torch.testing.assert_close(layer(x), plain)
+    monkeypatch.setattr(type(layer), 'forward_path', lambda self, index, x: x + index)
+    torch.testing.assert_close(layer(x), x + 1)
+
+
 def test_a_layer_called_before_its_first_draw_is_refused_by_name():
     layer = ProxylessMixedLayer([('c0', nn.Linear(4, 4))], nn.Parameter(torch.zeros(1)), nn.Softmax(-1), 'op')
     with pytest.raises(RuntimeError, match='resample'):
