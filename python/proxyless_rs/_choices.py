@@ -1,7 +1,7 @@
 """Every choice of a supernet, whatever it is: a mixed layer or input (``_layer``), or a value choice of a
 mixed operation (``_mixed``): what the search step, hardware costs, exports and distributed search walk,
 and the blocks that switch the choices' work off (``no_arch_grad``, ``no_weight_grad``) and rescale
-two-path draws.
+two-path draws; and the ``Resampler``, NNI's resample loop over a supernet's modules.
 
 A choice has ``label``, ``ctx`` (its ``ProxylessContext``), ``_arch_alpha``, ``softmax``,
 ``probabilities()``, ``active_index`` and ``_name()``; a layer is a module, a value choice a
